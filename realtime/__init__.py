@@ -1,0 +1,1 @@
+"""mm2face.realtime"""
