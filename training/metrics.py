@@ -1,0 +1,342 @@
+"""Evaluation metrics for generated face motion (MMHead-style vertex errors plus our own checks).
+
+All motions are ``(T, 56) float32`` MMHead frames at 25 fps (see :mod:`mm2face.engine.frame`).
+
+Vertex metrics follow MMHead's metric code: the head (neck) rotation ``frame[50:53]`` is set to zero
+before the FLAME layer, so only expression and jaw move vertices; errors are reported in millimetres.
+
+* ``lve_mm``  lip vertex error: per frame the largest L2 distance over the head's lip vertices,
+  then the mean over frames.
+* ``fve_mm``  face vertex error: the mean L2 distance over the face vertices and frames.
+* ``jaw_corr`` / ``lip_open_corr``  Pearson correlation over frames between prediction and ground
+  truth of the jaw opening angle (jaw rx) and of the lip gap (vertical spread of the lip vertices).
+* ``pause_closed_rate``  share of frames inside speech pauses where the mouth is (nearly) closed.
+* style checks: caption keywords -> the stand-in head's named units or the head-pose sign that
+  should move (see :data:`STYLE_RULES` and :data:`POSE_RULES`).
+
+The style checks read the stand-in head's named expression units (:mod:`mm2face.engine.units`);
+with real FLAME (PCA expression space) only the head-pose checks are meaningful.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mm2face.engine.frame import FPS, HEAD, JAW, validate_motion
+from mm2face.engine.units import unit
+
+M_TO_MM = 1000.0
+
+
+# ----------------------------------------------------------------------------- vertices
+
+def _vertices(head, motion: np.ndarray) -> np.ndarray:
+    """``motion (T, 56)`` -> vertices ``(T, V, 3)`` in metres with the head pose zeroed (MMHead rule)."""
+    m = np.array(motion, dtype=np.float32, copy=True)
+    m[:, HEAD] = 0.0
+    from mm2face.engine import flame
+    if hasattr(flame, "head_vertices"):
+        v = flame.head_vertices(head, m)
+    else:  # FlameLayer(head)(motion) -> verts
+        import torch
+        with torch.no_grad():
+            v = flame.FlameLayer(head)(torch.from_numpy(m))
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    return np.asarray(v, dtype=np.float32)
+
+
+def head_mask(head, name: str) -> np.ndarray:
+    """Vertex indices of the head's mask ``name`` ("lips", "face") as an int array."""
+    masks = getattr(head, "masks", None) or {}
+    if name not in masks:
+        raise KeyError(f"head has no {name!r} vertex mask (masks: {sorted(masks)}); "
+                       "load a head with lips/face masks, e.g. load_head('standin')")
+    idx = np.asarray(masks[name])
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    return idx.astype(np.int64)
+
+
+def lve_fve_mm(pred_verts: np.ndarray, gt_verts: np.ndarray, lips: np.ndarray, face: np.ndarray) -> tuple[float, float]:
+    """LVE and FVE in mm from vertex arrays ``(T, V, 3)`` in metres and lip/face vertex indices."""
+    if pred_verts.shape != gt_verts.shape:
+        raise ValueError(f"vertex shapes differ: {pred_verts.shape} vs {gt_verts.shape}")
+    dist = np.linalg.norm(pred_verts - gt_verts, axis=-1) * M_TO_MM      # (T, V) mm
+    lve = float(dist[:, lips].max(axis=1).mean()) if len(dist) else 0.0
+    fve = float(dist[:, face].mean()) if len(dist) else 0.0
+    return lve, fve
+
+
+def lip_gap_mm(verts: np.ndarray, lips: np.ndarray) -> np.ndarray:
+    """Lip opening per frame ``(T,)`` mm: vertical (y) spread of the lip vertices.
+
+    It grows when the jaw drops or the lips part; the rest pose gives the lips' own thickness.
+    """
+    y = verts[:, lips, 1] * M_TO_MM
+    return y.max(axis=1) - y.min(axis=1)
+
+
+def pearson(a, b) -> float:
+    """Pearson correlation of two equal-length series; 0.0 when either is constant (no information)."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"series lengths differ: {a.shape} vs {b.shape}")
+    if len(a) < 2:
+        return 0.0
+    a = a - a.mean()
+    b = b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 1e-12 else 0.0
+
+
+# ----------------------------------------------------------------------------- pauses
+
+JAW_CLOSED_RAD = 0.06        # jaw rx at or below this counts as a closed mouth (about 3.4 degrees)
+LIP_GAP_CLOSED_MM = 2.0      # lip gap at most this much above the rest pose counts as closed
+PAUSE_MIN_FRAMES = 8         # only pauses of at least 0.32 s count
+PAUSE_EDGE_FRAMES = 3        # frames ignored at each end of a pause (the mouth is still closing/opening)
+
+
+def pause_frames(speech, min_frames: int = PAUSE_MIN_FRAMES, edge: int = PAUSE_EDGE_FRAMES) -> np.ndarray:
+    """Boolean ``(T,)`` mask of the frames well inside speech pauses.
+
+    ``speech``: ``(T,)`` per-frame speech activity (bool or 0/1). A pause is a run of non-speech
+    frames at least ``min_frames`` long; ``edge`` frames at each end of it are left out.
+    """
+    s = np.asarray(speech).astype(bool).ravel()
+    out = np.zeros(len(s), dtype=bool)
+    t = 0
+    while t < len(s):
+        if s[t]:
+            t += 1
+            continue
+        start = t
+        while t < len(s) and not s[t]:
+            t += 1
+        if t - start >= min_frames:
+            lo, hi = start + edge, t - edge
+            if hi > lo:
+                out[lo:hi] = True
+    return out
+
+
+def mouth_closed(motion: np.ndarray, lip_gap: np.ndarray | None = None, rest_gap: float | None = None) -> np.ndarray:
+    """Boolean ``(T,)``: is the mouth closed? Jaw rx small, and (if given) lip gap near the rest gap."""
+    closed = motion[:, JAW][:, 0] <= JAW_CLOSED_RAD
+    if lip_gap is not None and rest_gap is not None:
+        closed &= lip_gap <= rest_gap + LIP_GAP_CLOSED_MM
+    return closed
+
+
+# ----------------------------------------------------------------------------- style rules
+
+@dataclass
+class StyleRule:
+    """Caption keywords -> which stand-in units should rise (``up``) or stay low (``down``)."""
+    name: str
+    pattern: str                          # regex matched (case-insensitive) against the caption text
+    up: list[str] = field(default_factory=list)
+    margin: float = 0.05                  # mean(up units) - mean(down units) must exceed this
+
+    def score(self, motion: np.ndarray) -> float:
+        """Mean over frames and over the key units of their activation (rest = 0)."""
+        return float(np.mean(motion[:, [unit(u) for u in self.up]]))
+
+
+STYLE_RULES: list[StyleRule] = [
+    StyleRule("happy", r"\b(happ\w*|joy\w*|smil\w*|cheerful|delight\w*|glad|laugh\w*|grin\w*)",
+              ["lip_corner_puller_left", "lip_corner_puller_right"]),
+    StyleRule("sad", r"\b(sad\w*|sorrow\w*|unhapp\w*|grie\w*|depress\w*|melanchol\w*|frown\w*|upset)",
+              ["lip_corner_depressor", "inner_brow_raiser"]),
+    StyleRule("angry", r"\b(angr\w*|anger|furious|rage\w*|annoy\w*|irritat\w*|mad)\b",
+              ["brow_lowerer"]),
+    StyleRule("surprised", r"\b(surpris\w*|amaz\w*|astonish\w*|shock\w*|startl\w*)",
+              ["inner_brow_raiser", "outer_brow_raiser_left", "outer_brow_raiser_right", "upper_lid_raiser"]),
+    StyleRule("disgusted", r"\b(disgust\w*|repuls\w*|gross\w*|revolt\w*)",
+              ["nose_wrinkler", "upper_lip_raiser"]),
+]
+# "frowns" describes sadness/displeasure; rules for happy and sad must not both fire on one caption.
+# A caption that matches more than one emotion rule is skipped (ambiguous), see style_checks().
+
+
+@dataclass
+class PoseRule:
+    """Caption keywords -> sign of one head rotation axis (MMHead supplement, Table 1)."""
+    name: str
+    pattern: str
+    axis: int                             # 0 = rx, 1 = ry, 2 = rz of frame[50:53]
+    sign: int                             # +1 or -1
+    margin_rad: float = 0.05              # the peak rotation must exceed this (about 3 degrees)
+
+    def score(self, motion: np.ndarray) -> float:
+        """Signed peak rotation (rad) along the rule's direction: the value at max |r| times sign."""
+        r = motion[:, HEAD][:, self.axis]
+        if not len(r):
+            return 0.0
+        return float(r[int(np.abs(r).argmax())] * self.sign)
+
+
+# rx < 0 head up, rx > 0 down; ry > 0 turns left, ry < 0 turns right; rz < 0 tilts left, rz > 0 tilts right.
+POSE_RULES: list[PoseRule] = [
+    PoseRule("turn_left", r"\b(turn\w*|rotat\w*|look\w*)\s+(?:\w+\s+){0,2}(to\s+the\s+|to\s+)?(?:its\s+|his\s+|her\s+|their\s+)?left", 1, +1),
+    PoseRule("turn_right", r"\b(turn\w*|rotat\w*|look\w*)\s+(?:\w+\s+){0,2}(to\s+the\s+|to\s+)?(?:its\s+|his\s+|her\s+|their\s+)?right", 1, -1),
+    PoseRule("up", r"\b(head\s+up|looks?\s+up\w*|looking\s+up|rais\w+\s+(?:\w+\s+)?head|tilts?\s+(?:\w+\s+)?head\s+up\w*|lifts?\s+(?:\w+\s+)?head)", 0, -1),
+    PoseRule("down", r"\b(head\s+down|looks?\s+down\w*|looking\s+down|lower\w*\s+(?:\w+\s+)?head|bows?\s+(?:\w+\s+)?head|tilts?\s+(?:\w+\s+)?head\s+down\w*)", 0, +1),
+    PoseRule("tilt_left", r"\btilt\w*\s+(?:\w+\s+){0,2}(to\s+the\s+)?left", 2, -1),
+    PoseRule("tilt_right", r"\btilt\w*\s+(?:\w+\s+){0,2}(to\s+the\s+)?right", 2, +1),
+]
+# Pairs that contradict each other: a caption matching both is skipped.
+_POSE_OPPOSITES = {("turn_left", "turn_right"), ("up", "down"), ("tilt_left", "tilt_right")}
+
+
+def caption_text(captions) -> str:
+    """All caption text of a clip as one lower-case string (``captions`` is a str or a dict of str)."""
+    if captions is None:
+        return ""
+    if isinstance(captions, str):
+        return captions.lower()
+    if isinstance(captions, dict):
+        return " ".join(str(v) for v in captions.values() if v).lower()
+    return " ".join(str(c) for c in captions).lower()
+
+
+def matching_rules(text: str):
+    """(emotion rules, pose rules) that apply to ``text``; ambiguous emotion/pose matches are dropped."""
+    text = text.lower()
+    emo = [r for r in STYLE_RULES if re.search(r.pattern, text)]
+    if len(emo) > 1:
+        emo = []
+    pose = [r for r in POSE_RULES if re.search(r.pattern, text)]
+    names = {r.name for r in pose}
+    clash = {n for pair in _POSE_OPPOSITES if set(pair) <= names for n in pair}
+    pose = [r for r in pose if r.name not in clash]
+    return emo, pose
+
+
+def style_checks(motion, captions, reference=None) -> dict[str, dict]:
+    """Which caption-implied movements the motion shows.
+
+    Returns ``{rule_name: {"score": float, "pass": bool, "kind": "emotion"|"pose"}}`` for every rule
+    the caption triggers. Emotion rules pass when the key units' mean activation exceeds the rule's
+    margin; with ``reference`` (e.g. the same audio generated with a neutral caption) the score is the
+    difference to the reference. Pose rules pass when the peak rotation has the caption's sign and
+    exceeds ``margin_rad``.
+    """
+    m = validate_motion(motion, check_ranges=False)
+    ref = None if reference is None else validate_motion(reference, check_ranges=False)
+    emo, pose = matching_rules(caption_text(captions))
+    out: dict[str, dict] = {}
+    for r in emo:
+        s = r.score(m) - (r.score(ref) if ref is not None else 0.0)
+        out[r.name] = {"score": s, "pass": bool(s > r.margin), "kind": "emotion"}
+    for r in pose:
+        s = r.score(m)
+        out[r.name] = {"score": s, "pass": bool(s > r.margin_rad), "kind": "pose"}
+    return out
+
+
+def contrast_score(motion_a, motion_b, rule_a: str = "happy", rule_b: str = "sad") -> float:
+    """How well two text-only motions are told apart: (a on rule_a - b on rule_a) + (b on rule_b - a on rule_b).
+
+    Positive when motion_a shows rule_a's units more than motion_b does and vice versa
+    (e.g. a "smiles" and a "frowns" caption). Units: mean activation.
+    """
+    ra = next(r for r in STYLE_RULES if r.name == rule_a)
+    rb = next(r for r in STYLE_RULES if r.name == rule_b)
+    a = validate_motion(motion_a, check_ranges=False)
+    b = validate_motion(motion_b, check_ranges=False)
+    return (ra.score(a) - ra.score(b)) + (rb.score(b) - rb.score(a))
+
+
+# ----------------------------------------------------------------------------- per-clip and aggregate
+
+def clip_metrics(pred, gt, head=None, speech=None, captions=None, reference=None) -> dict:
+    """All metrics for one clip. ``pred``/``gt``: ``(T, 56)``; lengths are cut to the shorter.
+
+    ``head``: a HeadModel with ``masks["lips"]`` and ``masks["face"]`` (vertex metrics are skipped
+    when None). ``speech``: ``(T,)`` per-frame speech activity for the pause metric (optional).
+    ``captions``: str or dict of captions for the style checks (optional).
+    """
+    pred = validate_motion(pred, name="pred", check_ranges=False)
+    gt = validate_motion(gt, name="gt", check_ranges=False)
+    T = min(len(pred), len(gt))
+    if T == 0:
+        raise ValueError("empty motion: nothing to evaluate")
+    pred, gt = pred[:T], gt[:T]
+    out: dict = {"frames": T, "jaw_corr": pearson(pred[:, JAW][:, 0], gt[:, JAW][:, 0])}
+    gap_p = gap_g = rest_gap = None
+    if head is not None:
+        lips, face = head_mask(head, "lips"), head_mask(head, "face")
+        vp, vg = _vertices(head, pred), _vertices(head, gt)
+        out["lve_mm"], out["fve_mm"] = lve_fve_mm(vp, vg, lips, face)
+        gap_p, gap_g = lip_gap_mm(vp, lips), lip_gap_mm(vg, lips)
+        rest_gap = float(lip_gap_mm(_vertices(head, np.zeros((1, 56), np.float32)), lips)[0])
+        out["lip_open_corr"] = pearson(gap_p, gap_g)
+    if speech is not None:
+        sp = np.asarray(speech).astype(bool).ravel()
+        if len(sp) != T:    # tolerate a frame or two of rounding, pad with "speech" (not counted)
+            sp = np.concatenate([sp[:T], np.ones(max(0, T - len(sp)), bool)])
+        pauses = pause_frames(sp)
+        if pauses.any():
+            out["pause_frames"] = int(pauses.sum())
+            out["pause_closed_rate"] = float(mouth_closed(pred, gap_p, rest_gap)[pauses].mean())
+            out["pause_closed_rate_gt"] = float(mouth_closed(gt, gap_g, rest_gap)[pauses].mean())
+    if captions is not None:
+        out["style"] = style_checks(pred, captions, reference)
+        out["style_gt"] = style_checks(gt, captions)
+    return out
+
+
+def aggregate(per_clip: list[dict]) -> dict:
+    """Mean of scalar metrics over clips, and pass rates of the style checks.
+
+    ``pause_closed_rate`` is weighted by pause frames; style pass rates are reported per rule and per
+    kind (``emotion_pass_rate``, ``pose_pass_rate``), with the number of clips each one covers.
+    """
+    out: dict = {"clips": len(per_clip)}
+    for key in ("lve_mm", "fve_mm", "jaw_corr", "lip_open_corr"):
+        vals = [c[key] for c in per_clip if key in c]
+        if vals:
+            out[key] = float(np.mean(vals))
+    for key in ("pause_closed_rate", "pause_closed_rate_gt"):
+        w = [(c[key], c["pause_frames"]) for c in per_clip if key in c]
+        if w:
+            out[key] = float(sum(v * n for v, n in w) / sum(n for _, n in w))
+    for src, prefix in (("style", ""), ("style_gt", "gt_")):
+        by_kind: dict[str, list[bool]] = {}
+        by_rule: dict[str, list[bool]] = {}
+        for c in per_clip:
+            for name, res in c.get(src, {}).items():
+                by_kind.setdefault(res["kind"], []).append(res["pass"])
+                by_rule.setdefault(name, []).append(res["pass"])
+        for kind, v in by_kind.items():
+            out[f"{prefix}{kind}_pass_rate"] = float(np.mean(v))
+            out[f"{prefix}{kind}_checks"] = len(v)
+        if by_rule:
+            out[f"{prefix}style_by_rule"] = {k: {"pass_rate": float(np.mean(v)), "clips": len(v)}
+                                             for k, v in sorted(by_rule.items())}
+    return out
+
+
+def mean_frame(motions) -> np.ndarray:
+    """The mean frame ``(56,)`` over all frames of ``motions`` (list of ``(T, 56)``): the baseline."""
+    motions = [validate_motion(m, check_ranges=False) for m in motions]
+    if not motions:
+        raise ValueError("no motions to average; the mean-frame baseline needs the training split")
+    total = sum(m.sum(axis=0, dtype=np.float64) for m in motions)
+    n = sum(len(m) for m in motions)
+    return (total / max(n, 1)).astype(np.float32)
+
+
+def mean_frame_motion(frame: np.ndarray, T: int) -> np.ndarray:
+    """The baseline prediction: ``frame (56,)`` repeated ``T`` times -> ``(T, 56)``."""
+    return np.repeat(np.asarray(frame, np.float32)[None], T, axis=0)
+
+
+__all__ = ["lve_fve_mm", "lip_gap_mm", "pearson", "pause_frames", "mouth_closed", "style_checks",
+           "contrast_score", "clip_metrics", "aggregate", "mean_frame", "mean_frame_motion",
+           "STYLE_RULES", "POSE_RULES", "matching_rules", "caption_text", "head_mask", "FPS"]
