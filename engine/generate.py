@@ -1,0 +1,50 @@
+"""Offline generation: a whole clip at once. The reference the streaming session is compared against.
+
+It computes exactly what :class:`~mm2face.engine.session.StreamSession` computes (same audio windows,
+same sliding attention window, same sampling order), but encodes the audio of all tokens in one
+batch and decodes all tokens with one call of D.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mm2face.engine.frame import SAMPLES_PER_FRAME
+
+
+@torch.no_grad()
+def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = 2.0,
+             temperature: float = 0.6, top_k: int = 8, n_frames: int | None = None,
+             device="cpu", return_tokens: bool = False):
+    """Motion ``(T, 56) float32`` for ``audio_16k: (samples,)`` float32 16 kHz (or ``None`` for
+    text only, then ``n_frames`` is required) and a style ``text``.
+
+    T = ceil(samples / 640) (25 fps) unless ``n_frames`` is given. Defaults equal StreamConfig's."""
+    model = model.eval()
+    dev = torch.device(device)
+    if audio_16k is None:
+        if not n_frames:
+            raise ValueError("generate: text-only generation (audio_16k=None) needs n_frames")
+    else:
+        audio_16k = np.clip(np.asarray(audio_16k, np.float32).reshape(-1), -1.0, 1.0)
+        if not np.isfinite(audio_16k).all():
+            raise ValueError("generate: audio has NaN/Inf samples")
+        if n_frames is None:
+            n_frames = -(-len(audio_16k) // SAMPLES_PER_FRAME)
+    n_tok = max(1, -(-n_frames // model.down))
+    if audio_16k is None:
+        av = model.gpt.null_audio.detach()[None].expand(n_tok, -1)
+    else:
+        av = model.audio.clip_tokens(torch.from_numpy(audio_16k).to(dev)[None], n_tok)[0]
+    text_emb = model.text_embed(text).to(dev)[None]
+    gen = torch.Generator().manual_seed(int(seed))
+    cache = model.gpt.new_cache()
+    prev = model.gpt.bos
+    toks = []
+    for t in range(n_tok):
+        logits = model.g_logits(torch.tensor([prev], device=dev), av[t:t + 1], text_emb, cache, guidance)
+        prev = int(model.sample(logits[0], temperature, top_k, gen))
+        toks.append(prev)
+    codes = torch.tensor(toks, device=dev)[None]
+    motion = model.denormalize(model.vq.decode(codes)[0])[:n_frames].float().cpu().numpy()
+    return (motion, toks) if return_tokens else motion

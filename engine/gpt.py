@@ -1,0 +1,220 @@
+"""Stage 2: MotionGPT, an autoregressive transformer over motion tokens (nanoGPT-like).
+
+Per token ``t`` the input is ``embed(previous token) + audio_vector[t]`` (the audio of token t's own
+frames plus a bounded lookahead, or a learned "no audio" vector), and the output is the logits of
+token ``t``. Style text enters through adaptive LayerNorm (per-token shift/scale from a sentence
+embedding), so it can change between tokens without touching the keys/values already cached.
+
+Positions are relative (ALiBi) and attention is limited to a sliding window of ``ctx_tokens``
+(the current token and ``ctx_tokens - 1`` before it) in training and inference alike. A
+:class:`KVCache` holding the last ``ctx_tokens - 1`` keys/values therefore makes incremental
+decoding exactly equal to a full forward pass on a sequence of any length.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    n_codes: int = 256         # motion token vocabulary (the VQ codebook size); BOS = n_codes
+    d_model: int = 192         # transformer width
+    n_layer: int = 4
+    n_head: int = 4
+    ctx_tokens: int = 64       # attention window in tokens (64 x 80 ms = 5.12 s)
+    d_text: int = 384          # sentence embedding size (MiniLM: 384)
+    dropout: float = 0.1
+    text_drop: float = 0.15    # training: probability to replace the text by the learned null embedding
+    audio_drop: float = 0.05   # training: probability to replace a talking clip's audio by "no audio"
+
+
+class KVCache:
+    """Keys/values of the last ``ctx_tokens - 1`` tokens for every layer.
+
+    ``k[l], v[l]: (B, H, Tc, hd)``; ``valid: (B, Tc)`` bool or None (all valid) marks left padding
+    when caches of several streams are stacked (:func:`stack_caches`). ``t`` counts tokens seen."""
+
+    def __init__(self, n_layer: int, ctx_tokens: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+        self.valid: torch.Tensor | None = None
+        self.ctx = ctx_tokens
+        self.t = 0
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def clone(self) -> "KVCache":
+        c = KVCache(len(self.k), self.ctx)
+        c.k, c.v, c.valid, c.t = list(self.k), list(self.v), self.valid, self.t
+        return c
+
+
+def stack_caches(caches: list[KVCache], sizes: list[int]) -> KVCache:
+    """Stack the caches of several streams (``sizes[i]`` = batch rows of cache i) into one,
+    left-padded to the longest, with ``valid`` marking the padding."""
+    L = max(c.length for c in caches)
+    n_layer, ctx = len(caches[0].k), caches[0].ctx
+    out = KVCache(n_layer, ctx)
+    out.t = -1
+    if L == 0:
+        return out
+    ref = next(c for c in caches if c.length).k[0]
+    H, hd = ref.shape[1], ref.shape[3]
+    valids = []
+    for c, n in zip(caches, sizes):
+        v = c.valid if c.valid is not None else torch.ones(n, c.length, dtype=torch.bool, device=ref.device)
+        valids.append(F.pad(v, (L - c.length, 0), value=False))
+    out.valid = torch.cat(valids, 0)
+    for l in range(n_layer):
+        ks, vs = [], []
+        for c, n in zip(caches, sizes):
+            if c.length == 0:
+                z = ref.new_zeros(n, H, L, hd)
+                ks.append(z)
+                vs.append(z)
+            else:
+                p = L - c.length
+                ks.append(F.pad(c.k[l], (0, 0, p, 0)))
+                vs.append(F.pad(c.v[l], (0, 0, p, 0)))
+        out.k[l], out.v[l] = torch.cat(ks, 0), torch.cat(vs, 0)
+    return out
+
+
+def unstack_cache(cache: KVCache, sizes: list[int], ts: list[int]) -> list[KVCache]:
+    """Inverse of :func:`stack_caches` after a step; ``sizes`` = batch size of each part,
+    ``ts`` = tokens seen by each part (after the step); padding is stripped."""
+    out, b0 = [], 0
+    for n, t in zip(sizes, ts):
+        c = KVCache(len(cache.k), cache.ctx)
+        keep = min(t, cache.ctx - 1)
+        for l in range(len(cache.k)):
+            c.k[l] = cache.k[l][b0:b0 + n, :, cache.length - keep:] if keep else None
+            c.v[l] = cache.v[l][b0:b0 + n, :, cache.length - keep:] if keep else None
+        if keep == 0:
+            c.k = [None] * len(cache.k)
+            c.v = [None] * len(cache.k)
+        c.t = t
+        out.append(c)
+        b0 += n
+    return out
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    return torch.tensor([2.0 ** (-8.0 * (i + 1) / n_head) for i in range(n_head)])
+
+
+class Attention(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.c = c
+        self.qkv = nn.Linear(c.d_model, 3 * c.d_model)
+        self.out = nn.Linear(c.d_model, c.d_model)
+        self.drop = c.dropout
+        self.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
+
+    def forward(self, x, layer: int, cache: KVCache | None):
+        B, T, D = x.shape
+        H = self.c.n_head
+        q, k, v = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)   # (B, H, T, hd) each
+        Tc = 0
+        valid = None
+        if cache is not None and cache.k[layer] is not None:
+            Tc = cache.k[layer].shape[2]
+            k = torch.cat([cache.k[layer], k], 2)
+            v = torch.cat([cache.v[layer], v], 2)
+            valid = cache.valid
+        # relative distance query i -> key j (key j sits at position j - Tc)
+        qi = torch.arange(T, device=x.device)[:, None]
+        kj = torch.arange(Tc + T, device=x.device)[None, :] - Tc
+        dist = (qi - kj).to(x.dtype)                                              # (T, Tc + T)
+        allowed = (dist >= 0) & (dist < self.c.ctx_tokens)
+        bias = -self.slopes.to(x.dtype)[:, None, None] * dist[None]               # (H, T, Tk)
+        bias = bias.masked_fill(~allowed[None], float("-inf"))[None]              # (1, H, T, Tk)
+        if valid is not None:
+            keymask = torch.cat([valid, torch.ones(B, T, dtype=torch.bool, device=x.device)], 1)
+            bias = bias.masked_fill(~keymask[:, None, None, :], float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                           dropout_p=self.drop if self.training else 0.0)
+        if cache is not None:
+            keep = self.c.ctx_tokens - 1
+            cache.k[layer] = k[:, :, -keep:] if keep > 0 else k[:, :, :0]
+            cache.v[layer] = v[:, :, -keep:] if keep > 0 else v[:, :, :0]
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(c.d_model, elementwise_affine=False)
+        self.ln2 = nn.LayerNorm(c.d_model, elementwise_affine=False)
+        self.attn = Attention(c)
+        self.mlp = nn.Sequential(nn.Linear(c.d_model, 4 * c.d_model), nn.GELU(),
+                                 nn.Linear(4 * c.d_model, c.d_model), nn.Dropout(c.dropout))
+        self.ada = nn.Linear(c.d_model, 4 * c.d_model)        # style -> shift1, scale1, shift2, scale2
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x, style, layer, cache):
+        s1, g1, s2, g2 = self.ada(style).chunk(4, -1)
+        x = x + self.attn(self.ln1(x) * (1 + g1) + s1, layer, cache)
+        x = x + self.mlp(self.ln2(x) * (1 + g2) + s2)
+        return x
+
+
+class MotionGPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = c = cfg
+        self.tok = nn.Embedding(c.n_codes + 1, c.d_model)              # + BOS
+        self.null_audio = nn.Parameter(torch.zeros(c.d_model))
+        self.null_text = nn.Parameter(torch.randn(c.d_text) * 0.05)
+        self.style = nn.Sequential(nn.Linear(c.d_text, c.d_model), nn.SiLU(), nn.Linear(c.d_model, c.d_model))
+        self.in_norm = nn.LayerNorm(c.d_model)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, c.n_codes, bias=False)
+        self.apply(self._init)
+        for b in self.blocks:
+            nn.init.zeros_(b.ada.weight)
+            nn.init.zeros_(b.ada.bias)
+            nn.init.normal_(b.attn.out.weight, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def bos(self) -> int:
+        return self.cfg.n_codes
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.n_layer, self.cfg.ctx_tokens)
+
+    def forward(self, prev_tokens, audio, text, cache: KVCache | None = None):
+        """``prev_tokens: (B, T)`` long (BOS = n_codes at the stream start), ``audio: (B, T, d_model)``
+        token audio vectors (use :attr:`null_audio` for none), ``text: (B, T, d_text)`` or
+        ``(B, d_text)`` sentence embeddings (use :attr:`null_text` for none).
+        Returns logits ``(B, T, n_codes)``; with ``cache`` the new keys/values are appended to it."""
+        B, T = prev_tokens.shape
+        if text.dim() == 2:
+            text = text[:, None, :].expand(B, T, -1)
+        x = self.drop(self.in_norm(self.tok(prev_tokens) + audio))
+        style = F.silu(self.style(text))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, style, i, cache)
+        if cache is not None:
+            cache.t += T
+        return self.head(self.ln_f(x))

@@ -1,0 +1,207 @@
+"""The MM2Face bundle: VQ-VAE + MotionGPT + audio encoder (+ a frozen text encoder, loaded lazily),
+per-dimension motion normalisation, and checkpoints that rebuild everything from the file alone.
+
+    model = load_model()                    # engine/assets/default.pt
+    model = MM2Face.random(seed=0)          # untrained, for wiring and tests
+    model.save("x.pt"); MM2Face.load("x.pt")
+
+A checkpoint stores every config, all weights except the text encoder's (only its folder, "" = the
+bundled MiniLM), the normalisation statistics, the head the data speaks ("standin" or "flame"),
+the training step and a schema version.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mm2face.engine.audio_encoder import AudioConfig, AudioEncoder
+from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
+from mm2face.engine.gpt import GPTConfig, KVCache, MotionGPT
+from mm2face.engine.vqvae import VQConfig, VQVAE
+
+SCHEMA_VERSION = 1
+
+
+def default_checkpoint_path() -> Path:
+    """``engine/assets/default.pt`` inside the installed package."""
+    return Path(__file__).resolve().parent / "assets" / "default.pt"
+
+
+@dataclass
+class ModelInfo:
+    head: str = "standin"          # parameter space of the training data: "standin" or "flame"
+    text_encoder: str = ""         # local text encoder folder; "" = bundled all-MiniLM-L6-v2
+    step: int = 0                  # training step of the GPT stage (or VQ stage for VQ-only files)
+    stage: str = "mm2face"         # "vqvae" (stage 1 only) or "mm2face"
+    meta: dict = field(default_factory=dict)   # free-form: data, wall time, metrics ...
+
+
+class MM2Face(nn.Module):
+    """``vq``: motion VQ-VAE, ``gpt``: token transformer, ``audio``: Wav2Vec2 window encoder.
+    Motion in and out is raw ``(T, 56)``; :meth:`normalize` / :meth:`denormalize` convert."""
+
+    def __init__(self, vq_cfg: VQConfig, gpt_cfg: GPTConfig, audio_cfg: AudioConfig,
+                 info: ModelInfo | None = None):
+        super().__init__()
+        audio_cfg.feats_per_token = 2 * vq_cfg.down
+        audio_cfg.d_out = gpt_cfg.d_model
+        gpt_cfg.n_codes = vq_cfg.n_codes
+        self.vq = VQVAE(vq_cfg)
+        self.gpt = MotionGPT(gpt_cfg)
+        self.audio = AudioEncoder(audio_cfg)
+        self.info = info or ModelInfo()
+        self.register_buffer("mean", torch.zeros(FRAME_DIM))
+        self.register_buffer("std", torch.ones(FRAME_DIM))
+        self._text_encoder = None
+
+    # ---- sizes and timing -------------------------------------------------------------------
+    @property
+    def down(self) -> int:
+        """Motion frames per token."""
+        return self.vq.cfg.down
+
+    @property
+    def samples_per_token(self) -> int:
+        return self.down * SAMPLES_PER_FRAME
+
+    @property
+    def lookahead_samples(self) -> int:
+        """Audio after a token's own audio that the model reads before emitting it."""
+        return self.audio.cfg.lookahead_feats * 320
+
+    @property
+    def algorithmic_latency_s(self) -> float:
+        """Worst case (first frame of a token): token length + audio lookahead, before compute."""
+        return (self.samples_per_token + self.lookahead_samples) / SAMPLE_RATE
+
+    @property
+    def head_name(self) -> str:
+        return self.info.head
+
+    # ---- normalisation ----------------------------------------------------------------------
+    def set_norm(self, mean, std, floor: float = 1e-2):
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp(min=floor))
+
+    def normalize(self, motion: torch.Tensor) -> torch.Tensor:
+        return (motion - self.mean) / self.std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+    # ---- text ------------------------------------------------------------------------------
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from mm2face.engine.text_encoder import TextEncoder
+            self._text_encoder = TextEncoder(self.info.text_encoder, device="cpu")
+            if self._text_encoder.dim != self.gpt.cfg.d_text:
+                raise ValueError(f"text encoder {self._text_encoder.path} gives {self._text_encoder.dim}-d "
+                                 f"embeddings but the model was trained with {self.gpt.cfg.d_text}-d")
+        return self._text_encoder
+
+    def text_embed(self, text: str) -> torch.Tensor:
+        """Sentence embedding ``(d_text,)`` of a style caption; empty text -> the learned null embedding."""
+        dev = self.mean.device
+        if not text or not text.strip():
+            return self.gpt.null_text.detach().clone()
+        return torch.from_numpy(self.text_encoder.encode_one(text.strip())).to(dev)
+
+    # ---- G step (shared by offline generation and streaming) --------------------------------
+    @torch.no_grad()
+    def g_logits(self, prev: torch.Tensor, audio_vec: torch.Tensor, text_emb: torch.Tensor,
+                 cache: KVCache, guidance: torch.Tensor | float) -> torch.Tensor:
+        """One token for ``B`` streams with classifier-free guidance.
+
+        ``prev: (B,)`` previous tokens, ``audio_vec: (B, d_model)``, ``text_emb: (B, d_text)``,
+        ``cache``: batch ``2B`` (row ``2b`` conditional, ``2b + 1`` unconditional, for stream b),
+        ``guidance``: float or ``(B,)``. Returns guided logits ``(B, n_codes)``."""
+        B = prev.shape[0]
+        null = self.gpt.null_text.detach()[None].expand(B, -1)
+        two = lambda a, b: torch.stack([a, b], 1).reshape(2 * B, *a.shape[1:])    # rows: b cond, b uncond
+        logits = self.gpt(two(prev, prev)[:, None], two(audio_vec, audio_vec)[:, None],
+                          two(text_emb, null)[:, None], cache)[:, -1].view(B, 2, -1)
+        cond, unc = logits[:, 0], logits[:, 1]
+        g = torch.as_tensor(guidance, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+        return unc + g * (cond - unc)
+
+    @staticmethod
+    def sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator | None) -> torch.Tensor:
+        """``logits: (n_codes,)`` -> one token (0-d long). temperature <= 0 -> greedy."""
+        if temperature <= 0:
+            return logits.argmax(-1)
+        logits = logits.float() / temperature
+        if top_k and top_k < logits.shape[-1]:
+            v, _ = torch.topk(logits, top_k)
+            logits = logits.masked_fill(logits < v[-1], float("-inf"))
+        p = torch.softmax(logits, -1)
+        return torch.multinomial(p.cpu(), 1, generator=gen)[0].to(logits.device)
+
+    # ---- constructors and checkpoints --------------------------------------------------------
+    @classmethod
+    def random(cls, seed: int = 0, small: bool = True, head: str = "standin") -> "MM2Face":
+        """An untrained model (deterministic for a seed). ``small`` = a tiny config for tests."""
+        torch.manual_seed(seed)
+        if small:
+            m = cls(VQConfig(width=64, depth=1, n_codes=64, code_dim=32),
+                    GPTConfig(d_model=64, n_layer=2, n_head=2, ctx_tokens=16),
+                    AudioConfig(window_feats=12, hidden=32, layers=1, heads=2, ffn=64, conv_dim=32),
+                    ModelInfo(head=head))
+        else:
+            m = cls(VQConfig(), GPTConfig(), AudioConfig(), ModelInfo(head=head))
+        return m.eval()
+
+    def configs(self) -> dict:
+        return {"vq": asdict(self.vq.cfg), "gpt": asdict(self.gpt.cfg), "audio": asdict(self.audio.cfg),
+                "info": asdict(self.info)}
+
+    def save(self, path, **meta) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.info.meta.update(meta)
+        ck = {"schema": SCHEMA_VERSION, "kind": "mm2face", "configs": self.configs(),
+              "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}, "saved_at": time.time()}
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(ck, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_checkpoint_dict(cls, ck: dict, device="cpu") -> "MM2Face":
+        if ck.get("kind") != "mm2face":
+            raise ValueError("not an MM2Face checkpoint (missing kind='mm2face'); trainer state files "
+                             "hold the model under 'model'")
+        if ck.get("schema", 0) > SCHEMA_VERSION:
+            raise ValueError(f"checkpoint schema {ck['schema']} is newer than this code ({SCHEMA_VERSION}); update mm2face")
+        c = ck["configs"]
+        m = cls(VQConfig(**c["vq"]), GPTConfig(**c["gpt"]), AudioConfig(**c["audio"]), ModelInfo(**c["info"]))
+        m.load_state_dict(ck["state_dict"])
+        return m.to(device).eval()
+
+    @classmethod
+    def load(cls, path, device="cpu") -> "MM2Face":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if "model" in ck and "kind" not in ck:       # a trainer state file
+            ck = ck["model"]
+        return cls.from_checkpoint_dict(ck, device)
+
+
+def load_model(path=None, device="cpu") -> MM2Face:
+    """Load a checkpoint (default: the shipped ``engine/assets/default.pt``)."""
+    p = Path(path) if path else default_checkpoint_path()
+    if not p.exists():
+        if path:
+            raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise FileNotFoundError(
+            f"the default checkpoint {p} is missing. Train one with `mm2face-train vqvae ...` then "
+            "`mm2face-train mm2face ...` (see docs/model.md), pass --ckpt PATH, or use MM2Face.random() "
+            "for an untrained model")
+    return MM2Face.load(p, device)

@@ -1,0 +1,307 @@
+"""Sans-I/O streaming session: audio samples and style text in, 25 fps frames out.
+
+No threads, sockets or asyncio here; the caller pushes audio and polls frames::
+
+    s = StreamSession(model, StreamConfig(), style="a calm speaker")
+    s.push_audio(chunk_16k)          # any chunk size, float32 in [-1, 1] at 16 kHz
+    for f in s.poll(): send(f)       # Frame(seq, t_audio_s, params (56,), style)
+    s.set_style("smiles broadly")    # from the next token, cross-faded over blend_s
+    s.end()                          # input over: last frames, then the mouth closes
+    s.flush()                        # barge-in: queued audio dropped, idle within one hop
+
+Timeline. The session clock counts every sample it has taken in, including silence it inserts
+itself (end/flush padding). Frame ``seq`` shows the audio instant ``t_audio_s = seq / 25``.
+A hop is one motion token (``down`` frames, 80 ms by default): token ``k`` is computed as soon as the
+audio up to the end of its own frames plus the model's lookahead has arrived. Each hop runs the audio
+encoder on a sliding window, one G step with a bounded (sliding) KV cache, and D on the last
+``receptive_tokens`` tokens; the work per hop is constant on an endless stream.
+
+:func:`step_sessions` runs one hop for several sessions as one batched call (cross-session batching);
+:meth:`StreamSession.poll` uses it with a single session, so both paths are the same code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
+from mm2face.engine.frame import FPS, JAW, SAMPLES_PER_FRAME
+from mm2face.engine.gpt import stack_caches, unstack_cache
+from mm2face.engine.units import UNIT_INDEX
+
+# stand-in expression units that open or shape the mouth; they go to rest with the jaw when the input ends
+_MOUTH_UNITS = ("upper_lip_raiser", "lower_lip_depressor", "lip_pucker", "lip_stretcher", "lip_funneler",
+                "lips_part", "lip_tightener", "lip_pressor")
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used: wrong shape, non-finite samples."""
+
+
+@dataclass
+class StreamConfig:
+    guidance: float = 2.0         # classifier-free guidance on the style text (1 = none, >1 stronger style)
+    temperature: float = 0.6      # token sampling temperature (0 = greedy)
+    top_k: int = 8                # sample among the k most likely tokens (0 = all)
+    seed: int = 0                 # sampling seed (same seed + same input -> same frames)
+    blend_s: float = 0.5          # default style cross-fade time, seconds
+    tail_s: float = 0.32          # end(): silent tail after the input, seconds, during which the mouth closes
+    flush_idle_s: float = 0.08    # flush(): silence inserted (one hop) while the face returns to idle
+
+
+@dataclass
+class Frame:
+    seq: int                      # frame number since the session start (25 per second of input)
+    t_audio_s: float              # the audio instant this frame shows = seq / 25
+    params: np.ndarray            # (56,) float32: 50 expression, 3 head pose, 3 jaw pose (rad)
+    style: str                    # the style text in effect (the target while blending)
+
+
+class StreamSession:
+    def __init__(self, model, config: StreamConfig | None = None, style: str = "", device="cpu"):
+        self.model = model.eval()
+        self.cfg = config or StreamConfig()
+        self.device = torch.device(device)
+        m = model
+        self.spt = m.samples_per_token                     # audio samples per token (1280)
+        self.look = m.lookahead_samples                    # audio lookahead, samples (640)
+        self.down = m.down
+        self.W = m.audio.cfg.window_feats
+        self.fpt = m.audio.cfg.feats_per_token
+        self.la = m.audio.cfg.lookahead_feats
+        self.gen = torch.Generator().manual_seed(int(self.cfg.seed))
+        self.cache = m.gpt.new_cache()
+        self.prev = m.gpt.bos
+        self.hist: list[int] = []                          # last receptive_tokens tokens
+        self.k = 0                                         # next token to compute
+        # audio ring: samples [buf0, n_in) are held; flags mark "no audio" samples
+        self.buf = np.zeros(0, np.float32)
+        self.noaudio = np.zeros(0, bool)
+        self.buf0 = 0
+        self.n_in = 0
+        self.n_real = 0                                    # samples pushed by the caller (not inserted)
+        with torch.no_grad():                              # features -W..-1 see only zeros
+            z = torch.zeros(1, self.W * FEAT_HOP + FEAT_PAD, device=self.device)
+            self.feats = m.audio.cnn(z)[0]                 # (W, C) last W CNN features
+        self.feat_next = 0                                 # next CNN feature index to compute
+        # style
+        self.style = style
+        e = m.text_embed(style).to(self.device)
+        self.emb_from, self.emb_to = e, e
+        self.blend_k0, self.blend_n = 0, 1
+        self.guidance = float(self.cfg.guidance)
+        # mouth-to-rest blend (after end/flush)
+        self.mouth_w = 0.0
+        self.mouth_target = 0.0
+        self.mouth_step = 1.0
+        dims = [d for d in range(JAW.start, JAW.stop)]
+        if m.head_name == "standin":
+            dims += [UNIT_INDEX[u] for u in _MOUTH_UNITS]
+        self.mouth_dims = torch.tensor(dims)
+        self.pending: list[Frame] = []
+        self.stats = {"hops": 0, "frames": 0, "audio_enc_ms": 0.0, "g_step_ms": 0.0, "decode_ms": 0.0,
+                      "audio_enc_ms_total": 0.0, "g_step_ms_total": 0.0, "decode_ms_total": 0.0}
+
+    # ---- input -------------------------------------------------------------------------------
+    def push_audio(self, audio_16k: np.ndarray) -> None:
+        """Append ``(samples,)`` float32 16 kHz audio. NaN/Inf raise :class:`AudioError`; values are
+        clipped to [-1, 1]."""
+        a = np.asarray(audio_16k)
+        if a.ndim == 2 and 1 in a.shape:
+            a = a.reshape(-1)
+        if a.ndim != 1:
+            raise AudioError(f"audio must be mono (samples,), got shape {a.shape}; mix channels down first")
+        if a.dtype.kind in "iu":
+            raise AudioError(f"audio must be float in [-1, 1], got {a.dtype}; divide PCM16 by 32768")
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise AudioError(f"audio chunk has {int((~np.isfinite(a)).sum())} NaN/Inf samples; chunk rejected")
+        if len(a) == 0:
+            return
+        self.mouth_target = 0.0
+        self.mouth_step = 1.0 / self.down
+        self._append(np.clip(a, -1.0, 1.0), False)
+        self.n_real += len(a)
+
+    def push_no_audio(self, n_samples: int) -> None:
+        """Let ``n_samples`` (16 kHz) pass with no audio input: text-only motion from the style."""
+        if n_samples > 0:
+            self._append(np.zeros(int(n_samples), np.float32), True)
+
+    def _append(self, a: np.ndarray, noaudio: bool):
+        self.buf = np.concatenate([self.buf, a])
+        self.noaudio = np.concatenate([self.noaudio, np.full(len(a), noaudio)])
+        self.n_in += len(a)
+
+    def set_style(self, text: str, blend_s: float | None = None) -> None:
+        """New style text, effective from the next token, cross-faded over ``blend_s`` seconds."""
+        text = "" if text is None else str(text)
+        new = self.model.text_embed(text).to(self.device)
+        cur = self._style_emb(self.k)
+        blend_s = self.cfg.blend_s if blend_s is None else max(0.0, float(blend_s))
+        self.emb_from, self.emb_to = cur, new
+        self.blend_k0 = self.k
+        self.blend_n = max(1, int(round(blend_s * FPS / self.down)))
+        self.style = text
+
+    def set_guidance(self, scale: float) -> None:
+        scale = float(scale)
+        if not np.isfinite(scale):
+            raise ValueError(f"guidance must be finite, got {scale}")
+        self.guidance = scale
+
+    def _style_emb(self, k: int) -> torch.Tensor:
+        a = min(1.0, (k - self.blend_k0 + 1) / self.blend_n)
+        return self.emb_from + (self.emb_to - self.emb_from) * a
+
+    # ---- output ------------------------------------------------------------------------------
+    def hop_ready(self) -> bool:
+        return self.n_in >= self.spt * (self.k + 1) + self.look
+
+    def poll(self) -> list[Frame]:
+        """Frames that became ready since the last call (in order)."""
+        while self.hop_ready():
+            step_sessions([self])
+        out, self.pending = self.pending, []
+        return out
+
+    def end(self) -> list[Frame]:
+        """The input is over: the remaining frames, then ``tail_s`` of silence while the mouth closes."""
+        if self.n_in > self.spt * self.k:                  # a partial token: pad it (and its lookahead)
+            n_tok = -(-self.n_in // self.spt)
+            self._append(np.zeros(self.spt * n_tok + self.look - self.n_in, np.float32), False)
+        self.poll_into_pending()
+        n_tail = max(1, int(round(self.cfg.tail_s * FPS / self.down)))
+        self.mouth_target = 1.0
+        self.mouth_step = 1.0 / (n_tail * self.down)
+        self._append(np.zeros(self.spt * (self.k + n_tail) + self.look - self.n_in, np.float32), False)
+        return self.poll()
+
+    def flush(self) -> list[Frame]:
+        """Barge-in: drop audio not yet used, then one hop of silence in which the face returns to idle."""
+        committed = self.spt * self.k + self.look          # samples the computed tokens have read
+        if self.n_in > committed:
+            drop = self.n_in - committed
+            self.buf, self.noaudio = self.buf[:-drop], self.noaudio[:-drop]
+            self.n_in = committed
+        n_idle = max(1, int(round(self.cfg.flush_idle_s * FPS / self.down)))
+        self.mouth_target = 1.0
+        self.mouth_step = 1.0 / self.down
+        self._append(np.zeros(self.spt * (self.k + n_idle) + self.look - self.n_in, np.float32), False)
+        return self.poll()
+
+    def poll_into_pending(self):
+        while self.hop_ready():
+            step_sessions([self])
+
+    @property
+    def t_in_s(self) -> float:
+        """Audio time taken in so far (including inserted silence), seconds."""
+        return self.n_in / 16000.0
+
+    # ---- hop internals (used by step_sessions) ------------------------------------------------
+    def _samples(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Samples ``[a, b)`` of the session timeline (zeros before 0) and their no-audio flags."""
+        out = np.zeros(b - a, np.float32)
+        flg = np.zeros(b - a, bool)
+        lo = max(a, self.buf0)
+        if b > lo:
+            out[lo - a:] = self.buf[lo - self.buf0:b - self.buf0]
+            flg[lo - a:] = self.noaudio[lo - self.buf0:b - self.buf0]
+        return out, flg
+
+    def _hop_cnn(self) -> tuple[torch.Tensor, bool]:
+        """Update the CNN feature window for token k; returns ``(W, C)`` window and "no audio"."""
+        f_end = self.fpt * (self.k + 1) + self.la
+        a0, a1 = FEAT_HOP * self.feat_next - FEAT_PAD, FEAT_HOP * f_end
+        x, _ = self._samples(a0, a1)
+        new = self.model.audio.cnn(torch.from_numpy(x).to(self.device)[None])[0]
+        self.feats = torch.cat([self.feats, new])[-self.W:]
+        self.feat_next = f_end
+        _, own = self._samples(self.spt * self.k, self.spt * (self.k + 1))
+        return self.feats, bool(own.all())
+
+    def _after_hop(self, tok: int, frames_norm: torch.Tensor) -> None:
+        m = self.model
+        self.prev = tok
+        self.hist.append(tok)
+        self.hist = self.hist[-m.vq.receptive_tokens:]
+        params = m.denormalize(frames_norm)                                  # (down, 56)
+        for i in range(self.down):
+            if self.mouth_w != self.mouth_target:
+                d = self.mouth_target - self.mouth_w
+                self.mouth_w += max(-self.mouth_step, min(self.mouth_step, d))
+            if self.mouth_w > 0:
+                params[i, self.mouth_dims] *= (1.0 - self.mouth_w)
+            seq = self.k * self.down + i
+            self.pending.append(Frame(seq=seq, t_audio_s=seq / FPS,
+                                      params=params[i].float().cpu().numpy().astype(np.float32),
+                                      style=self.style))
+        self.k += 1
+        keep_from = self.spt * (self.k - 2)                                   # trim the audio ring
+        if keep_from > self.buf0:
+            cut = keep_from - self.buf0
+            self.buf, self.noaudio = self.buf[cut:], self.noaudio[cut:]
+            self.buf0 = keep_from
+        self.stats["hops"] += 1
+        self.stats["frames"] += self.down
+
+
+@torch.no_grad()
+def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
+    """Run one hop for every session in ``sessions`` (each must have ``hop_ready()``) as one batched
+    audio-encoder call, one batched G step and grouped D calls. The new frames are appended to
+    each session's pending list (returned by its next ``poll()``) and also returned here."""
+    if not sessions:
+        return []
+    model = sessions[0].model
+    for s in sessions:
+        if s.model is not model:
+            raise ValueError("step_sessions: all sessions must share one model")
+        if not s.hop_ready():
+            raise ValueError("step_sessions: a session has no ready hop (check hop_ready() first)")
+    dev = sessions[0].device
+    t0 = time.perf_counter()
+    wins, nulls = zip(*(s._hop_cnn() for s in sessions))
+    av = model.audio.encode_windows(torch.stack(wins))                       # (N, d_model)
+    null = torch.tensor(nulls, device=dev)
+    av = torch.where(null[:, None], model.gpt.null_audio.detach()[None].expand_as(av), av)
+    t1 = time.perf_counter()
+    prev = torch.tensor([s.prev for s in sessions], device=dev)
+    text = torch.stack([s._style_emb(s.k) for s in sessions])
+    guid = torch.tensor([s.guidance for s in sessions], device=dev)
+    if len(sessions) == 1:
+        logits = model.g_logits(prev, av, text, sessions[0].cache, guid)
+    else:
+        cache = stack_caches([s.cache for s in sessions], [2] * len(sessions))
+        logits = model.g_logits(prev, av, text, cache, guid)
+        for s, c in zip(sessions, unstack_cache(cache, [2] * len(sessions), [s.cache.t + 1 for s in sessions])):
+            s.cache = c
+    toks = [int(model.sample(logits[i], s.cfg.temperature, s.cfg.top_k, s.gen)) for i, s in enumerate(sessions)]
+    t2 = time.perf_counter()
+    hists = [s.hist[-(model.vq.receptive_tokens - 1):] + [t] if model.vq.receptive_tokens > 1 else [t]
+             for s, t in zip(sessions, toks)]
+    frames_norm: list[torch.Tensor | None] = [None] * len(sessions)
+    groups: dict[int, list[int]] = {}
+    for i, h in enumerate(hists):
+        groups.setdefault(len(h), []).append(i)
+    for _, idx in groups.items():
+        codes = torch.tensor([hists[i] for i in idx], device=dev)
+        out = model.vq.decode_last(codes)                                    # (n, down, 56)
+        for j, i in enumerate(idx):
+            frames_norm[i] = out[j]
+    t3 = time.perf_counter()
+    result = []
+    for i, s in enumerate(sessions):
+        n0 = len(s.pending)
+        s._after_hop(toks[i], frames_norm[i])
+        result.append(s.pending[n0:])
+        st = s.stats
+        st["audio_enc_ms"], st["g_step_ms"], st["decode_ms"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+        st["audio_enc_ms_total"] += st["audio_enc_ms"]
+        st["g_step_ms_total"] += st["g_step_ms"]
+        st["decode_ms_total"] += st["decode_ms"]
+    return result

