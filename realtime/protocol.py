@@ -1,0 +1,405 @@
+"""Protocol v1 of the mm2face-live WebSocket server, sans-I/O.
+
+Pure functions and small dataclasses that turn received text/bytes into validated messages and
+frames into text/bytes. No sockets, no asyncio: the server (:mod:`mm2face.realtime.server`), the
+reference client and the tests all use this module. The wire format is documented in
+``docs/protocol.md`` with JSON Schemas in ``docs/schemas/``.
+
+Text messages are JSON objects with a ``"type"``. Binary messages are audio (client -> server, in
+the format declared by ``open``/``audio_format``) or packed frames (server -> client, layout
+:data:`FRAME_STRUCT`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mm2face.engine.frame import EXP, FPS, FRAME_DIM, HEAD, JAW, SAMPLE_RATE
+from mm2face.realtime.resample import AudioFormatError, check_format
+
+PROTOCOL_VERSION = 1
+SERVER_NAME = "mm2face-live"
+
+# Limits (documented in docs/protocol.md).
+MAX_TEXT_BYTES = 64 * 1024          # a JSON control message
+MAX_AUDIO_BYTES = 1024 * 1024       # one binary audio message (~32 s of PCM16 at 16 kHz)
+MAX_STYLE_CHARS = 2000              # style text; longer texts are rejected, the old style stays
+MAX_SESSION_NAME = 64
+MAX_BLEND_S = 10.0
+GUIDANCE_RANGE = (0.0, 10.0)
+FRAME_FORMATS = ("json", "binary")
+
+# Binary frame (server -> client), little-endian, 272 bytes:
+#   magic b"MMF1" | version u16 | flags u16 | seq u32 | session_num u32 |
+#   t_audio_s f64 | server_send_time f64 | audio_arrival_time f64 | input_ready_time f64 |
+#   params 56 x f32 (50 expression, 3 head pose, 3 jaw pose; axis-angle rad)
+FRAME_MAGIC = b"MMF1"
+FRAME_STRUCT = struct.Struct("<4sHHII4d56f")
+FRAME_BYTES = FRAME_STRUCT.size            # 272
+FLAG_FINAL = 1                              # the frame is the last one emitted by end()
+
+
+class ErrorCode:
+    """Error codes sent in ``{"type": "error", "code": ...}`` messages."""
+    BAD_JSON = "bad_json"                    # not valid UTF-8 JSON, or not an object
+    UNKNOWN_TYPE = "unknown_type"            # "type" missing or not a known message type
+    BAD_MESSAGE = "bad_message"              # a field is missing, of the wrong type or out of range
+    TOO_LARGE = "too_large"                  # message over the size limit
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNAUTHORIZED = "unauthorized"            # control message without the server's token
+    UNKNOWN_SESSION = "unknown_session"
+    SESSION_EXISTS = "session_exists"
+    NO_SESSION = "no_session"                # audio/audio_format before "open"
+    NOT_OWNER = "not_owner"                  # control of a session another client opened
+    BAD_AUDIO_FORMAT = "bad_audio_format"    # unsupported sample rate or sample format
+    BAD_AUDIO = "bad_audio"                  # NaN/Inf samples or a partial sample; the chunk is dropped
+    STYLE_TOO_LONG = "style_too_long"
+    INTERNAL = "internal"                    # the server failed; the message says what happened
+
+
+class WarningCode:
+    AUDIO_CLIPPED = "audio_clipped"          # samples beyond [-1, 1] were clipped (sent once per session)
+    FRAMES_DROPPED = "frames_dropped"        # this client fell behind; frames were dropped for it
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be accepted. ``code`` is an :class:`ErrorCode` value."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.ref = code, message, ref
+
+    def to_json(self) -> str:
+        return error_json(self.code, self.message, self.ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# Client -> server messages
+
+@dataclass
+class Hello:
+    version: int = PROTOCOL_VERSION
+    token: str | None = None
+    client: str = ""
+
+
+@dataclass
+class Subscribe:
+    session: str = "default"
+    format: str = "json"
+
+
+@dataclass
+class Unsubscribe:
+    session: str = "default"
+
+
+@dataclass
+class Open:
+    """Open a session fed by this client's binary audio messages."""
+    session: str | None = None          # name; the server picks one when omitted
+    sample_rate: int = SAMPLE_RATE      # Hz of the audio that follows
+    sample_format: str = "pcm16"        # "pcm16" or "f32", little-endian, mono
+    style: str = ""
+    guidance: float | None = None
+    format: str = "json"                # frame format of the automatic subscription
+    token: str | None = None
+
+
+@dataclass
+class AudioFormat:
+    sample_rate: int = SAMPLE_RATE
+    sample_format: str = "pcm16"
+    token: str | None = None
+
+
+@dataclass
+class Style:
+    text: str = ""
+    blend_s: float = 0.5
+    guidance: float | None = None
+    session: str | None = None          # default: the client's own session, else "default"
+    token: str | None = None
+
+
+@dataclass
+class End:
+    session: str | None = None
+    token: str | None = None
+
+
+@dataclass
+class Flush:
+    session: str | None = None
+    token: str | None = None
+
+
+@dataclass
+class Close:
+    session: str | None = None
+    token: str | None = None
+
+
+@dataclass
+class Stats:
+    session: str | None = None
+
+
+CONTROL_TYPES = (Open, AudioFormat, Style, End, Flush, Close)   # need the token when one is set
+MESSAGE_TYPES = {"hello": Hello, "subscribe": Subscribe, "unsubscribe": Unsubscribe, "open": Open,
+                 "audio_format": AudioFormat, "style": Style, "end": End, "flush": Flush,
+                 "close": Close, "stats": Stats}
+
+
+def _field(obj: dict, name: str, kind, *, default=None, required=False, ref=""):
+    if name not in obj or obj[name] is None:
+        if required:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{ref}: field {name!r} is required", ref)
+        return default
+    v = obj[name]
+    ok = (isinstance(v, kind) and not isinstance(v, bool)) if kind in (int, float, (int, float)) else isinstance(v, kind)
+    if not ok:
+        want = {str: "a string", int: "an integer", (int, float): "a number"}.get(kind, str(kind))
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{ref}: field {name!r} must be {want}, got {v!r:.80}", ref)
+    return v
+
+
+def _number(obj, name, default, lo, hi, ref):
+    v = _field(obj, name, (int, float), default=default, ref=ref)
+    if v is None:
+        return None
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{ref}: {name} must be within [{lo}, {hi}], got {v}", ref)
+    return float(v)
+
+
+def _session_name(obj, ref, default=None):
+    name = _field(obj, "session", str, default=default, ref=ref)
+    if name is not None and (not name or len(name) > MAX_SESSION_NAME or not name.isprintable()):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                            f"{ref}: session must be 1..{MAX_SESSION_NAME} printable characters", ref)
+    return name
+
+
+def _style_text(obj, ref):
+    text = _field(obj, "text", str, required=True, ref=ref) if ref == "style" else _field(obj, "style", str, default="", ref=ref)
+    if len(text) > MAX_STYLE_CHARS:
+        raise ProtocolError(ErrorCode.STYLE_TOO_LONG,
+                            f"style text is {len(text)} characters; the limit is {MAX_STYLE_CHARS}. "
+                            "Describe the style in a sentence or two; the current style is kept.", ref)
+    return text.strip()
+
+
+def _audio_format(obj, ref):
+    rate = obj.get("sample_rate", SAMPLE_RATE)
+    fmt = obj.get("sample_format", "pcm16")
+    try:
+        return check_format(rate, fmt)
+    except AudioFormatError as e:
+        raise ProtocolError(ErrorCode.BAD_AUDIO_FORMAT, f"{ref}: {e}", ref) from None
+
+
+def parse_text(data: str | bytes) -> Any:
+    """Parse one client text message into its dataclass; raises :class:`ProtocolError`."""
+    if len(data) > MAX_TEXT_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE,
+                            f"text message of {len(data)} bytes exceeds the {MAX_TEXT_BYTES}-byte limit")
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON ({e}); send a JSON object "
+                            'such as {"type": "subscribe", "session": "default"}') from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, f"message must be a JSON object, got {type(obj).__name__}")
+    t = obj.get("type")
+    if t not in MESSAGE_TYPES:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {t!r}; known types: "
+                            f"{', '.join(MESSAGE_TYPES)}", t if isinstance(t, str) else None)
+    token = _field(obj, "token", str, ref=t)
+    if t == "hello":
+        v = _field(obj, "version", int, default=PROTOCOL_VERSION, ref=t)
+        if v != PROTOCOL_VERSION:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
+                                f"protocol version {v} is not supported; this server speaks version {PROTOCOL_VERSION}", t)
+        return Hello(version=v, token=token, client=_field(obj, "client", str, default="", ref=t)[:200])
+    if t in ("subscribe", "open"):
+        fmt = _field(obj, "format", str, default="json", ref=t)
+        if fmt not in FRAME_FORMATS:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{t}: format must be one of {list(FRAME_FORMATS)}, got {fmt!r}", t)
+        if t == "subscribe":
+            return Subscribe(session=_session_name(obj, t, "default"), format=fmt)
+        rate, sfmt = _audio_format(obj, t)
+        return Open(session=_session_name(obj, t), sample_rate=rate, sample_format=sfmt,
+                    style=_style_text(obj, t), guidance=_number(obj, "guidance", None, *GUIDANCE_RANGE, t),
+                    format=fmt, token=token)
+    if t == "unsubscribe":
+        return Unsubscribe(session=_session_name(obj, t, "default"))
+    if t == "audio_format":
+        rate, sfmt = _audio_format(obj, t)
+        return AudioFormat(sample_rate=rate, sample_format=sfmt, token=token)
+    if t == "style":
+        return Style(text=_style_text(obj, t), blend_s=_number(obj, "blend_s", 0.5, 0.0, MAX_BLEND_S, t),
+                     guidance=_number(obj, "guidance", None, *GUIDANCE_RANGE, t),
+                     session=_session_name(obj, t), token=token)
+    if t == "stats":
+        return Stats(session=_session_name(obj, t))
+    return MESSAGE_TYPES[t](session=_session_name(obj, t), token=token)
+
+
+# ----------------------------------------------------------------------------------------------
+# Client -> server audio
+
+@dataclass
+class AudioCheck:
+    """Result of :func:`check_audio`: clean float32 samples and what was fixed."""
+    audio: np.ndarray          # (samples,) float32 in [-1, 1] at the declared rate
+    n_clipped: int = 0
+
+
+def check_audio(data: bytes, sample_format: str) -> AudioCheck:
+    """Decode one binary audio message; raises ProtocolError(BAD_AUDIO) on NaN/Inf or a partial
+    sample (the chunk is dropped), clips samples beyond [-1, 1] and counts them."""
+    from mm2face.realtime.resample import decode_samples
+    if len(data) > MAX_AUDIO_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"audio message of {len(data)} bytes exceeds the "
+                            f"{MAX_AUDIO_BYTES}-byte limit; send smaller chunks (20-100 ms is typical)", "audio")
+    try:
+        x = decode_samples(data, sample_format)
+    except AudioFormatError as e:
+        raise ProtocolError(ErrorCode.BAD_AUDIO, f"audio chunk dropped: {e}", "audio") from None
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise ProtocolError(ErrorCode.BAD_AUDIO, f"audio chunk dropped: {int(bad.sum())} of {len(x)} samples "
+                            "are NaN or Inf", "audio")
+    over = np.abs(x) > 1.0
+    n = int(over.sum())
+    if n:
+        x = np.clip(x, -1.0, 1.0)
+    return AudioCheck(audio=x, n_clipped=n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Server -> client messages
+
+def _dumps(obj: dict) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def error_json(code: str, message: str, ref: str | None = None) -> str:
+    obj = {"type": "error", "code": code, "message": message}
+    if ref:
+        obj["ref"] = ref
+    return _dumps(obj)
+
+
+def warning_json(code: str, message: str, session: str | None = None) -> str:
+    obj = {"type": "warning", "code": code, "message": message}
+    if session is not None:
+        obj["session"] = session
+    return _dumps(obj)
+
+
+def event_json(type_: str, **fields) -> str:
+    """Any other server message: ``{"type": type_, **fields}`` (NaN-free, compact)."""
+    return _dumps({"type": type_, **fields})
+
+
+def hello_json(sessions: list[str], auth_required: bool) -> str:
+    return event_json("hello", version=PROTOCOL_VERSION, server=SERVER_NAME, fps=FPS,
+                      sample_rate=SAMPLE_RATE, frame_dim=FRAME_DIM, frame_bytes=FRAME_BYTES,
+                      sessions=sessions, auth_required=auth_required,
+                      max_text_bytes=MAX_TEXT_BYTES, max_audio_bytes=MAX_AUDIO_BYTES)
+
+
+@dataclass
+class WireFrame:
+    """One frame as sent on the wire. Times are server wall-clock ``time.time()`` seconds.
+
+    audio_arrival_time: when the audio at this frame's instant (``t_audio_s``) reached the server
+        (NaN when the frame shows no audio: idle or text-only);
+    input_ready_time: when the last audio this frame depends on reached the server, i.e. when the
+        frame could first be computed (NaN when there was none).
+    """
+    session: str
+    session_num: int
+    seq: int
+    t_audio_s: float
+    params: np.ndarray                  # (56,) float32
+    server_send_time: float = math.nan
+    audio_arrival_time: float = math.nan
+    input_ready_time: float = math.nan
+    style: str = ""
+    final: bool = False
+
+    @property
+    def expression(self) -> np.ndarray:
+        return self.params[EXP]
+
+    @property
+    def head_pose(self) -> np.ndarray:
+        return self.params[HEAD]
+
+    @property
+    def jaw_pose(self) -> np.ndarray:
+        return self.params[JAW]
+
+
+def _opt_time(x: float):
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+def encode_frame_json(f: WireFrame) -> str:
+    p = np.asarray(f.params, np.float32)
+    obj = {"type": "frame", "session": f.session, "seq": int(f.seq), "t_audio_s": round(float(f.t_audio_s), 6),
+           "server_send_time": _opt_time(f.server_send_time),
+           "audio_arrival_time": _opt_time(f.audio_arrival_time),
+           "input_ready_time": _opt_time(f.input_ready_time),
+           "expression": [round(float(v), 6) for v in p[EXP]],
+           "head_pose": [round(float(v), 6) for v in p[HEAD]],
+           "jaw_pose": [round(float(v), 6) for v in p[JAW]],
+           "style": f.style}
+    if f.final:
+        obj["final"] = True
+    return _dumps(obj)
+
+
+def encode_frame_binary(f: WireFrame) -> bytes:
+    p = np.asarray(f.params, dtype="<f4").reshape(-1)
+    if p.shape != (FRAME_DIM,):
+        raise ValueError(f"frame params must be ({FRAME_DIM},), got {p.shape}")
+    return FRAME_STRUCT.pack(FRAME_MAGIC, PROTOCOL_VERSION, FLAG_FINAL if f.final else 0, f.seq & 0xFFFFFFFF,
+                             f.session_num & 0xFFFFFFFF, f.t_audio_s, f.server_send_time,
+                             f.audio_arrival_time, f.input_ready_time, *p.tolist())
+
+
+def decode_frame_binary(data: bytes, session: str = "") -> WireFrame:
+    """Client side: 272 packed bytes -> :class:`WireFrame` (``session`` name is not on the wire)."""
+    if len(data) != FRAME_BYTES:
+        raise ValueError(f"binary frame must be {FRAME_BYTES} bytes, got {len(data)}")
+    magic, ver, flags, seq, num, t, send, arr, ready, *p = FRAME_STRUCT.unpack(data)
+    if magic != FRAME_MAGIC or ver != PROTOCOL_VERSION:
+        raise ValueError(f"not a v{PROTOCOL_VERSION} frame (magic {magic!r}, version {ver})")
+    return WireFrame(session=session, session_num=num, seq=seq, t_audio_s=t,
+                     params=np.asarray(p, np.float32), server_send_time=send, audio_arrival_time=arr,
+                     input_ready_time=ready, final=bool(flags & FLAG_FINAL))
+
+
+def decode_frame_json(obj: dict | str) -> WireFrame:
+    """Client side: a ``frame`` JSON message (text or parsed) -> :class:`WireFrame`."""
+    if isinstance(obj, (str, bytes)):
+        obj = json.loads(obj)
+    nan = math.nan
+    params = np.asarray(obj["expression"] + obj["head_pose"] + obj["jaw_pose"], np.float32)
+    g = lambda k: nan if obj.get(k) is None else float(obj[k])  # noqa: E731
+    return WireFrame(session=obj["session"], session_num=-1, seq=int(obj["seq"]), t_audio_s=float(obj["t_audio_s"]),
+                     params=params, server_send_time=g("server_send_time"), audio_arrival_time=g("audio_arrival_time"),
+                     input_ready_time=g("input_ready_time"), style=obj.get("style", ""), final=bool(obj.get("final")))
+
+
+def needs_token(msg) -> bool:
+    return isinstance(msg, CONTROL_TYPES)
