@@ -31,18 +31,18 @@ FEAT_PAD = FEAT_RF - FEAT_HOP   # 80 samples of left padding aligns feature ends
 
 @dataclass
 class AudioConfig:
-    window_feats: int = 16          # features per window (20 ms each): past context + own + lookahead
+    window_feats: int = 12          # features per window (20 ms each): past context + own + lookahead
     lookahead_feats: int = 2        # features after the token's own audio it may see (2 = one frame = 40 ms)
     feats_per_token: int = 4        # 50 Hz features per token (= 2 * frames per token); set by the model
     d_out: int = 192                # output size (the transformer width)
     pretrained_dir: str = ""        # a local wav2vec2 folder to start from ("" = small config trained here)
     freeze_cnn: bool = True         # freeze the CNN feature extractor when pretrained_dir is set
     # the small Wav2Vec2 trained from scratch (ignored when pretrained_dir is set)
-    hidden: int = 128               # transformer width
-    layers: int = 2                 # transformer layers
+    hidden: int = 96                # transformer width
+    layers: int = 1                 # transformer layers
     heads: int = 4
-    ffn: int = 256
-    conv_dim: int = 64              # channels of the 7 CNN layers
+    ffn: int = 192
+    conv_dim: int = 64              # channels of the CNN layers (the first two get half)
     pos_conv: int = 8               # kernel of the convolutional position embedding
     w2v_config: dict = field(default_factory=dict)   # filled in at build time: the exact Wav2Vec2Config
 
@@ -54,7 +54,7 @@ class AudioConfig:
 def small_wav2vec2_config(c: AudioConfig) -> Wav2Vec2Config:
     return Wav2Vec2Config(
         hidden_size=c.hidden, num_hidden_layers=c.layers, num_attention_heads=c.heads,
-        intermediate_size=c.ffn, conv_dim=(c.conv_dim,) * 7, feat_extract_norm="layer",
+        intermediate_size=c.ffn, conv_dim=(c.conv_dim // 2,) * 2 + (c.conv_dim,) * 5, feat_extract_norm="layer",
         do_stable_layer_norm=True, num_conv_pos_embeddings=c.pos_conv, num_conv_pos_embedding_groups=8,
         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
         layerdrop=0.0, mask_time_prob=0.0, mask_feature_prob=0.0, apply_spec_augment=False,
@@ -100,14 +100,27 @@ class AudioEncoder(nn.Module):
         ``audio_16k: (B, S)`` starting at the clip start; zero-padded on the right as needed.
         Returns ``(B, window_feats + n_feats, C)``; row ``j`` is feature ``j - window_feats``."""
         W = self.cfg.window_feats
-        pad_left = W * FEAT_HOP + FEAT_PAD
         need = n_feats * FEAT_HOP                 # samples covered by features 0..n_feats-1
-        B, S = audio_16k.shape
         x = audio_16k[:, :need]
         if x.shape[1] < need:
             x = torch.nn.functional.pad(x, (0, need - x.shape[1]))
-        x = torch.nn.functional.pad(x, (pad_left, 0))
-        return self.cnn(x)
+        return self.cnn(torch.nn.functional.pad(x, (self.context_samples, 0)))
+
+    @property
+    def context_samples(self) -> int:
+        """Audio before a token range's first sample that its windows read (window_feats features + 80)."""
+        return self.cfg.window_feats * FEAT_HOP + FEAT_PAD
+
+    def context_len(self, n_tokens: int) -> int:
+        """Samples :meth:`tokens_from_context` needs for ``n_tokens`` tokens."""
+        return self.context_samples + self.n_feats_for_tokens(n_tokens) * FEAT_HOP
+
+    def tokens_from_context(self, audio_ctx: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """Token vectors for tokens ``s .. s + n_tokens - 1`` of a clip from ``audio_ctx: (B, S)``, the clip's
+        samples ``[1280 s - context_samples, ...)`` (zeros before the clip start), ``S = context_len(n)``.
+        Returns ``(B, n_tokens, d_out)`` (used by training on random crops)."""
+        feats = self.cnn(audio_ctx[:, :self.context_len(n_tokens)])
+        return self._windows(feats, n_tokens)
 
     def encode_windows(self, cnn_windows: torch.Tensor) -> torch.Tensor:
         """``cnn_windows: (N, window_feats, C)`` -> token audio vectors ``(N, d_out)``."""
@@ -126,13 +139,14 @@ class AudioEncoder(nn.Module):
     def n_feats_for_tokens(self, n_tokens: int) -> int:
         return n_tokens * self.cfg.feats_per_token + self.cfg.lookahead_feats
 
-    def clip_tokens(self, audio_16k: torch.Tensor, n_tokens: int, chunk: int = 512) -> torch.Tensor:
+    def clip_tokens(self, audio_16k: torch.Tensor, n_tokens: int) -> torch.Tensor:
         """Token audio vectors for a whole clip: ``audio_16k: (B, S)`` -> ``(B, n_tokens, d_out)``."""
-        feats = self.clip_cnn(audio_16k, self.n_feats_for_tokens(n_tokens))     # (B, W + F, C)
+        return self._windows(self.clip_cnn(audio_16k, self.n_feats_for_tokens(n_tokens)), n_tokens)
+
+    def _windows(self, feats: torch.Tensor, n_tokens: int, chunk: int = 1024) -> torch.Tensor:
         idx = self.window_index(n_tokens, feats.device)                         # (T, W)
         B = feats.shape[0]
-        wins = feats[:, idx]                                                    # (B, T, W, C)
-        wins = wins.reshape(B * n_tokens, self.cfg.window_feats, -1)
+        wins = feats[:, idx].reshape(B * n_tokens, self.cfg.window_feats, -1)   # (B*T, W, C)
         out = torch.cat([self.encode_windows(wins[i:i + chunk]) for i in range(0, len(wins), chunk)], 0)
         return out.reshape(B, n_tokens, -1)
 

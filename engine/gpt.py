@@ -23,7 +23,7 @@ import torch.nn.functional as F
 @dataclass
 class GPTConfig:
     n_codes: int = 256         # motion token vocabulary (the VQ codebook size); BOS = n_codes
-    d_model: int = 192         # transformer width
+    d_model: int = 160         # transformer width
     n_layer: int = 4
     n_head: int = 4
     ctx_tokens: int = 64       # attention window in tokens (64 x 80 ms = 5.12 s)

@@ -164,12 +164,17 @@ class MM2Face(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.info.meta.update(meta)
-        ck = {"schema": SCHEMA_VERSION, "kind": "mm2face", "configs": self.configs(),
-              "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}, "saved_at": time.time()}
+        ck = self.checkpoint_dict()
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(ck, tmp)
         tmp.replace(path)
         return path
+
+    def checkpoint_dict(self) -> dict:
+        """Everything :meth:`from_checkpoint_dict` needs (CPU tensors)."""
+        return {"schema": SCHEMA_VERSION, "kind": "mm2face", "configs": self.configs(),
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+                "saved_at": time.time()}
 
     @classmethod
     def from_checkpoint_dict(cls, ck: dict, device="cpu") -> "MM2Face":

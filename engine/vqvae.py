@@ -20,7 +20,7 @@ import torch.nn.functional as F
 class VQConfig:
     frame_dim: int = 56        # numbers per motion frame
     down: int = 2              # frames per token (2 -> a token is 80 ms at 25 fps); a power of two
-    width: int = 192           # conv channels
+    width: int = 128           # conv channels
     depth: int = 2             # residual blocks per resolution
     code_dim: int = 64         # codebook vector size
     n_codes: int = 256         # codebook size

@@ -1,0 +1,101 @@
+"""MM2Face building blocks: KV cache exactness, streaming VQ decode, checkpoints, audio windows."""
+import numpy as np
+import pytest
+import torch
+
+from mm2face.engine.gpt import GPTConfig, MotionGPT, stack_caches, unstack_cache
+from mm2face.engine.model import MM2Face, load_model
+from mm2face.engine.vqvae import VQConfig, VQVAE
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def test_kv_cache_incremental_equals_full_forward_beyond_window():
+    torch.manual_seed(0)
+    g = MotionGPT(GPTConfig(n_codes=32, d_model=32, n_layer=2, n_head=2, ctx_tokens=8, d_text=16)).eval()
+    T = 21                                         # longer than the 8-token window: the cache slides
+    prev = torch.randint(0, 33, (2, T))
+    audio = torch.randn(2, T, 32)
+    text = torch.randn(2, T, 16)                   # style may change at every token
+    full = g(prev, audio, text)
+    cache = g.new_cache()
+    steps = [g(prev[:, t:t + 1], audio[:, t:t + 1], text[:, t:t + 1], cache) for t in range(T)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 7 and cache.t == T
+    # a prefill of several tokens then single steps gives the same
+    c2 = g.new_cache()
+    a = g(prev[:, :5], audio[:, :5], text[:, :5], c2)
+    b = g(prev[:, 5:6], audio[:, 5:6], text[:, 5:6], c2)
+    torch.testing.assert_close(torch.cat([a, b], 1), full[:, :6], atol=1e-5, rtol=1e-5)
+
+
+def test_stacked_caches_of_different_lengths_match_single_steps():
+    torch.manual_seed(1)
+    g = MotionGPT(GPTConfig(n_codes=16, d_model=32, n_layer=2, n_head=2, ctx_tokens=6, d_text=8)).eval()
+    caches, outs = [], []
+    for n in (0, 3, 9):                            # empty, partial, full (slid) caches
+        c = g.new_cache()
+        for _ in range(n):
+            g(torch.randint(0, 16, (1, 1)), torch.randn(1, 1, 32), torch.randn(1, 1, 8), c)
+        caches.append(c)
+    x = [(torch.randint(0, 16, (1, 1)), torch.randn(1, 1, 32), torch.randn(1, 1, 8)) for _ in caches]
+    ref = [g(*xi, c.clone()) for xi, c in zip(x, caches)]
+    st = stack_caches(caches, [1, 1, 1])
+    out = g(torch.cat([a[0] for a in x]), torch.cat([a[1] for a in x]), torch.cat([a[2] for a in x]), st)
+    torch.testing.assert_close(out, torch.cat(ref), atol=1e-5, rtol=1e-5)
+    parts = unstack_cache(st, [1, 1, 1], [c.t + 1 for c in caches])
+    assert [p.length for p in parts] == [1, 4, 5]
+
+
+def test_vq_decoder_is_causal_and_streams():
+    torch.manual_seed(0)
+    vq = VQVAE(VQConfig(width=32, depth=2, n_codes=16, code_dim=8)).eval()
+    codes = torch.randint(0, 16, (1, 30))
+    full = vq.decode(codes)
+    assert full.shape == (1, 60, 56)
+    # changing future tokens never changes past frames
+    c2 = codes.clone()
+    c2[0, 20:] = (c2[0, 20:] + 1) % 16
+    torch.testing.assert_close(vq.decode(c2)[:, :40], full[:, :40])
+    # one token at a time with a bounded history
+    inc = torch.cat([vq.decode_last(codes[:, :k + 1]) for k in range(30)], 1)
+    torch.testing.assert_close(inc, full, atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = MM2Face.random(seed=0)
+    m.set_norm(np.linspace(-1, 1, 56), np.full(56, 0.5))
+    m.info.head = "standin"
+    p = m.save(tmp_path / "m.pt", note="unit test")
+    m2 = MM2Face.load(p)
+    for (k, a), (k2, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert m2.info.meta["note"] == "unit test" and m2.head_name == "standin"
+    assert m2.down == 2 and abs(m2.algorithmic_latency_s - 0.12) < 1e-9
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_audio_windows_offline_equal_crop_context():
+    """Token audio vectors from a crop with its past context equal those of the whole clip."""
+    m = MM2Face.random(seed=0)
+    enc = m.audio
+    audio = torch.randn(1, 16000 * 2) * 0.1
+    with torch.no_grad():
+        full = enc.clip_tokens(audio, 20)
+        s, L = 7, 6
+        a0 = s * m.samples_per_token - enc.context_samples
+        ctx = audio[:, a0:a0 + enc.context_len(L)]
+        crop = enc.tokens_from_context(ctx, L)
+    torch.testing.assert_close(crop, full[:, s:s + L], atol=1e-5, rtol=1e-4)
+    # the lookahead is bounded: audio more than lookahead after a token does not change it
+    a2 = audio.clone()
+    cut = (5 + 1) * m.samples_per_token + m.lookahead_samples
+    a2[:, cut:] = torch.randn_like(a2[:, cut:])
+    with torch.no_grad():
+        f2 = enc.clip_tokens(a2, 20)
+    torch.testing.assert_close(f2[:, :6], full[:, :6], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(f2[:, 6], full[:, 6])

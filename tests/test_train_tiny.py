@@ -1,0 +1,106 @@
+"""Trainers on tiny configs and tiny in-memory data: loss falls, checkpoints round-trip, resume, DDP."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mm2face.engine.model import MM2Face
+from mm2face.training.dataset import SimpleClip
+from mm2face.training.train_mm2face import GPTTrainConfig, train_mm2face
+from mm2face.training.train_vqvae import VQTrainConfig, train_vqvae
+
+TINY_VQ = {"width": 32, "depth": 1, "n_codes": 32, "code_dim": 16, "dead_after": 20}
+TINY_GPT = {"d_model": 48, "n_layer": 2, "n_head": 2, "ctx_tokens": 16}
+TINY_AUDIO = {"window_feats": 8, "hidden": 32, "layers": 1, "heads": 2, "ffn": 64, "conv_dim": 16}
+
+
+def make_clips(n=6, seed=0, seconds=3.0):
+    """Speech-like bursts; the jaw follows the audio envelope; captions say happy or sad."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for i in range(n):
+        T = int(25 * seconds)
+        env = np.clip(np.sin(np.linspace(0, rng.uniform(6, 12), T)) + rng.normal(0, 0.1, T), 0, None)
+        audio = (np.repeat(env, 640) * np.sin(np.arange(T * 640) * 0.05) * 0.3).astype(np.float32)
+        m = np.zeros((T, 56), np.float32)
+        m[:, 53] = 0.3 * env
+        happy = i % 2 == 0
+        m[:, 9] = m[:, 10] = 0.8 if happy else 0.0
+        m[:, 12] = 0.0 if happy else 0.8
+        m[:, 51] = 0.1 * np.sin(np.linspace(0, 3, T))
+        caps = {"emotion": "happy and smiling" if happy else "sad and frowning", "action": "talks"}
+        clips.append(SimpleClip(id=f"c{i}", motion=m, audio_16k=audio if i < n - 1 else None, captions=caps,
+                                subset="talking" if i < n - 1 else "t2m"))
+    return clips
+
+
+def _losses(out: Path, key="loss"):
+    return [json.loads(l)[key] for l in (out / "log.jsonl").read_text().splitlines() if key in json.loads(l)]
+
+
+@pytest.fixture(scope="module")
+def vq_path(tmp_path_factory):
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("vq")
+    cfg = VQTrainConfig(out=str(out), steps=60, batch=8, window=32, lr=2e-3, val_every=30, save_every=30,
+                        vq=TINY_VQ)
+    return train_vqvae(cfg, make_clips(), make_clips(2, seed=1), progress=False)
+
+
+def test_vqvae_loss_falls_and_round_trips(vq_path):
+    out = vq_path.parent
+    losses = _losses(out)
+    assert losses[-1] < 0.7 * losses[0]
+    m = MM2Face.load(vq_path)
+    assert m.info.stage == "vqvae" and m.vq.cfg.n_codes == 32
+    assert abs(float(m.mean[53]) - np.mean([c.motion[:, 53].mean() for c in make_clips()])) < 0.05
+    st = torch.load(out / "last.pt", weights_only=False)
+    assert st["step"] == 60 and MM2Face.from_checkpoint_dict(st["model"]).vq.cfg.width == 32
+
+
+def test_mm2face_loss_falls_resume_and_generate(vq_path, tmp_path):
+    torch.set_num_threads(2)
+    out = tmp_path / "g"
+    kw = dict(out=str(out), vq=str(vq_path), batch=4, n_tokens=16, lr=2e-3, val_every=20, save_every=20,
+              gpt=TINY_GPT, audio=TINY_AUDIO)
+    train_mm2face(GPTTrainConfig(steps=40, **kw), make_clips(), make_clips(2, seed=1), progress=False)
+    l1 = _losses(out)
+    p = train_mm2face(GPTTrainConfig(steps=60, resume=True, **kw), make_clips(), make_clips(2, seed=1),
+                      progress=False)
+    losses = _losses(out)
+    assert len(losses) > len(l1)
+    assert losses[-1] < 0.8 * losses[0]
+    m = MM2Face.load(p)
+    assert m.info.step == 60 and m.info.stage == "mm2face"
+    from mm2face.engine.generate import generate
+    motion = generate(m, make_clips()[0].audio_16k, "happy and smiling", seed=0)
+    assert motion.shape == (75, 56) and np.isfinite(motion).all()
+
+
+def test_ddp_two_cpu_processes(vq_path, tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        torch.set_num_threads(1)
+        from test_train_tiny import make_clips, TINY_VQ, TINY_GPT, TINY_AUDIO
+        from mm2face.training.train_vqvae import VQTrainConfig, train_vqvae
+        from mm2face.training.train_mm2face import GPTTrainConfig, train_mm2face
+        train_vqvae(VQTrainConfig(out={str(tmp_path / 'vq')!r}, steps=6, batch=4, window=32, vq=TINY_VQ,
+                                  val_every=3, save_every=3), make_clips(4), [], progress=False)
+        train_mm2face(GPTTrainConfig(out={str(tmp_path / 'g')!r}, vq={str(vq_path)!r}, steps=4, batch=2,
+                                     n_tokens=8, gpt=TINY_GPT, audio=TINY_AUDIO, val_every=2, save_every=2),
+                      make_clips(4), [], progress=False)
+        """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", "29517", str(script)], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert MM2Face.load(tmp_path / "vq" / "model.pt").info.meta["vq_steps"] == 6
+    assert MM2Face.load(tmp_path / "g" / "model.pt").info.step == 4

@@ -1,0 +1,101 @@
+"""``mm2face-train vqvae|mm2face``: train the two stages on an MMHead-layout corpus.
+
+    mm2face-train vqvae   --data data/synth --out runs/vqvae   --steps 3000
+    mm2face-train mm2face --data data/synth --out runs/mm2face --vq runs/vqvae/model.pt --steps 3000
+    torchrun --nproc_per_node 2 -m mm2face.training.train_cli vqvae ...     # data parallel (gloo on CPU)
+
+Each run writes ``OUT/last.pt`` (trainer state, for --resume), ``OUT/model.pt`` (an MM2Face file any
+tool loads with --ckpt) and ``OUT/log.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--set expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mm2face-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="stage", required=True)
+    for name, helptext in (("vqvae", "stage 1: the motion VQ-VAE"),
+                           ("mm2face", "stage 2: the token transformer + audio encoder (needs --vq)")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--data", required=True, help="corpus folder (MMHead layout, real or synthetic)")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
+        p.add_argument("--batch", type=int, default=None, help="batch per process (vqvae 32, mm2face 16)")
+        p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (Adam, betas 0.5/0.999)")
+        p.add_argument("--val-every", type=int, default=250, help="validate every N steps")
+        p.add_argument("--save-every", type=int, default=None, help="write OUT/last.pt every N steps")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        p.add_argument("--limit", type=int, default=0, help="use at most N clips per split (quick runs)")
+        p.add_argument("--subsets", default="talking,t2m", help="comma list of subsets")
+        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
+                       help="model config overrides, e.g. width=128 n_codes=512 (VQConfig) or "
+                            "d_model=192 n_layer=6 (GPTConfig) / audio.window_feats=16 (AudioConfig)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "vqvae":
+            p.add_argument("--head", default="standin", choices=["standin", "flame"],
+                           help="parameter space of the data (recorded in the checkpoint)")
+            p.add_argument("--window", type=int, default=64, help="frames per training window")
+        else:
+            p.add_argument("--vq", required=True, help="stage-1 MM2Face file (OUT/model.pt of the vqvae run)")
+            p.add_argument("--n-tokens", type=int, default=64, help="tokens per training crop")
+            p.add_argument("--text-encoder", default="", metavar="DIR",
+                           help="local sentence encoder folder (default: the bundled all-MiniLM-L6-v2)")
+            p.add_argument("--audio-encoder", default="", metavar="DIR",
+                           help="local pretrained wav2vec2 folder (e.g. wav2vec2-base-960h); its CNN is frozen")
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    from mm2face.training.dataset import load_clips
+    subsets = tuple(s for s in args.subsets.split(",") if s)
+    train = load_clips(args.data, "train", subsets, args.limit)
+    try:
+        val = load_clips(args.data, "val", subsets, args.limit)
+    except ValueError:
+        print("no val split found: validating on train clips", file=sys.stderr)
+        val = []
+    over = _kv(args.set)
+    if args.stage == "vqvae":
+        from mm2face.training.train_vqvae import VQTrainConfig, train_vqvae
+        cfg = VQTrainConfig(out=args.out, steps=args.steps, batch=args.batch or 32, window=args.window, lr=args.lr,
+                            val_every=args.val_every, save_every=args.save_every or 500, seed=args.seed,
+                            head=args.head, resume=args.resume, vq=over)
+        path = train_vqvae(cfg, train, val, progress=not args.no_progress)
+    else:
+        from mm2face.training.train_mm2face import GPTTrainConfig, train_mm2face
+        gpt = {k: v for k, v in over.items() if not k.startswith("audio.")}
+        audio = {k[6:]: v for k, v in over.items() if k.startswith("audio.")}
+        cfg = GPTTrainConfig(out=args.out, vq=args.vq, steps=args.steps, batch=args.batch or 16,
+                             n_tokens=args.n_tokens, lr=args.lr, val_every=args.val_every,
+                             save_every=args.save_every or 250, seed=args.seed, resume=args.resume,
+                             text_encoder=args.text_encoder, audio_encoder=args.audio_encoder, gpt=gpt, audio=audio)
+        path = train_mm2face(cfg, train, val, progress=not args.no_progress)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Stage 2 trainer: MotionGPT + the audio encoder on tokens of a frozen stage-1 VQ-VAE.
+
+Per step: random crops of ``n_tokens`` tokens; the audio encoder turns each crop's audio (with its past
+context) into one vector per token exactly as streaming does; next-token cross-entropy. The caption is
+replaced by the learned null embedding with probability ``text_drop`` (classifier-free guidance) and a
+talking clip's audio by the learned "no audio" vector with probability ``audio_drop``. Caption
+embeddings come from the frozen text encoder once, before training (cached in the output folder).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mm2face.training.train_vqvae import cleanup_dist, log_line, lr_at, save_state, setup_dist
+
+
+@dataclass
+class GPTTrainConfig:
+    out: str = "runs/mm2face"      # output folder (last.pt = trainer state, model.pt = MM2Face file)
+    vq: str = "runs/vqvae/model.pt"  # stage-1 MM2Face file
+    steps: int = 3000
+    batch: int = 16                # crops per step per process
+    n_tokens: int = 64             # tokens per crop (64 x 80 ms = 5.12 s)
+    lr: float = 3e-4
+    val_every: int = 250
+    save_every: int = 250
+    seed: int = 0
+    resume: bool = False
+    text_encoder: str = ""         # local text encoder folder ("" = bundled MiniLM)
+    audio_encoder: str = ""        # local pretrained wav2vec2 folder ("" = small one trained here)
+    gpt: dict = field(default_factory=dict)     # GPTConfig overrides
+    audio: dict = field(default_factory=dict)   # AudioConfig overrides
+
+
+class _Stage2(nn.Module):
+    """The trainable part (GPT + audio encoder) with the loss, so DDP wraps one module."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.gpt, self.audio = model.gpt, model.audio
+
+    def forward(self, prev, target, audio, use_audio, text_emb, use_text):
+        L = prev.shape[1]
+        av = self.audio.tokens_from_context(audio, L)                            # (B, L, d)
+        av = torch.where(use_audio[:, None, None], av, self.gpt.null_audio.expand_as(av))
+        te = torch.where(use_text[:, None], text_emb, self.gpt.null_text.expand_as(text_emb))
+        logits = self.gpt(prev, av, te)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        with torch.no_grad():
+            m = target >= 0
+            acc = (logits.argmax(-1)[m] == target[m]).float().mean()
+        return loss, acc
+
+
+@torch.no_grad()
+def tokenize_clips(model, clips) -> list[np.ndarray]:
+    """VQ tokens of every clip: list of ``(ceil(T / down),)`` int64."""
+    out = []
+    down = model.down
+    for c in clips:
+        m = torch.as_tensor(np.asarray(c.motion, np.float32))
+        pad = (-len(m)) % down
+        if pad:
+            m = torch.cat([m, m[-1:].repeat(pad, 1)])
+        out.append(model.vq.encode(model.normalize(m)[None])[0].numpy().astype(np.int64))
+    return out
+
+
+def _collate(items):
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def build_model(cfg: GPTTrainConfig):
+    from mm2face.engine.audio_encoder import AudioConfig
+    from mm2face.engine.gpt import GPTConfig
+    from mm2face.engine.model import MM2Face, ModelInfo
+    vqm = MM2Face.load(cfg.vq)
+    audio_cfg = AudioConfig(**{**cfg.audio, **({"pretrained_dir": cfg.audio_encoder} if cfg.audio_encoder else {})})
+    model = MM2Face(vqm.vq.cfg, GPTConfig(**cfg.gpt), audio_cfg,
+                    ModelInfo(head=vqm.info.head, text_encoder=cfg.text_encoder, stage="mm2face",
+                              meta=dict(vqm.info.meta)))
+    model.vq.load_state_dict(vqm.vq.state_dict())
+    model.mean.copy_(vqm.mean)
+    model.std.copy_(vqm.std)
+    return model
+
+
+def text_table(model, texts: list[str], cache_path: Path) -> torch.Tensor:
+    """``(len(texts), d_text)`` frozen caption embeddings, cached on disk."""
+    cache = {}
+    if cache_path.exists():
+        cache = torch.load(cache_path, weights_only=False)
+    todo = [t for t in texts if t not in cache]
+    if todo:
+        emb = model.text_encoder.encode(todo)
+        cache.update({t: torch.from_numpy(e) for t, e in zip(todo, emb)})
+        torch.save(cache, cache_path)
+    if not texts:
+        return torch.zeros(0, model.gpt.cfg.d_text)
+    return torch.stack([cache[t] for t in texts])
+
+
+def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = True):
+    """Train stage 2; returns the path of the MM2Face file (``out/model.pt``)."""
+    from mm2face.engine.model import MM2Face
+    from mm2face.training.dataset import TokenCrops, clip_texts
+
+    d = setup_dist()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    step = 0
+    st = None
+    if cfg.resume and (out / "last.pt").exists():
+        st = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        model = MM2Face.from_checkpoint_dict(st["model"])
+        step = st["step"]
+        if d.main:
+            print(f"resumed from {out / 'last.pt'} at step {step}")
+    for p in model.vq.parameters():
+        p.requires_grad_(False)
+    model.vq.eval()
+    t0 = time.time()
+    tr_tokens = tokenize_clips(model, train_clips)
+    va_tokens = tokenize_clips(model, val_clips) if val_clips else tr_tokens
+    texts = sorted({t for c in list(train_clips) + list(val_clips or []) for t in clip_texts(c)})
+    if d.main:
+        table = text_table(model, texts, out / "text_cache.pt")
+    if d.world > 1:
+        torch.distributed.barrier()
+        if not d.main:
+            table = text_table(model, texts, out / "text_cache.pt")
+    if d.main:
+        print(f"tokenised {len(train_clips)} train / {len(val_clips or [])} val clips, "
+              f"{len(texts)} captions embedded in {time.time() - t0:.1f} s")
+    kw = dict(audio_encoder=model.audio, down=model.down, bos=model.gpt.bos, n_tokens=cfg.n_tokens, texts=texts)
+    ds = TokenCrops(train_clips, tr_tokens, seed=cfg.seed, **kw)
+    vds = TokenCrops(val_clips or train_clips, va_tokens, seed=cfg.seed + 999, **kw)
+    vbatches = [_collate([vds[i * cfg.batch + j] for j in range(cfg.batch)]) for i in range(4)]
+
+    stage = _Stage2(model)
+    params = [p for p in stage.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999))
+    if st is not None:
+        opt.load_state_dict(st["opt"])
+    net = stage
+    if d.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(stage, find_unused_parameters=bool(cfg.audio_encoder))
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
+    for _ in range(step):                     # keep the drop pattern deterministic across resume
+        torch.rand(2 * cfg.batch, generator=g)
+    gc = model.gpt.cfg
+
+    def batch_inputs(b, train: bool):
+        te = table[b["text"].clamp(min=0)]
+        use_text = b["text"] >= 0
+        use_audio = b["has_audio"].clone()
+        if train:
+            r = torch.rand(2 * cfg.batch, generator=g)
+            use_text &= r[:cfg.batch] >= gc.text_drop
+            use_audio &= r[cfg.batch:] >= gc.audio_drop
+        return b["prev"], b["target"], b["audio"], use_audio, te, use_text
+
+    t_start = time.time()
+    wall0 = st.get("wall_s", 0.0) if st else 0.0
+    bar = tqdm(total=cfg.steps, initial=step, desc="mm2face", disable=not (progress and d.main), dynamic_ncols=True)
+    stage.train()
+    model.vq.eval()
+    while step < cfg.steps:
+        base = (step * d.world + d.rank) * cfg.batch
+        b = _collate([ds[base + j] for j in range(cfg.batch)])
+        for grp in opt.param_groups:
+            grp["lr"] = lr_at(step, cfg.lr, cfg.steps)
+        loss, acc = net(*batch_inputs(b, True))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.3f}")
+        if d.main and (step % 25 == 0 or step == 1):
+            log_line(out, {"step": step, "loss": loss.item(), "acc": acc.item(), "t_s": time.time() - t_start})
+        if d.main and (step % cfg.val_every == 0 or step == cfg.steps):
+            stage.eval()
+            with torch.no_grad():
+                vl = [stage(*batch_inputs(vb, False)) for vb in vbatches]
+            stage.train()
+            rec = {"step": step, "val_loss": float(np.mean([x[0].item() for x in vl])),
+                   "val_acc": float(np.mean([x[1].item() for x in vl]))}
+            log_line(out, rec)
+            if progress:
+                tqdm.write(json.dumps(rec))
+        if d.main and (step % cfg.save_every == 0 or step == cfg.steps):
+            save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start})
+    bar.close()
+    path = out / "model.pt"
+    if d.main:
+        model.info.step = step
+        model.info.meta.update({"gpt_steps": step, "gpt_wall_s": round(wall0 + time.time() - t_start, 1)})
+        model.eval().save(path)
+    cleanup_dist()
+    return path
