@@ -1,0 +1,105 @@
+"""Cross-session batching: same frames as solo sessions, ready-only batches, isolation of bad sessions."""
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mm2face.engine.batching import SessionBatcher
+from mm2face.engine.model import MM2Face
+from mm2face.engine.session import StreamConfig, StreamSession
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return MM2Face.random(seed=0, small=True)
+
+
+def audio(seconds, seed):
+    return (np.random.default_rng(seed).normal(size=int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def solo_frames(model, a, seed):
+    s = StreamSession(model, StreamConfig(seed=seed, temperature=0.0))
+    s.push_audio(a)
+    return np.stack([f.params for f in s.poll()])
+
+
+def test_batched_frames_match_solo_sessions(model):
+    auds = [audio(1.2, 1), audio(2.0, 2), audio(0.7, 3)]
+    b = SessionBatcher(model)
+    keys = [b.add(StreamSession(model, StreamConfig(seed=i, temperature=0.0))) for i in range(3)]
+    got = {k: [] for k in keys}
+    pos = [0, 0, 0]
+    # sessions start at different times and push different chunk sizes
+    for step in range(80):
+        for i, k in enumerate(keys):
+            if i == 2 and step < 10:
+                continue                      # the third session joins late
+            n = 320 * (i + 1)
+            if pos[i] < len(auds[i]):
+                b.push_audio(k, auds[i][pos[i]:pos[i] + n])
+                pos[i] += n
+        b.step()
+        for k in keys:
+            got[k] += b.drain(k)
+    b.run_until_idle()
+    for i, k in enumerate(keys):
+        got[k] += b.drain(k)
+        ref = solo_frames(model, auds[i], i)
+        out = np.stack([tf.frame.params for tf in got[k]])
+        assert [tf.frame.seq for tf in got[k]] == list(range(len(ref)))
+        np.testing.assert_allclose(out, ref, atol=1e-4)
+    assert max(b.stats["batch_sizes"]) >= 2          # some rounds really were batched
+
+
+def test_only_ready_sessions_are_batched_and_bursts_get_one_hop_per_round(model):
+    b = SessionBatcher(model)
+    busy, idle, burst = (b.add(StreamSession(model)) for _ in range(3))
+    one_hop = model.samples_per_token + model.lookahead_samples
+    b.push_audio(busy, audio(one_hop / 16000, 0))
+    b.push_audio(burst, audio(3.0, 1))                # ~37 hops of backlog
+    assert b.step() == 2                              # idle is not in the batch, burst runs one hop only
+    assert len(b.drain(busy)) == model.down and len(b.drain(burst)) == model.down
+    assert b.drain(idle) == []
+    assert b.stats["batch_sizes"] == {2: 1}
+    b.push_audio(busy, audio(model.samples_per_token / 16000, 2))
+    assert b.step() == 2                              # busy's next hop and burst's next one, together
+    assert b.step() == 1                              # then burst alone
+
+
+def test_failing_consumer_removes_only_its_session(model):
+    delivered, errors = {}, {}
+
+    def on_frames(key, frames):
+        if key == "bad":
+            raise RuntimeError("client went away")
+        delivered.setdefault(key, []).extend(frames)
+
+    b = SessionBatcher(model, on_frames=on_frames, on_error=lambda k, e: errors.setdefault(k, e))
+    for k in ("good", "bad"):
+        b.add(StreamSession(model), key=k)
+        b.push_audio(k, audio(0.5, 3))
+    b.run_until_idle()
+    assert "bad" in errors and "bad" not in b.keys()
+    assert len(delivered["good"]) == len(solo_frames(model, audio(0.5, 3), 0))
+
+
+def test_worker_thread_stamps_arrival_and_ready_times(model):
+    frames = []
+    b = SessionBatcher(model, on_frames=lambda k, fs: frames.extend(fs))
+    k = b.add(StreamSession(model))
+    a = audio(1.0, 4)
+    with b:
+        for i in range(0, len(a), 640):
+            b.push_audio(k, a[i:i + 640])
+            time.sleep(0.002)
+        b.end(k)
+        t0 = time.time()
+        while time.time() - t0 < 10 and (not frames or not frames[-1].frame.seq >= 25 + 7):
+            time.sleep(0.01)
+    assert len(frames) >= 25
+    assert [f.frame.seq for f in frames] == list(range(len(frames)))
+    for f in frames:
+        assert f.audio_arrival_time <= f.input_ready_time <= f.done_time
