@@ -1,0 +1,578 @@
+"""The mm2face-live WebSocket server (protocol v1, see docs/protocol.md), a thin asyncio layer.
+
+    hub = Hub(make_session)                       # make_session(style) -> StreamSession
+    default = await hub.create_session("default", style="calm")
+    async with serve_hub(hub, "127.0.0.1", 8765):  # clients subscribe / open their own sessions
+        await default.push_audio(audio_16k, arrival_time=time.time())
+
+Parsing and encoding live in :mod:`mm2face.realtime.protocol` (sans-I/O). This module holds:
+
+* :class:`LiveSession`: one StreamSession plus its subscribers. Every call into the session runs in a
+  worker thread under a per-session lock (the event loop keeps sending while the model computes),
+  and the frames it returns are pushed to every subscriber at once. It records when each piece of
+  audio arrived, so each frame carries ``audio_arrival_time`` and ``input_ready_time``.
+* :class:`ClientConn`: one WebSocket client with a bounded outbox. When a client stops reading, its
+  oldest queued frames are dropped (for it alone) and counted; control replies are never dropped.
+* :class:`Hub`: the sessions of one server and the connection handler.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import math
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from mm2face.engine.frame import FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
+from mm2face.realtime import protocol as P
+from mm2face.realtime.resample import StreamResampler
+
+log = logging.getLogger("mm2face.realtime")
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
+OUTBOX_MAX_FRAMES = 50        # per client: 2 s of frames; beyond that the oldest are dropped
+OUTBOX_MAX_CONTROL = 500      # per client: unanswered control replies before it is disconnected
+SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer per client: bounds the frames in flight to a slow client
+WS_MAX_SIZE = 4 * P.MAX_AUDIO_BYTES   # websockets closes the socket (1009) above this; we answer below it
+
+
+class SessionClosed(Exception):
+    pass
+
+
+@dataclass
+class _Arrival:
+    end_sample: int            # absolute 16 kHz sample index just past this chunk
+    time: float                # server time.time() when it arrived (or when time was let pass)
+    audio: bool                # False: no audio, time only passed (idle / text-only)
+
+
+class LiveSession:
+    """A StreamSession shared by its subscribers. All methods are called from the event loop."""
+
+    def __init__(self, hub: "Hub", name: str, num: int, session, style: str, owner=None):
+        self.hub, self.name, self.num, self.session, self.owner = hub, name, num, session, owner
+        self.style, self.guidance = style, None
+        self.subscribers: dict["ClientConn", str] = {}     # client -> "json" | "binary"
+        self.listeners: list[Callable[["LiveSession", list[P.WireFrame]], None]] = []
+        self.lock = asyncio.Lock()
+        self.closed = False
+        # Audio bookkeeping (16 kHz samples).
+        self.samples_in = 0                  # samples handed to the session (audio + no-audio)
+        self.audio_samples_in = 0            # of which real audio
+        self.n_clipped = 0
+        self.warned_clipped = False
+        self._arrivals: collections.deque[_Arrival] = collections.deque()
+        self._last_input_time = math.nan
+        self.last_audio_time = 0.0           # time.time() of the last real audio chunk
+        # Client-fed audio format (for sessions opened by a client).
+        self.sample_rate, self.sample_format = SAMPLE_RATE, "pcm16"
+        self.resampler = StreamResampler(SAMPLE_RATE)
+        # Output bookkeeping.
+        self.frames_out = 0
+        self.last_frame: P.WireFrame | None = None
+        self._send_times: collections.deque[float] = collections.deque(maxlen=100)
+        self._latency_ms: collections.deque[float] = collections.deque(maxlen=250)
+        self.created = time.time()
+
+    # -- calls into the StreamSession (serialised, in a worker thread) ------------------------
+
+    async def _run(self, fn, *args):
+        if self.closed:
+            raise SessionClosed(self.name)
+        async with self.lock:
+            return await asyncio.to_thread(fn, *args)
+
+    async def push_audio(self, audio_16k: np.ndarray, arrival_time: float | None = None) -> list[P.WireFrame]:
+        """Feed ``audio_16k: (samples,) float32`` that arrived at server time ``arrival_time``."""
+        audio_16k = np.asarray(audio_16k, np.float32).reshape(-1)
+        if len(audio_16k) == 0:
+            return []
+        t = time.time() if arrival_time is None else arrival_time
+
+        def work():
+            self.session.push_audio(audio_16k)
+            return self.session.poll()
+
+        async with self.lock:
+            if self.closed:
+                raise SessionClosed(self.name)
+            self.samples_in += len(audio_16k)
+            self.audio_samples_in += len(audio_16k)
+            self._arrivals.append(_Arrival(self.samples_in, t, True))
+            self._last_input_time = t
+            self.last_audio_time = t
+            frames = await asyncio.to_thread(work)
+        return self._publish(frames)
+
+    async def push_no_audio(self, n_samples: int) -> list[P.WireFrame]:
+        """Let ``n_samples`` of 16 kHz time pass with no audio (idle / text-only motion)."""
+        if n_samples <= 0:
+            return []
+
+        def work():
+            self.session.push_no_audio(int(n_samples))
+            return self.session.poll()
+
+        async with self.lock:
+            if self.closed:
+                raise SessionClosed(self.name)
+            self.samples_in += int(n_samples)
+            self._last_input_time = time.time()
+            self._arrivals.append(_Arrival(self.samples_in, self._last_input_time, False))
+            frames = await asyncio.to_thread(work)
+        return self._publish(frames)
+
+    async def set_style(self, text: str, blend_s: float = 0.5, guidance: float | None = None,
+                        requester: "ClientConn | None" = None) -> None:
+        def work():
+            self.session.set_style(text, blend_s=blend_s)
+            if guidance is not None:
+                self.session.set_guidance(guidance)
+        await self._run(work)
+        self.style = text
+        if guidance is not None:
+            self.guidance = guidance
+        msg = P.event_json("style", session=self.name, text=text, blend_s=blend_s, guidance=self.guidance)
+        for c in set(self.subscribers) | ({requester} if requester is not None else set()):
+            c.send_control(msg)
+        self.hub.notify_status(self)
+
+    async def end(self) -> list[P.WireFrame]:
+        """The input is over: emit the remaining frames (mouth closes, face returns to idle)."""
+        async with self.lock:
+            if self.closed:
+                raise SessionClosed(self.name)
+            self._last_input_time = time.time()
+            frames = await asyncio.to_thread(self.session.end)
+            self._resync()
+        return self._publish(frames, final=True)
+
+    async def flush(self) -> list[P.WireFrame]:
+        """Barge-in: drop queued audio; the face returns to idle within one hop."""
+        async with self.lock:
+            if self.closed:
+                raise SessionClosed(self.name)
+            self._last_input_time = time.time()
+            frames = await asyncio.to_thread(self.session.flush)
+            self._resync()
+        self.resampler = StreamResampler(self.sample_rate)
+        return self._publish(frames)
+
+    def _resync(self):
+        """After end/flush the session's clock may differ from our count: follow the session."""
+        self._arrivals.clear()
+        n = getattr(self.session, "n_in", None)
+        if isinstance(n, (int, np.integer)):
+            self.samples_in = int(n)
+
+    # -- frames out ---------------------------------------------------------------------------
+
+    def _times_for(self, seq: int, t_audio_s: float) -> tuple[float, float]:
+        """``(audio_arrival_time, input_ready_time)`` of a frame: when the audio at its own instant
+        arrived, and when the last sample it depends on (its token's end + lookahead) arrived."""
+        own = int(round(t_audio_s * SAMPLE_RATE))
+        while self._arrivals and self._arrivals[0].end_sample <= own:
+            self._arrivals.popleft()
+        arrival = self._arrivals[0].time if self._arrivals and self._arrivals[0].audio else math.nan
+        s = self.session
+        try:   # the StreamSession's hop geometry: token k needs samples < spt * (k + 1) + look
+            need = s.spt * (seq // s.down + 1) + s.look
+        except (AttributeError, TypeError):
+            need = own + SAMPLES_PER_FRAME
+        ready = next((a.time for a in self._arrivals if a.end_sample >= need), self._last_input_time)
+        return arrival, ready
+
+    def _publish(self, frames, final: bool = False) -> list[P.WireFrame]:
+        out = []
+        for i, f in enumerate(frames):
+            params = np.asarray(f.params, np.float32).reshape(-1)
+            if params.shape != (FRAME_DIM,) or not np.isfinite(params).all():
+                log.error("session %s produced a malformed frame %s; skipped", self.name, getattr(f, "seq", "?"))
+                continue
+            t = float(f.t_audio_s)
+            arrival, ready = self._times_for(int(f.seq), t)
+            wf = P.WireFrame(session=self.name, session_num=self.num, seq=int(f.seq), t_audio_s=t, params=params,
+                             audio_arrival_time=arrival, input_ready_time=ready,
+                             style=str(getattr(f, "style", self.style) or ""),
+                             final=final and i == len(frames) - 1)
+            out.append(wf)
+        if not out:
+            return out
+        now = time.time()
+        for wf in out:
+            wf.server_send_time = now
+            self._send_times.append(now)
+            if math.isfinite(wf.input_ready_time):
+                self._latency_ms.append(1e3 * (now - wf.input_ready_time))
+        encoded: dict[str, list] = {}
+        for client, fmt in list(self.subscribers.items()):
+            if fmt not in encoded:
+                enc = P.encode_frame_json if fmt == "json" else P.encode_frame_binary
+                encoded[fmt] = [enc(wf) for wf in out]
+            for m in encoded[fmt]:
+                client.send_frame(m)
+        self.frames_out += len(out)
+        self.last_frame = out[-1]
+        for fn in list(self.listeners):
+            try:
+                fn(self, out)
+            except Exception:  # a broken listener must not stop the stream
+                log.exception("frame listener failed for session %s", self.name)
+        return out
+
+    # -- stats --------------------------------------------------------------------------------
+
+    def fps(self) -> float:
+        ts = [t for t in self._send_times if t > time.time() - 2.0]
+        return len(ts) / 2.0 if ts else 0.0
+
+    def latency_ms(self) -> float:
+        """Median (server) processing latency of recent frames: audio in -> frame sent, ms."""
+        return float(np.median(self._latency_ms)) if self._latency_ms else math.nan
+
+    def stats(self) -> dict:
+        lat = list(self._latency_ms)
+        engine = {}
+        with contextlib.suppress(Exception):
+            engine = {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else str(v))
+                      for k, v in dict(self.session.stats).items()}
+        return {
+            "session": self.name, "style": self.style, "guidance": self.guidance,
+            "frames": self.frames_out, "audio_s": self.audio_samples_in / SAMPLE_RATE,
+            "time_s": self.samples_in / SAMPLE_RATE, "fps": self.fps(),
+            "latency_ms_p50": float(np.percentile(lat, 50)) if lat else None,
+            "latency_ms_p95": float(np.percentile(lat, 95)) if lat else None,
+            "subscribers": len(self.subscribers),
+            "dropped_frames": sum(c.dropped for c in self.subscribers),
+            "clipped_samples": self.n_clipped,
+            "sample_rate": self.sample_rate, "sample_format": self.sample_format,
+            "engine_ms": engine,
+        }
+
+
+class ClientConn:
+    """One connected WebSocket client: its subscriptions, its own session and a bounded outbox."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, hub: "Hub", ws, max_frames: int = OUTBOX_MAX_FRAMES):
+        self.hub, self.ws, self.max_frames = hub, ws, max_frames
+        self.id = next(self._ids)
+        self.authed = hub.token is None
+        self.own: LiveSession | None = None
+        self.subs: set[str] = set()
+        self.outbox: collections.deque = collections.deque()   # (is_frame, message)
+        self.n_frames_queued = 0
+        self.n_control_queued = 0
+        self.dropped = 0
+        self.sent_frames = 0
+        self._wake = asyncio.Event()
+        self.closing = False
+        self._warned_drop_at = 0
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def send_frame(self, msg) -> None:
+        if self.closing:
+            return
+        if self.n_frames_queued >= self.max_frames:
+            # Drop this client's oldest queued frame: it fell behind; everyone else is unaffected.
+            for i, (is_frame, _) in enumerate(self.outbox):
+                if is_frame:
+                    del self.outbox[i]
+                    break
+            self.n_frames_queued -= 1
+            self.dropped += 1
+            self.hub.dropped_total += 1
+        self.outbox.append((True, msg))
+        self.n_frames_queued += 1
+        self._wake.set()
+
+    def send_control(self, msg: str) -> None:
+        if self.closing:
+            return
+        if self.n_control_queued >= OUTBOX_MAX_CONTROL:
+            log.warning("client %d is not reading its replies; disconnecting it", self.id)
+            self.closing = True
+            asyncio.ensure_future(self.ws.close(1008, "not reading replies"))
+            return
+        self.outbox.append((False, msg))
+        self.n_control_queued += 1
+        self._wake.set()
+
+    def error(self, code: str, message: str, ref: str | None = None) -> None:
+        self.send_control(P.error_json(code, message, ref))
+
+    async def writer(self) -> None:
+        while True:
+            while not self.outbox:
+                self._wake.clear()
+                await self._wake.wait()
+            is_frame, msg = self.outbox.popleft()
+            if is_frame:
+                self.n_frames_queued -= 1
+            else:
+                self.n_control_queued -= 1
+            await self.ws.send(msg)
+            if is_frame:
+                self.sent_frames += 1
+                if self.dropped > self._warned_drop_at and not self.outbox:
+                    # Tell the client once it has caught up that it lost frames.
+                    self._warned_drop_at = self.dropped
+                    await self.ws.send(P.warning_json(P.WarningCode.FRAMES_DROPPED,
+                                                      f"{self.dropped} frames dropped so far because this "
+                                                      "client read too slowly"))
+
+
+class Hub:
+    """The sessions of one server. ``make_session(style) -> StreamSession`` builds new sessions."""
+
+    def __init__(self, make_session: Callable[[str], object], token: str | None = None,
+                 max_frames_per_client: int = OUTBOX_MAX_FRAMES, max_sessions: int = 64,
+                 send_buffer_bytes: int = SEND_BUFFER_BYTES):
+        self.make_session = make_session
+        self.token = token
+        self.max_frames_per_client = max_frames_per_client
+        self.max_sessions = max_sessions
+        self.send_buffer_bytes = send_buffer_bytes
+        self.sessions: dict[str, LiveSession] = {}
+        self.clients: set[ClientConn] = set()
+        self.dropped_total = 0
+        self._nums = itertools.count(1)
+        self.status_listeners: list[Callable[[LiveSession], None]] = []
+        self.session_listeners: list[Callable[[LiveSession, bool], None]] = []   # (session, created?)
+        self.started = time.time()
+
+    async def create_session(self, name: str, style: str = "", owner: ClientConn | None = None) -> LiveSession:
+        if name in self.sessions:
+            raise P.ProtocolError(P.ErrorCode.SESSION_EXISTS, f"session {name!r} already exists; "
+                                  "pick another name or omit it", "open")
+        if len(self.sessions) >= self.max_sessions:
+            raise P.ProtocolError(P.ErrorCode.BAD_MESSAGE, f"the server holds its maximum of "
+                                  f"{self.max_sessions} sessions; close one first", "open")
+        self.sessions[name] = None  # reserve the name while the session is built
+        try:
+            session = await asyncio.to_thread(self.make_session, style)
+        except BaseException:
+            del self.sessions[name]
+            raise
+        live = LiveSession(self, name, next(self._nums), session, style, owner)
+        self.sessions[name] = live
+        for fn in list(self.session_listeners):
+            fn(live, True)
+        return live
+
+    async def close_session(self, live: LiveSession, reason: str = "closed") -> None:
+        if live.closed:
+            return
+        async with live.lock:
+            live.closed = True
+        self.sessions.pop(live.name, None)
+        msg = P.event_json("session_closed", session=live.name, reason=reason)
+        for c in list(live.subscribers):
+            c.subs.discard(live.name)
+            c.send_control(msg)
+        live.subscribers.clear()
+        for fn in list(self.session_listeners):
+            fn(live, False)
+
+    def notify_status(self, live: LiveSession) -> None:
+        for fn in list(self.status_listeners):
+            try:
+                fn(live)
+            except Exception:
+                log.exception("status listener failed")
+
+    def live_sessions(self) -> list[str]:
+        return [n for n, s in self.sessions.items() if s is not None]
+
+    def stats(self) -> dict:
+        return {"uptime_s": time.time() - self.started, "clients": len(self.clients),
+                "sessions": self.live_sessions(), "dropped_frames_total": self.dropped_total}
+
+    # -- connection handler -------------------------------------------------------------------
+
+    async def handler(self, ws) -> None:
+        client = ClientConn(self, ws, self.max_frames_per_client)
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None and self.send_buffer_bytes:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
+        self.clients.add(client)
+        writer = asyncio.create_task(client.writer())
+        try:
+            async for data in ws:
+                try:
+                    if isinstance(data, (bytes, bytearray, memoryview)):
+                        await self._on_audio(client, bytes(data))
+                    else:
+                        await self._on_message(client, P.parse_text(data))
+                except P.ProtocolError as e:
+                    client.error(e.code, e.message, e.ref)
+                except SessionClosed as e:
+                    client.error(P.ErrorCode.UNKNOWN_SESSION, f"session {e} was closed", None)
+                except Exception as e:  # the model or a bug: report it, keep serving
+                    log.exception("error handling a message from client %d", client.id)
+                    client.error(P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+        except Exception as e:  # abrupt disconnects end up here (ConnectionClosedError)
+            log.debug("client %d disconnected: %s", client.id, e)
+        finally:
+            client.closing = True
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+            self.clients.discard(client)
+            for name in list(client.subs):
+                live = self.sessions.get(name)
+                if live is not None:
+                    live.subscribers.pop(client, None)
+            if client.own is not None:
+                await self.close_session(client.own, reason="owner disconnected")
+
+    def _session(self, name: str | None, client: ClientConn, ref: str) -> LiveSession:
+        if name is None:
+            name = client.own.name if client.own is not None else "default"
+        live = self.sessions.get(name)
+        if live is None:
+            raise P.ProtocolError(P.ErrorCode.UNKNOWN_SESSION, f"no session named {name!r}; sessions: "
+                                  f"{self.live_sessions()}", ref)
+        return live
+
+    def _check_auth(self, client: ClientConn, msg) -> None:
+        if client.authed or not P.needs_token(msg):
+            return
+        if msg.token is not None and secrets.compare_digest(msg.token, self.token):
+            return
+        raise P.ProtocolError(P.ErrorCode.UNAUTHORIZED, "this server requires a token for control messages: "
+                              'send {"type": "hello", "token": "..."} first or add "token" to the message',
+                              type(msg).__name__.lower())
+
+    def _check_owner(self, client: ClientConn, live: LiveSession, ref: str) -> None:
+        if live.owner is not None and live.owner is not client:
+            raise P.ProtocolError(P.ErrorCode.NOT_OWNER, f"session {live.name!r} belongs to another client; "
+                                  "only its owner may end, flush or close it", ref)
+
+    def _subscribe(self, client: ClientConn, live: LiveSession, fmt: str) -> None:
+        live.subscribers[client] = fmt
+        client.subs.add(live.name)
+        client.send_control(P.event_json("subscribed", session=live.name, session_num=live.num, format=fmt,
+                                         style=live.style))
+
+    async def _on_message(self, client: ClientConn, msg) -> None:
+        self._check_auth(client, msg)
+        if isinstance(msg, P.Hello):
+            if self.token is not None and msg.token is not None:
+                if not secrets.compare_digest(msg.token, self.token):
+                    raise P.ProtocolError(P.ErrorCode.UNAUTHORIZED, "wrong token", "hello")
+                client.authed = True
+            client.send_control(P.hello_json(self.live_sessions(), auth_required=not client.authed))
+        elif isinstance(msg, P.Subscribe):
+            self._subscribe(client, self._session(msg.session, client, "subscribe"), msg.format)
+        elif isinstance(msg, P.Unsubscribe):
+            live = self._session(msg.session, client, "unsubscribe")
+            live.subscribers.pop(client, None)
+            client.subs.discard(live.name)
+            client.send_control(P.event_json("unsubscribed", session=live.name))
+        elif isinstance(msg, P.Open):
+            if client.own is not None:
+                raise P.ProtocolError(P.ErrorCode.SESSION_EXISTS, f"this client already has session "
+                                      f"{client.own.name!r}; send close first", "open")
+            name = msg.session or f"s-{secrets.token_hex(4)}"
+            live = await self.create_session(name, style=msg.style, owner=client)
+            if msg.guidance is not None:
+                await live.set_style(msg.style, 0.0, msg.guidance)
+            live.sample_rate, live.sample_format = msg.sample_rate, msg.sample_format
+            live.resampler = StreamResampler(msg.sample_rate)
+            client.own = live
+            client.send_control(P.event_json("opened", session=live.name, session_num=live.num,
+                                             sample_rate=msg.sample_rate, sample_format=msg.sample_format))
+            self._subscribe(client, live, msg.format)
+        elif isinstance(msg, P.AudioFormat):
+            live = client.own
+            if live is None:
+                raise P.ProtocolError(P.ErrorCode.NO_SESSION, 'send {"type": "open", ...} before audio_format',
+                                      "audio_format")
+            # Samples still inside the old resampler's window belong to the old rate: finish them.
+            tail = live.resampler.flush()
+            if len(tail):
+                await live.push_audio(tail)
+            live.sample_rate, live.sample_format = msg.sample_rate, msg.sample_format
+            live.resampler = StreamResampler(msg.sample_rate)
+            client.send_control(P.event_json("audio_format", session=live.name, sample_rate=msg.sample_rate,
+                                             sample_format=msg.sample_format))
+        elif isinstance(msg, P.Style):
+            live = self._session(msg.session, client, "style")
+            await live.set_style(msg.text, msg.blend_s, msg.guidance, requester=client)
+        elif isinstance(msg, P.End):
+            live = self._session(msg.session, client, "end")
+            self._check_owner(client, live, "end")
+            if live is client.own:
+                tail = live.resampler.flush()
+                if len(tail):
+                    await live.push_audio(tail)
+            frames = await live.end()
+            last = frames[-1].seq if frames else None
+            for c in list(live.subscribers):
+                c.send_control(P.event_json("ended", session=live.name, last_seq=last, n_frames=len(frames)))
+            if client not in live.subscribers:
+                client.send_control(P.event_json("ended", session=live.name, last_seq=last, n_frames=len(frames)))
+        elif isinstance(msg, P.Flush):
+            live = self._session(msg.session, client, "flush")
+            self._check_owner(client, live, "flush")
+            frames = await live.flush()
+            for c in set(live.subscribers) | {client}:
+                c.send_control(P.event_json("flushed", session=live.name, n_frames=len(frames)))
+        elif isinstance(msg, P.Close):
+            live = self._session(msg.session, client, "close")
+            if live.owner is not client:
+                raise P.ProtocolError(P.ErrorCode.NOT_OWNER, f"only the client that opened {live.name!r} "
+                                      "can close it", "close")
+            client.own = None
+            await self.close_session(live, reason="closed by owner")
+            if live.name not in client.subs:
+                client.send_control(P.event_json("session_closed", session=live.name, reason="closed by owner"))
+        elif isinstance(msg, P.Stats):
+            live = self._session(msg.session, client, "stats") if (msg.session or client.own or
+                                                                   "default" in self.sessions) else None
+            client.send_control(P.event_json("stats", server=self.stats(), session=live.stats() if live else None,
+                                             client={"dropped_frames": client.dropped,
+                                                     "sent_frames": client.sent_frames}))
+
+    async def _on_audio(self, client: ClientConn, data: bytes) -> None:
+        live = client.own
+        if live is None:
+            raise P.ProtocolError(P.ErrorCode.NO_SESSION, "binary messages are audio for this client's own "
+                                  'session: send {"type": "open", "sample_rate": 16000, "sample_format": '
+                                  '"pcm16"} first', "audio")
+        arrival = time.time()
+        chk = P.check_audio(data, live.sample_format)
+        if chk.n_clipped:
+            live.n_clipped += chk.n_clipped
+            if not live.warned_clipped:
+                live.warned_clipped = True
+                client.send_control(P.warning_json(
+                    P.WarningCode.AUDIO_CLIPPED, f"{chk.n_clipped} samples beyond [-1, 1] were clipped; "
+                    "float32 audio must be scaled to [-1, 1] (reported once per session)", live.name))
+        audio = live.resampler.process(chk.audio)
+        await live.push_audio(audio, arrival_time=arrival)
+
+
+@contextlib.asynccontextmanager
+async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    """Serve ``hub`` on ``ws://host:port`` while the context is open. ``port=0`` picks a free port
+    (read it from ``server.port``)."""
+    from websockets.asyncio.server import serve
+
+    async with serve(hub.handler, host, port, max_size=WS_MAX_SIZE, compression=None,
+                     max_queue=64) as server:
+        server.port = next(iter(server.sockets)).getsockname()[1]
+        yield server

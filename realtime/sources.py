@@ -1,0 +1,268 @@
+"""Audio sources of the live driver: microphone, wav file at real-time pace, and idle time.
+
+Each source is an async iterator of ``(audio_16k, arrival_time)`` chunks: ``audio_16k: (samples,)
+float32`` at 16 kHz, or ``None`` with a sample count for time that passes with no audio
+(:class:`IdleSource`); ``arrival_time`` is the server's ``time.time()`` when the chunk became
+available (the sound card's own buffering is not included). :func:`feed` drives a
+:class:`~mm2face.realtime.server.LiveSession` from a source.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mm2face.engine.frame import SAMPLE_RATE
+from mm2face.realtime.resample import StreamResampler, resample
+
+log = logging.getLogger("mm2face.realtime")
+
+DEMO_WAV = Path(__file__).resolve().parent / "assets" / "demo_speech.wav"
+CHUNK_S = 0.02                   # 20 ms chunks: 320 samples at 16 kHz
+BACKENDS = ("sounddevice", "pyaudio")
+
+
+class DeviceError(RuntimeError):
+    """The audio device is missing, unusable or vanished. The message lists the input devices."""
+
+
+@dataclass
+class Chunk:
+    audio_16k: np.ndarray | None     # (samples,) float32, or None for time without audio
+    n_samples: int                   # 16 kHz samples this chunk covers
+    arrival_time: float              # server time.time() when it became available
+
+
+# ----------------------------------------------------------------------------------------------
+# Device listing
+
+def list_input_devices(backend: str = "sounddevice") -> list[str]:
+    """Names of the input devices PortAudio sees through ``backend`` (may be empty)."""
+    if backend == "sounddevice":
+        import sounddevice as sd
+        try:
+            return [d["name"] for d in sd.query_devices() if d["max_input_channels"] > 0]
+        except Exception as e:  # PortAudio not initialised / no host API
+            raise DeviceError(f"PortAudio could not list devices: {e}") from None
+    pa = _pyaudio().PyAudio()
+    try:
+        return [pa.get_device_info_by_index(i)["name"] for i in range(pa.get_device_count())
+                if pa.get_device_info_by_index(i)["maxInputChannels"] > 0]
+    finally:
+        pa.terminate()
+
+
+def _pyaudio():
+    try:
+        import pyaudio
+    except ImportError:
+        raise DeviceError("--audio-backend pyaudio needs PyAudio: pip install 'mm2face-live[pyaudio]' "
+                          "(on Linux first: apt-get install portaudio19-dev); or use --audio-backend sounddevice") from None
+    return pyaudio
+
+
+def _device_help(backend: str) -> str:
+    try:
+        names = list_input_devices(backend)
+    except DeviceError as e:
+        return str(e)
+    if not names:
+        return ("no input devices found. Plug in a microphone, or start PulseAudio, or use --wav FILE / --demo")
+    return "input devices:\n" + "\n".join(f"  {n}" for n in names) + "\nchoose one with --device NAME"
+
+
+def resolve_device(name: str | None, backend: str = "sounddevice"):
+    """Return ``(device, native_rate_hz)`` for an input device name (substring match) or the
+    default input; raises :class:`DeviceError` with the device list when there is none."""
+    if backend not in BACKENDS:
+        raise DeviceError(f"unknown audio backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "sounddevice":
+        import sounddevice as sd
+        try:
+            info = sd.query_devices(name if name is not None else None, kind="input")
+        except (ValueError, sd.PortAudioError) as e:
+            what = f"input device {name!r}" if name else "a default input device"
+            raise DeviceError(f"could not find {what} ({e}).\n{_device_help(backend)}") from None
+        return info["name"], int(info["default_samplerate"])
+    pa = _pyaudio().PyAudio()
+    try:
+        if name is None:
+            try:
+                info = pa.get_default_input_device_info()
+            except OSError:
+                raise DeviceError(f"no default input device.\n{_device_help(backend)}") from None
+            return int(info["index"]), int(info["defaultSampleRate"])
+        for i in range(pa.get_device_count()):
+            info = pa.get_device_info_by_index(i)
+            if info["maxInputChannels"] > 0 and name.lower() in info["name"].lower():
+                return i, int(info["defaultSampleRate"])
+        raise DeviceError(f"could not find input device {name!r}.\n{_device_help(backend)}")
+    finally:
+        pa.terminate()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+
+class MicSource:
+    """Live capture through PortAudio (``sounddevice``, default, or ``pyaudio``), resampled to 16 kHz.
+
+    The device is opened at 16 kHz when it accepts that rate, else at its native rate. If the device
+    stops delivering audio for ``stall_s`` seconds (unplugged, server gone), iteration raises
+    :class:`DeviceError`.
+    """
+
+    def __init__(self, device: str | None = None, backend: str = "sounddevice", chunk_s: float = CHUNK_S,
+                 stall_s: float = 2.0):
+        self.device_name, self.backend, self.chunk_s, self.stall_s = device, backend, chunk_s, stall_s
+        self.device, self.native_rate = resolve_device(device, backend)
+        self.rate = None
+        self._stream = None
+        self._pa = None
+
+    def _open(self, loop, queue):
+        def deliver(mono: np.ndarray):
+            t = time.time()
+            loop.call_soon_threadsafe(queue.put_nowait, (mono, t))
+
+        errors = []
+        for rate in dict.fromkeys((SAMPLE_RATE, self.native_rate)):
+            block = int(round(rate * self.chunk_s))
+            try:
+                if self.backend == "sounddevice":
+                    import sounddevice as sd
+
+                    def cb(indata, frames, time_info, status):
+                        deliver(indata[:, 0].astype(np.float32, copy=True))
+                    self._stream = sd.InputStream(device=self.device, channels=1, samplerate=rate,
+                                                  blocksize=block, dtype="float32", callback=cb, latency="low")
+                    self._stream.start()
+                else:
+                    pyaudio = _pyaudio()
+
+                    def cb(in_data, frame_count, time_info, status):
+                        deliver(np.frombuffer(in_data, "<i2").astype(np.float32) / 32768.0)
+                        return (None, pyaudio.paContinue)
+                    self._pa = pyaudio.PyAudio()
+                    self._stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=rate, input=True,
+                                                 input_device_index=self.device, frames_per_buffer=block,
+                                                 stream_callback=cb)
+                    self._stream.start_stream()
+                self.rate = rate
+                return
+            except Exception as e:
+                errors.append(f"{rate} Hz: {e}")
+                self.close()
+        raise DeviceError(f"could not open input device {self.device!r} ({'; '.join(errors)}).\n"
+                          f"{_device_help(self.backend)}")
+
+    def close(self):
+        s, self._stream = self._stream, None
+        if s is not None:
+            try:
+                if self.backend == "sounddevice":
+                    s.stop(); s.close()  # noqa: E702
+                else:
+                    s.stop_stream(); s.close()  # noqa: E702
+            except Exception:
+                pass
+        if self._pa is not None:
+            self._pa.terminate()
+            self._pa = None
+
+    async def __aiter__(self):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        self._open(loop, queue)
+        rs = StreamResampler(self.rate)
+        log.info("capturing from %r at %d Hz via %s", self.device, self.rate, self.backend)
+        try:
+            while True:
+                try:
+                    mono, t = await asyncio.wait_for(queue.get(), self.stall_s)
+                except asyncio.TimeoutError:
+                    raise DeviceError(f"input device {self.device!r} delivered no audio for {self.stall_s:.0f} s "
+                                      f"(unplugged or its sound server stopped?).\n{_device_help(self.backend)}") from None
+                audio = rs.process(mono)
+                if len(audio):
+                    yield Chunk(audio, len(audio), t)
+        finally:
+            self.close()
+
+
+def load_wav_16k(path) -> np.ndarray:
+    """Read an audio file (any rate, mono-mixed) as ``(samples,) float32`` at 16 kHz."""
+    import soundfile as sf
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise ValueError(f"could not read {path} as audio ({e}); use a wav/flac/ogg file") from None
+    return resample(audio.mean(axis=1), rate, SAMPLE_RATE)
+
+
+class WavSource:
+    """A file streamed at real-time pace (each chunk is released when it would have been recorded),
+    optionally looped. ``speed`` > 1 plays faster than real time (tests)."""
+
+    def __init__(self, path, loop: bool = False, chunk_s: float = CHUNK_S, speed: float = 1.0):
+        self.path = Path(path)
+        self.audio = load_wav_16k(path)
+        self.loop, self.chunk, self.speed = loop, int(round(chunk_s * SAMPLE_RATE)), speed
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+    async def __aiter__(self):
+        aloop = asyncio.get_running_loop()
+        t0, done = aloop.time(), 0
+        while True:
+            for i in range(0, len(self.audio), self.chunk):
+                piece = self.audio[i:i + self.chunk]
+                done += len(piece)
+                delay = t0 + done / SAMPLE_RATE / self.speed - aloop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                yield Chunk(piece, len(piece), time.time())
+            if not self.loop:
+                return
+
+
+class IdleSource:
+    """Time passing with no audio, at real-time pace (text-only mode and idle between inputs)."""
+
+    def __init__(self, chunk_s: float = 0.04, speed: float = 1.0):
+        self.chunk, self.speed = int(round(chunk_s * SAMPLE_RATE)), speed
+
+    async def __aiter__(self):
+        aloop = asyncio.get_running_loop()
+        t0, done = aloop.time(), 0
+        while True:
+            done += self.chunk
+            delay = t0 + done / SAMPLE_RATE / self.speed - aloop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield Chunk(None, self.chunk, time.time())
+
+
+async def feed(live, source, *, end_at_eof: bool = True, idle_after: bool = False, on_eof=None) -> None:
+    """Push ``source``'s chunks into ``live`` (a LiveSession) until the source ends; then
+    ``live.end()`` (the mouth closes), ``on_eof()`` and, with ``idle_after``, idle motion forever."""
+    async for ch in source:
+        if ch.audio_16k is None:
+            await live.push_no_audio(ch.n_samples)
+        else:
+            await live.push_audio(ch.audio_16k, arrival_time=ch.arrival_time)
+    if end_at_eof:
+        await live.end()
+    if on_eof is not None:
+        on_eof()
+    if idle_after:
+        await feed(live, IdleSource(), end_at_eof=False)
