@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--vq", required=True, help="stage-1 MM2Face file (OUT/model.pt of the vqvae run)")
             p.add_argument("--n-tokens", type=int, default=64, help="tokens per training crop")
+            p.add_argument("--time-budget-min", type=float, default=0.0,
+                           help="also stop after this many minutes; the lr schedule follows time (single process)")
             p.add_argument("--text-encoder", default="", metavar="DIR",
                            help="local sentence encoder folder (default: the bundled all-MiniLM-L6-v2)")
             p.add_argument("--audio-encoder", default="", metavar="DIR",
@@ -91,7 +93,8 @@ def main(argv=None):
         cfg = GPTTrainConfig(out=args.out, vq=args.vq, steps=args.steps, batch=args.batch or 16,
                              n_tokens=args.n_tokens, lr=args.lr, val_every=args.val_every,
                              save_every=args.save_every or 250, seed=args.seed, resume=args.resume,
-                             text_encoder=args.text_encoder, audio_encoder=args.audio_encoder, gpt=gpt, audio=audio)
+                             text_encoder=args.text_encoder, audio_encoder=args.audio_encoder, gpt=gpt, audio=audio,
+                             time_budget_min=args.time_budget_min)
         path = train_mm2face(cfg, train, val, progress=not args.no_progress)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")

@@ -36,6 +36,7 @@ class GPTTrainConfig:
     resume: bool = False
     text_encoder: str = ""         # local text encoder folder ("" = bundled MiniLM)
     audio_encoder: str = ""        # local pretrained wav2vec2 folder ("" = small one trained here)
+    time_budget_min: float = 0.0   # > 0: also stop after this many minutes (lr schedule follows time)
     gpt: dict = field(default_factory=dict)     # GPTConfig overrides
     audio: dict = field(default_factory=dict)   # AudioConfig overrides
 
@@ -178,8 +179,14 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
     while step < cfg.steps:
         base = (step * d.world + d.rank) * cfg.batch
         b = _collate([ds[base + j] for j in range(cfg.batch)])
+        eff_step, eff_total = step, cfg.steps
+        if cfg.time_budget_min > 0:                 # the schedule follows whichever runs out first
+            frac = (wall0 + time.time() - t_start) / (60 * cfg.time_budget_min)
+            if frac >= 1.0 and d.world == 1:
+                break
+            eff_step = max(step, int(frac * cfg.steps))
         for grp in opt.param_groups:
-            grp["lr"] = lr_at(step, cfg.lr, cfg.steps)
+            grp["lr"] = lr_at(eff_step, cfg.lr, eff_total)
         loss, acc = net(*batch_inputs(b, True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -203,6 +210,8 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
         if d.main and (step % cfg.save_every == 0 or step == cfg.steps):
             save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start})
     bar.close()
+    if d.main and step % cfg.save_every != 0 and step != cfg.steps:     # stopped by the time budget
+        save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start})
     path = out / "model.pt"
     if d.main:
         model.info.step = step
