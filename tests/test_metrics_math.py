@@ -161,3 +161,19 @@ def test_aggregate_and_mean_frame_baseline():
     assert agg["emotion_pass_rate"] == 0.5 and agg["emotion_checks"] == 2
     assert agg["pose_pass_rate"] == 1.0
     assert agg["style_by_rule"]["happy"]["clips"] == 2
+
+
+def test_metric_head_subset_matches_full_standin_head():
+    from mm2face.engine.flame import load_head
+    head = load_head("standin")
+    rng = np.random.default_rng(0)
+    gt = motion(12)
+    gt[:, :28] = rng.uniform(0, 1, (12, 28))
+    gt[:, 53] = rng.uniform(0, 0.3, 12)
+    pred = gt.copy()
+    pred[:, 53] += 0.05
+    pred[:, unit("lip_corner_puller_left")] += 0.3
+    full = M.lve_fve_mm(M.vertices(head, pred), M.vertices(head, gt), M.head_mask(head, "lips"), M.head_mask(head, "face"))
+    out = M.clip_metrics(pred, gt, head=head)
+    assert out["lve_mm"] == pytest.approx(full[0], rel=1e-5) and out["fve_mm"] == pytest.approx(full[1], rel=1e-5)
+    assert out["lve_mm"] > 1.0

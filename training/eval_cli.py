@@ -1,0 +1,256 @@
+"""``mm2face-eval``: score a checkpoint on a corpus split and compare it with the mean-frame baseline.
+
+    mm2face-eval --data data/synth --split test --out runs/eval/results.json
+    mm2face-eval --ckpt runs/mm2face/last.pt --data data/synth --max-clips 50
+
+For every clip of the split it generates motion from the clip's audio (or from text alone for
+text-only clips) and its caption, offline (the whole clip at once), then computes the metrics of
+:mod:`mm2face.training.metrics` against the ground truth. The baseline predicts the training split's
+mean frame for every frame. A text-only contrast ("smiles" vs "frowns") checks that captions alone
+steer the face. Prints a table and writes everything (aggregate and per clip) as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mm2face.training import metrics as M
+
+CONTRAST_PAIRS = [("A person smiles warmly.", "A person frowns sadly.", "happy", "sad")]
+CAPTION_KEYS = ("emotion", "detail_expression", "detail_head_pose", "action", "emotion_scenario")
+
+
+# ----------------------------------------------------------------------------- adapters
+
+def clip_caption(clip) -> str:
+    """The text the model is conditioned on: the clip's captions joined in a fixed order."""
+    caps = getattr(clip, "captions", None) or {}
+    if isinstance(caps, str):
+        return caps
+    parts = [str(caps[k]) for k in CAPTION_KEYS if caps.get(k)]
+    parts += [str(v) for k, v in sorted(caps.items()) if k not in CAPTION_KEYS and v]
+    return " ".join(parts)
+
+
+def clip_speech_mask(clip, T: int):
+    """Per-frame speech activity ``(T,)`` from the synthetic corpus's ``meta["speech"]`` / ``meta["speech_mask"]``
+    (talking clips only), else None."""
+    meta = getattr(clip, "meta", None) or {}
+    sp = meta.get("speech", meta.get("speech_mask"))
+    if sp is None or not has_audio(clip):
+        return None
+    return np.asarray(sp).astype(bool)[:T]
+
+
+def has_audio(clip) -> bool:
+    a = getattr(clip, "audio_16k", None)
+    return a is not None and len(a) > 0
+
+
+def generate_motion(model, text: str, audio_16k, n_frames: int, device: str, seed: int,
+                    guidance: float | None = None) -> np.ndarray:
+    """Offline generation through the model engineer's API -> ``(T, 56)`` float32.
+
+    ``audio_16k``: ``(samples,)`` float32 at 16 kHz or None for text only (``n_frames`` frames).
+    """
+    from mm2face.engine.generate import generate
+    params = inspect.signature(generate).parameters
+    kw = {}
+    for name, val in (("text", text), ("device", device), ("seed", seed), ("n_frames", n_frames),
+                      ("num_frames", n_frames), ("guidance", guidance), ("cfg_scale", guidance)):
+        if name in params and val is not None:
+            kw[name] = val
+    audio_name = next((n for n in ("audio_16k", "audio", "wav") if n in params), None)
+    if audio_name:
+        kw[audio_name] = None if audio_16k is None else np.asarray(audio_16k, np.float32)
+    out = generate(model, **kw)
+    if isinstance(out, dict):
+        out = out.get("motion", next(iter(out.values())))
+    if hasattr(out, "motion"):
+        out = out.motion
+    if hasattr(out, "detach"):
+        out = out.detach().cpu().numpy()
+    return np.asarray(out, np.float32).reshape(-1, 56)
+
+
+def load_checkpoint(ckpt: str | None, device: str):
+    """The model from ``ckpt``, or the default checkpoint when ``ckpt`` is None."""
+    from mm2face.engine.model import load_model
+    return load_model(ckpt, device=device) if ckpt else load_model(device=device)
+
+
+def model_head_spec(model, override: str | None) -> str:
+    """Which head's parameter space the checkpoint speaks ("standin" unless it says otherwise)."""
+    if override:
+        return override
+    for obj in (model, getattr(model, "cfg", None), getattr(model, "config", None)):
+        h = getattr(obj, "head", None)
+        if isinstance(h, str) and h:
+            return h
+    return "standin"
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: int | None = None,
+             seed: int = 0, guidance: float | None = None, baseline_clips: int = 2000,
+             progress: bool = True) -> dict:
+    """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results."""
+    from tqdm import tqdm
+
+    train = list(corpus.clips("train") if hasattr(corpus, "clips") else corpus.split("train"))
+    mean = M.mean_frame([c.motion for c in train[:baseline_clips]]) if train else None
+    test = list(corpus.clips(split) if hasattr(corpus, "clips") else corpus.split(split))
+    if max_clips:
+        test = test[:max_clips]
+    if not test:
+        raise SystemExit(f"no clips in split {split!r}; check --data and --split")
+    per_model, per_base, rows = [], [], []
+    t0 = time.perf_counter()
+    gen_s = 0.0
+    for clip in tqdm(test, desc=f"eval {split}", disable=not progress):
+        gt = np.asarray(clip.motion, np.float32)
+        T = len(gt)
+        text = clip_caption(clip)
+        speech = clip_speech_mask(clip, T)
+        row = {"id": clip.id, "subset": getattr(clip, "subset", ""), "frames": T, "text": text}
+        gv = M.vertices(M.metric_head(head), gt) if head is not None else None
+        if model is not None:
+            tg = time.perf_counter()
+            pred = generate_motion(model, text, clip.audio_16k if has_audio(clip) else None, T, device, seed,
+                                   guidance)
+            gen_s += time.perf_counter() - tg
+            m = M.clip_metrics(pred, gt, head=head, speech=speech, captions=clip.captions, gt_verts=gv)
+            row["model"] = m
+            per_model.append(m)
+        if mean is not None:
+            b = M.clip_metrics(M.mean_frame_motion(mean, T), gt, head=head, speech=speech, captions=clip.captions,
+                              gt_verts=gv)
+            row["baseline"] = b
+            per_base.append(b)
+        rows.append(row)
+    res: dict = {"split": split, "clips": len(test), "wall_s": time.perf_counter() - t0}
+    if per_model:
+        res["model"] = M.aggregate(per_model)
+        audio_s = sum(len(c.audio_16k) / 16000 for c in test if has_audio(c))
+        res["model"]["generate_s"] = gen_s
+        res["model"]["audio_s"] = audio_s
+    if per_base:
+        res["baseline_mean_frame"] = M.aggregate(per_base)
+    if model is not None:
+        res["contrast"] = text_contrast(model, device, seed, guidance)
+    res["per_clip"] = rows
+    return res
+
+
+def text_contrast(model, device: str, seed: int, guidance: float | None, seconds: float = 4.0,
+                  seeds: int = 3) -> list[dict]:
+    """Text-only motions for contrasting captions; ``told_apart`` when their contrast score is > 0 for every seed."""
+    out = []
+    n = int(seconds * M.FPS)
+    for cap_a, cap_b, rule_a, rule_b in CONTRAST_PAIRS:
+        scores = []
+        for s in range(seeds):
+            a = generate_motion(model, cap_a, None, n, device, seed + s, guidance)
+            b = generate_motion(model, cap_b, None, n, device, seed + s, guidance)
+            scores.append(M.contrast_score(a, b, rule_a, rule_b))
+        out.append({"a": cap_a, "b": cap_b, "rules": [rule_a, rule_b], "scores": scores,
+                    "told_apart": bool(min(scores) > 0)})
+    return out
+
+
+# ----------------------------------------------------------------------------- reporting
+
+TABLE_ROWS = [  # (key, label, format)
+    ("lve_mm", "LVE (mm, lower is better)", "{:.3f}"),
+    ("fve_mm", "FVE (mm)", "{:.3f}"),
+    ("jaw_corr", "jaw opening corr. with GT", "{:.3f}"),
+    ("lip_open_corr", "lip gap corr. with GT", "{:.3f}"),
+    ("pause_closed_rate", "mouth closed in pauses", "{:.1%}"),
+    ("emotion_pass_rate", "emotion units move right way", "{:.1%}"),
+    ("pose_pass_rate", "head pose matches caption", "{:.1%}"),
+]
+
+
+def format_table(res: dict) -> str:
+    """A markdown table: metric | model | mean-frame baseline | ground truth (where it applies)."""
+    mod, base = res.get("model", {}), res.get("baseline_mean_frame", {})
+    gt_keys = {"pause_closed_rate": "pause_closed_rate_gt", "emotion_pass_rate": "gt_emotion_pass_rate",
+               "pose_pass_rate": "gt_pose_pass_rate"}
+
+    def cell(d, k, fmt):
+        return fmt.format(d[k]) if k in d else "–"
+
+    lines = [f"split `{res['split']}`, {res['clips']} clips", "",
+             "| metric | model | mean-frame baseline | ground truth |", "|---|---:|---:|---:|"]
+    for k, label, fmt in TABLE_ROWS:
+        if k not in mod and k not in base:
+            continue
+        g = cell(mod or base, gt_keys[k], fmt) if k in gt_keys else "–"
+        lines.append(f"| {label} | {cell(mod, k, fmt)} | {cell(base, k, fmt)} | {g} |")
+    for c in res.get("contrast", []):
+        lines.append(f"| text-only contrast \"{c['a']}\" vs \"{c['b']}\" | "
+                     f"{'told apart' if c['told_apart'] else 'NOT told apart'} (min {min(c['scores']):.3f}) | – | – |")
+    by_rule = mod.get("style_by_rule", {})
+    if by_rule:
+        lines += ["", "| style rule | clips | pass rate |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v['clips']} | {v['pass_rate']:.1%} |" for k, v in by_rule.items()]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mm2face-eval",
+        description="Score an MM2Face checkpoint on a corpus split (LVE/FVE, jaw and lip-gap correlation, "
+                    "mouth closed in pauses, caption style adherence) next to the mean-frame baseline.")
+    p.add_argument("--ckpt", default=None, help="checkpoint path (default: the shipped default checkpoint)")
+    p.add_argument("--data", required=True, help="corpus directory (MMHead layout or the synthetic corpus)")
+    p.add_argument("--split", default="test", help="split to score (default: test)")
+    p.add_argument("--out", default=None, help="write results JSON here (default: print only)")
+    p.add_argument("--max-clips", type=int, default=None, help="score only the first N clips of the split")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--head", default=None,
+                   help="head for vertex metrics: 'standin' or a FLAME .pkl (default: the checkpoint's head)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the model's)")
+    p.add_argument("--baseline-only", action="store_true", help="skip the model; score the mean-frame baseline")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+    torch.set_num_threads(max(1, args.threads))
+    from mm2face.engine.flame import load_head
+    from mm2face.training.mmhead import MMHeadCorpus
+
+    data = Path(args.data)
+    if not data.exists():
+        print(f"mm2face-eval: corpus not found: {data}. Build one with `mm2face-data synth --out {data}` "
+              f"or point --data at an MMHead folder.", file=sys.stderr)
+        return 2
+    corpus = MMHeadCorpus(data)
+    model = None if args.baseline_only else load_checkpoint(args.ckpt, args.device)
+    head = load_head(model_head_spec(model, args.head))
+    res = evaluate(model, corpus, args.split, head, device=args.device, max_clips=args.max_clips,
+                   seed=args.seed, guidance=args.guidance)
+    res["ckpt"] = args.ckpt or "default"
+    res["data"] = str(data)
+    print(format_table(res))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1, default=float))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
