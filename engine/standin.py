@@ -40,7 +40,7 @@ class StandinConfig:
     n_lat: int = 120              # grid rows between the crown and the bottom of the neck
     ray_origin: tuple = (0.0, -0.03, 0.0)   # rays start here (m); the head is star-shaped about it
     eye_radius: float = 0.0118    # eyeball radius (m); a human eyeball is ~12 mm
-    eye_center: tuple = (0.0315, 0.021, 0.0595)  # left eyeball centre (m); the right one mirrors x
+    eye_center: tuple = (0.0315, 0.021, 0.0615)  # left eyeball centre (m); the right one mirrors x
     mouth_y: float = -0.05       # height of the lip contact line at the midline (m)
     mouth_half_width: float = 0.0245   # half the mouth width (m), corner x
     lip_flap_rows: int = 3        # rows of inner-lip surface behind each lip at the seam
@@ -49,8 +49,8 @@ class StandinConfig:
 
 
 CFG = StandinConfig()
-EYE_HALF_W = 0.0136             # half the width of the eye opening (m)
-EYE_HALF_H = 0.0066             # half its height at the middle (m)
+EYE_HALF_W = 0.0131             # half the width of the eye opening (m)
+EYE_HALF_H = 0.0056             # half its height at the middle (m)
 
 
 # ----------------------------------------------------------------------------- SDF helpers
@@ -94,7 +94,7 @@ def _eye_aperture(x, y, left: bool = True):
     half_w = EYE_HALF_W
     u = (s * np.asarray(x) - ex) / half_w       # + toward the outer corner
     half_h = EYE_HALF_H * np.clip(1.0 - u ** 2, 0.0, None) ** 0.7
-    y_mid = ey + 0.0006 + 0.0011 * u             # the outer corner sits a little higher
+    y_mid = ey - 0.0005 + 0.0011 * u             # the outer corner sits a little higher
     dy = np.abs(y - y_mid)
     d = np.maximum(dy - half_h, (np.abs(u) - 1.0) * half_w)
     v = (y - y_mid) / np.maximum(half_h, 1e-4)
@@ -116,7 +116,7 @@ def head_sdf(p):
     d = _smin(d, _sd_ellipsoid(pa, (0.043, 0.004, 0.055), (0.021, 0.016, 0.021)), 0.014)  # cheekbones
     d = _smin(d, _sd_ellipsoid(pa, (0.034, -0.032, 0.058), (0.022, 0.026, 0.026)), 0.016)  # cheeks
     d = _smin(d, _sd_ellipsoid(p, (0, -0.048, 0.072), (0.031, 0.025, 0.026)), 0.014)  # muzzle
-    d = _smin(d, _sd_ellipsoid(pa, (0.028, 0.039, 0.074), (0.024, 0.0085, 0.011)), 0.016)  # brow ridge
+    d = _smin(d, _sd_ellipsoid(pa, (0.028, 0.039, 0.071), (0.024, 0.0085, 0.011)), 0.016)  # brow ridge
     d = _smin(d, _sd_ellipsoid(p, (0, -0.031, 0.094), (0.0085, 0.008, 0.01)), 0.008)  # below the nose
     d = _smin(d, _sd_ellipsoid(p, (0, -0.037, 0.09), (0.013, 0.009, 0.009)), 0.008)   # philtrum
     # nose: bridge-to-tip ridge, tip, wings
@@ -451,8 +451,8 @@ def build_standin_head():
     ec = np.asarray(CFG.eye_center)
     re = CFG.eye_radius
     ring = CFG.eye_segments
-    eye_l, eye_lf = _uv_sphere(ec, re, ring[0], ring[1], pole_rings=(0.1, 0.2, 0.22, 0.34, 0.46, 0.48))
-    eye_r, eye_rf = _uv_sphere(ec * (-1, 1, 1), re, ring[0], ring[1], pole_rings=(0.1, 0.2, 0.22, 0.34, 0.46, 0.48))
+    eye_l, eye_lf = _uv_sphere(ec, re, ring[0], ring[1], pole_rings=(0.1, 0.2, 0.22, 0.36, 0.48, 0.5))
+    eye_r, eye_rf = _uv_sphere(ec * (-1, 1, 1), re, ring[0], ring[1], pole_rings=(0.1, 0.2, 0.22, 0.36, 0.48, 0.5))
     seam = skin.verts[skin.seam_upper]
     z_teeth = float(seam[:, 2].max()) - 0.0075
     my = CFG.mouth_y
@@ -515,7 +515,7 @@ def _skinning_weights(verts, skin, rng) -> np.ndarray:
 
 
 def _joint_regressor(verts, skin, rng) -> np.ndarray:
-    """(5, V): each joint is the mean of a mirror pair of skin vertices (or of an eyeball's vertices)."""
+    """(5, V): each joint is the mean of a mirror pair of skin vertices (or of an eyeball's two poles)."""
     Jr = np.zeros((5, len(verts)))
     grid = np.flatnonzero(~skin.flap)
     targets = {0: (0.05, -0.16, -0.02), 1: (0.06, -0.055, -0.02), 2: (0.066, -0.022, -0.004)}
@@ -523,8 +523,8 @@ def _joint_regressor(verts, skin, rng) -> np.ndarray:
         a = grid[np.argmin(((skin.verts[grid] - tgt) ** 2).sum(1))]
         Jr[j, a] += 0.5
         Jr[j, skin.mirror[a]] += 0.5
-    Jr[3, rng["left_eyeball"]] = 1.0 / len(rng["left_eyeball"])
-    Jr[4, rng["right_eyeball"]] = 1.0 / len(rng["right_eyeball"])
+    for j, name in ((3, "left_eyeball"), (4, "right_eyeball")):   # front and back pole: the exact centre
+        Jr[j, rng[name][[0, -1]]] = 0.5
     return Jr
 
 
@@ -554,16 +554,18 @@ def _blink_field(p, left: bool) -> np.ndarray:
     half_w = EYE_HALF_W
     uc = np.clip(u, -1, 1)
     half_h = EYE_HALF_H * np.clip(1.0 - uc ** 2, 0.0, None) ** 0.7
-    y_mid = ey + 0.0006 + 0.0011 * uc
+    y_mid = ey - 0.0005 + 0.0011 * uc
     v0 = -0.15
-    # the opening's upper part (v0..1) spreads over the whole opening (-1..1); skin above follows a little
-    v_new = np.where(v <= 1.0, -1.0 + (v - v0) / (1.0 - v0) * 2.0, v - 0.55 * np.exp(-0.5 * ((v - 1.0) / 1.3) ** 2))
+    # the opening's upper part (v0..1) spreads over the whole opening and a little past the lower rim
+    # (the closed lid rests on the lower lid); the part below v0 tucks under it; skin above follows a little
+    v_new = np.where(v >= v0, -1.3 + (v - v0) / (1.0 - v0) * 2.3, -1.3 - 0.15 * (v0 - v))
+    v_new = np.where(v <= 1.0, v_new, v - 0.55 * np.exp(-0.5 * ((v - 1.0) / 1.3) ** 2))
     y_new = y_mid + v_new * half_h
     dx = (p[:, 0] - ex) / (half_w + 0.001)
     dyn = (y_new - ey) / r_cov
     zc = ec[2] + r_cov * np.sqrt(np.clip(1.0 - dx ** 2 - dyn ** 2, 0.02, None))
     z_new = np.where(v <= 1.0, zc, np.maximum(p[:, 2], zc))
-    moving = near & (v >= v0)
+    moving = near & (v >= -1.0)
     out = np.zeros_like(p)
     fade = np.where(v <= 1.0, 1.0, np.exp(-0.5 * ((v - 1.0) / 2.0) ** 2)) * _smoothstep(1.25, 1.0, np.abs(u))
     out[:, 1] = np.where(moving, (y_new - p[:, 1]) * fade, 0.0)

@@ -98,9 +98,9 @@ def head_colors(head: HeadModel) -> tuple[np.ndarray, np.ndarray]:
             continue
         idx = np.asarray(idx)
         p = head.v_template[idx]
-        d = p - p.mean(0)
+        d = p - 0.5 * (p.min(0) + p.max(0))            # the sphere's centre
         ang = np.arccos(np.clip(d[:, 2] / np.maximum(np.linalg.norm(d, axis=1), 1e-12), -1, 1))
-        col[idx] = np.where((ang < 0.21)[:, None], PUPIL, np.where((ang < 0.47)[:, None], IRIS, SCLERA))
+        col[idx] = np.where((ang < 0.21)[:, None], PUPIL, np.where((ang < 0.49)[:, None], IRIS, SCLERA))
         spec[idx] = 0.9
     return _srgb_to_linear(col), spec
 
@@ -127,7 +127,8 @@ def perspective(fov_y_deg: float, aspect: float, near: float, far: float) -> np.
     return m
 
 
-def face_camera(head: HeadModel, aspect: float, fov_y_deg: float = 22.0) -> tuple[np.ndarray, np.ndarray]:
+def face_camera(head: HeadModel, aspect: float, fov_y_deg: float = 22.0,
+                zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """A fixed camera in front of the face that frames forehead to chin with some margin.
 
     Returns (view_proj (4, 4) float32, eye position (3,)). Uses the "face" mask if the head has one.
@@ -139,7 +140,7 @@ def face_camera(head: HeadModel, aspect: float, fov_y_deg: float = 22.0) -> tupl
     target = np.array([0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1]) + 0.12 * (hi[1] - lo[1]), 0.5 * (lo[2] + hi[2])])
     half_h = 0.5 * (hi[1] - lo[1]) * 1.55
     half_w = 0.5 * (hi[0] - lo[0]) * 1.45
-    half = max(half_h, half_w / aspect)
+    half = max(half_h, half_w / aspect) / zoom
     dist = half / math.tan(math.radians(fov_y_deg) / 2)
     eye = target + np.array([0.0, 0.0, dist + hi[2] - target[2]])
     vp = perspective(fov_y_deg, aspect, 0.05, dist * 4) @ look_at(eye, target)
@@ -219,14 +220,15 @@ class Renderer:
     """Draws ``head`` from 56-number frames or vertex arrays with a fixed, face-framing camera.
 
     ctx: a moderngl context (headless from :func:`create_headless_context`, or a window's);
-    size: (W, H) pixels of :meth:`render`'s images; samples: MSAA samples (0 = off).
+    size: (W, H) pixels of :meth:`render`'s images; samples: MSAA samples (0 = off);
+    zoom: > 1 frames the face tighter.
     """
 
     background = (0.13, 0.14, 0.17)        # sRGB
     interior = (0.10, 0.025, 0.03)         # mouth cavity, sRGB-ish dark red
 
     def __init__(self, ctx: moderngl.Context, head: HeadModel, size=(512, 512), samples: int = 4,
-                 fov_y_deg: float = 22.0):
+                 fov_y_deg: float = 22.0, zoom: float = 1.0):
         self.ctx, self.head = ctx, head
         self.size = (int(size[0]), int(size[1]))
         if min(self.size) < 1:
@@ -245,9 +247,9 @@ class Renderer:
                                                 (self.vbo_nrm, "3f", "in_normal"),
                                                 (self.vbo_col, "3f", "in_color"),
                                                 (self.vbo_spec, "1f", "in_spec")], self.ibo)
-        self.fov_y_deg = fov_y_deg
+        self.fov_y_deg, self.zoom = fov_y_deg, zoom
         self._set_camera(self.size[0] / self.size[1])
-        self.prog["u_key_dir"].value = tuple(_unit((0.55, 0.55, 0.75)))
+        self.prog["u_key_dir"].value = tuple(_unit((0.5, 0.4, 0.8)))
         self.prog["u_fill_dir"].value = tuple(_unit((-0.8, 0.05, 0.55)))
         self.prog["u_rim_dir"].value = tuple(_unit((-0.4, 0.5, -0.8)))
         self.prog["u_interior"].value = tuple(float(c) for c in _srgb_to_linear(self.interior))
@@ -257,7 +259,7 @@ class Renderer:
         self._make_fbo(samples)
 
     def _set_camera(self, aspect: float):
-        vp, eye = face_camera(self.head, aspect, self.fov_y_deg)
+        vp, eye = face_camera(self.head, aspect, self.fov_y_deg, self.zoom)
         self.prog["u_view_proj"].write(vp.T.copy().tobytes())   # GL expects column-major
         self.prog["u_eye"].value = tuple(float(e) for e in eye)
 
@@ -317,7 +319,7 @@ class Renderer:
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """World points (N, 3) -> pixel coordinates (N, 2) as (col, row) in :meth:`render`'s images."""
-        vp, _ = face_camera(self.head, self.size[0] / self.size[1], self.fov_y_deg)
+        vp, _ = face_camera(self.head, self.size[0] / self.size[1], self.fov_y_deg, self.zoom)
         p = np.c_[np.asarray(points, np.float64), np.ones(len(points))] @ vp.T.astype(np.float64)
         ndc = p[:, :2] / p[:, 3:4]
         W, H = self.size
