@@ -1,0 +1,342 @@
+"""``mm2face-live``: live audio + style text -> FLAME frames at 25 fps, served to clients.
+
+Examples::
+
+    mm2face-live --demo                              # bundled speech; window, or an MP4 when headless
+    mm2face-live --mic --serve                       # default microphone -> ws://127.0.0.1:8765
+    mm2face-live --mic --device pulse --serve --view # a named PortAudio device, plus the viewer
+    mm2face-live --wav talk.wav --loop --serve --mqtt 127.0.0.1:1883
+    mm2face-live --serve --style "a cheerful host"   # text-only: idle motion from the style alone
+
+While it runs, type a new style on stdin and press Enter to change the style mid-stream.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mm2face.realtime.server import DEFAULT_HOST, DEFAULT_PORT
+
+log = logging.getLogger("mm2face.realtime")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mm2face-live", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Drive a FLAME face from live audio and style text at 25 fps, and serve the frames "
+                    "over WebSockets (protocol v1, docs/protocol.md) and MQTT.",
+        epilog="Type a line on stdin to change the style while it runs. Without --mic/--wav/--demo the face "
+               "runs in text-only mode: idle motion driven by the style alone.")
+    src = ap.add_argument_group("audio source (pick one; none = text-only)")
+    g = src.add_mutually_exclusive_group()
+    g.add_argument("--mic", action="store_true", help="capture from a microphone (PortAudio)")
+    g.add_argument("--wav", metavar="FILE", help="stream an audio file at real-time pace")
+    g.add_argument("--demo", action="store_true",
+                   help="the bundled speech sample; opens the viewer where there is a display, otherwise "
+                        "writes an MP4 with the audio (see --out)")
+    src.add_argument("--device", metavar="NAME", help="input device name or part of it (default: the system default)")
+    src.add_argument("--audio-backend", choices=("sounddevice", "pyaudio"), default="sounddevice",
+                     help="PortAudio binding for --mic (default: %(default)s)")
+    src.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
+    src.add_argument("--loop", action="store_true", help="repeat --wav/--demo forever")
+    ap.add_argument("--style", default="", metavar="TEXT", help="initial style text, e.g. 'a calm, friendly speaker'")
+    ap.add_argument("--guidance", type=float, default=None, help="style strength (classifier-free guidance scale)")
+    srv = ap.add_argument_group("serving")
+    srv.add_argument("--serve", action="store_true", help="run the WebSocket server")
+    srv.add_argument("--host", default=DEFAULT_HOST, help="bind address (default: %(default)s, local only)")
+    srv.add_argument("--port", type=int, default=DEFAULT_PORT, help="WebSocket port (default: %(default)s)")
+    srv.add_argument("--token", default=os.environ.get("MM2FACE_TOKEN"),
+                     help="require this token for control messages (default: $MM2FACE_TOKEN); "
+                          "recommended whenever --host is not 127.0.0.1")
+    srv.add_argument("--mqtt", metavar="HOST[:PORT]", help="also publish frames to an MQTT broker")
+    srv.add_argument("--mqtt-prefix", default="mm2face", help="MQTT topic prefix (default: %(default)s)")
+    srv.add_argument("--view", action="store_true", help="open the viewer window on the stream (implies --serve)")
+    out = ap.add_argument_group("model and output")
+    out.add_argument("--ckpt", metavar="PATH", help="model checkpoint (default: the bundled default checkpoint)")
+    out.add_argument("--random-model", action="store_true",
+                     help="use an untrained small random model (wiring tests only; the face moves meaninglessly)")
+    out.add_argument("--compute", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
+    out.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    out.add_argument("--out", metavar="FILE.mp4", default="runs/mm2face-live-demo.mp4",
+                     help="--demo without a display: where to write the MP4 (default: %(default)s)")
+    out.add_argument("--record", metavar="FILE.npz", help="save the default session's frames as a motion clip on exit")
+    out.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    out.add_argument("--quiet", action="store_true", help="no status line")
+    out.add_argument("-v", "--verbose", action="store_true", help="log details")
+    return ap
+
+
+def has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+
+class StatusLine:
+    """fps, latency, dropped frames and style of a session, on stderr, updated in place."""
+
+    def __init__(self, hub, live, stream=sys.stderr, every_s: float = 0.5):
+        self.hub, self.live, self.stream, self.every_s = hub, live, stream, every_s
+        self.tty = stream.isatty()
+        self.width = shutil.get_terminal_size((100, 20)).columns
+
+    def text(self) -> str:
+        lat = self.live.latency_ms()
+        style = self.live.style or "(neutral)"
+        s = (f"{self.live.fps():5.1f} fps | latency {'  n/a' if math.isnan(lat) else f'{lat:5.0f}'} ms | "
+             f"dropped {self.hub.dropped_total} | clients {len(self.hub.clients)} | "
+             f"t {self.live.samples_in / 16000:6.1f} s | style: {style}")
+        return s[: self.width - 1] if self.tty else s
+
+    async def run(self) -> None:
+        last_plain = 0.0
+        while True:
+            await asyncio.sleep(self.every_s)
+            if self.tty:
+                self.stream.write("\r\x1b[2K" + self.text())
+                self.stream.flush()
+            elif time.time() - last_plain > 5.0:     # logs/pipes: one line every 5 s
+                last_plain = time.time()
+                print(self.text(), file=self.stream, flush=True)
+
+    def clear(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+def read_stdin_styles(loop: asyncio.AbstractEventLoop, on_line) -> None:
+    """Each line typed on stdin becomes the new style (a daemon thread; stops at EOF)."""
+    def reader():
+        for line in sys.stdin:
+            text = line.strip()
+            loop.call_soon_threadsafe(on_line, text)
+    if sys.stdin is not None and not sys.stdin.closed:
+        threading.Thread(target=reader, name="stdin-style", daemon=True).start()
+
+
+def load_the_model(args):
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from mm2face.engine.model import MM2Face, default_checkpoint_path, load_model
+    if args.random_model:
+        return MM2Face.random(seed=0, small=True).to(args.compute).eval()
+    path = args.ckpt
+    if path is None and not default_checkpoint_path().exists():
+        raise SystemExit(f"mm2face-live: no default checkpoint at {default_checkpoint_path()}. Train one "
+                         "(mm2face-train), pass --ckpt PATH, or use --random-model to test the wiring.")
+    if path is not None and not Path(path).exists():
+        raise SystemExit(f"mm2face-live: checkpoint not found: {path}")
+    return load_model(path, device=args.compute).eval()
+
+
+async def amain(args) -> int:
+    from mm2face.engine.session import StreamConfig, StreamSession
+    from mm2face.realtime import sources
+    from mm2face.realtime.server import Hub, serve_hub
+
+    demo_headless = args.demo and not has_display()
+    if args.demo and not demo_headless:
+        args.view = True
+    if args.view or args.demo:
+        args.serve = True                        # the demo's frames are served too
+    if args.demo:
+        args.wav = str(sources.DEMO_WAV)
+
+    # Open the audio source before loading the model, so device problems are reported at once.
+    source = None
+    try:
+        if args.mic:
+            source = sources.MicSource(args.device, args.audio_backend)
+        elif args.wav:
+            source = sources.WavSource(args.wav, loop=args.loop or (args.demo and not demo_headless))
+    except (sources.DeviceError, FileNotFoundError, ValueError) as e:
+        print(f"mm2face-live: {e}", file=sys.stderr)
+        return 2
+
+    model = load_the_model(args)
+    cfg = StreamConfig()
+    if args.guidance is not None:
+        cfg.guidance = args.guidance
+    hub = Hub(lambda style: StreamSession(model, cfg, style=style, device=args.compute), token=args.token)
+    live = await hub.create_session("default", style=args.style)
+    recorded = []
+    if args.record or demo_headless:
+        live.listeners.append(lambda _live, frames: recorded.extend(frames))
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    def on_style_line(text: str) -> None:
+        async def apply():
+            from mm2face.realtime.protocol import MAX_STYLE_CHARS
+            if len(text) > MAX_STYLE_CHARS:
+                print(f"\nmm2face-live: style text is {len(text)} characters; the limit is {MAX_STYLE_CHARS}",
+                      file=sys.stderr)
+                return
+            await live.set_style(text)
+        asyncio.ensure_future(apply())
+    read_stdin_styles(loop, on_style_line)
+
+    tasks: list[asyncio.Task] = []
+    failure: list[BaseException] = []
+
+    async def guarded(coro, name):
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - reported below, then we stop
+            failure.append(e)
+            stop.set()
+
+    async with contextlib.AsyncExitStack() as stack:
+        if args.serve:
+            try:
+                srv = await stack.enter_async_context(serve_hub(hub, args.host, args.port))
+            except OSError as e:
+                print(f"mm2face-live: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+                      "pick another --port", file=sys.stderr)
+                if not demo_headless:
+                    return 2
+                args.serve = False                # a headless demo still writes its MP4
+                srv = None
+        if args.serve:
+            url = f"ws://{args.host}:{srv.port}"
+            print(f"mm2face-live: serving {url} (session 'default', protocol v1)", file=sys.stderr, flush=True)
+            if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+                print("mm2face-live: warning: listening beyond this machine without --token; anyone who can "
+                      "reach the port can change the style", file=sys.stderr)
+        if args.mqtt:
+            from mm2face.realtime.mqtt import MqttBridge, parse_host_port
+            host, port = parse_host_port(args.mqtt)
+            bridge = MqttBridge(hub, host, port, prefix=args.mqtt_prefix)
+            tasks.append(asyncio.create_task(guarded(bridge.run(), "mqtt")))
+            print(f"mm2face-live: MQTT to {host}:{port}, topics {args.mqtt_prefix}/default/...", file=sys.stderr)
+
+        def source_done():
+            if not args.serve or demo_headless:
+                stop.set()
+
+        if source is not None:
+            tasks.append(asyncio.create_task(guarded(
+                sources.feed(live, source, idle_after=args.serve and not demo_headless, on_eof=source_done), "source")))
+        else:
+            tasks.append(asyncio.create_task(guarded(sources.feed(live, sources.IdleSource(), end_at_eof=False), "idle")))
+        status = None
+        if not args.quiet:
+            status = StatusLine(hub, live)
+            tasks.append(asyncio.create_task(status.run()))
+        viewer = None
+        if args.view:
+            view_url = f"ws://127.0.0.1:{srv.port}" if args.host in ("0.0.0.0", "::") else url
+            viewer = subprocess.Popen([sys.executable, "-c", "import sys; from mm2face.viewer.cli import main; "
+                                       "sys.exit(main(sys.argv[1:]))", view_url])
+
+            async def watch_viewer():
+                while viewer.poll() is None:
+                    await asyncio.sleep(0.2)
+                stop.set()                            # closing the window ends the demo
+            tasks.append(asyncio.create_task(watch_viewer()))
+        if args.seconds is not None:
+            loop.call_later(args.seconds, stop.set)
+
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if status is not None:
+            status.clear()
+        if viewer is not None and viewer.poll() is None:
+            viewer.terminate()
+
+    if failure:
+        e = failure[0]
+        if isinstance(e, sources.DeviceError):
+            print(f"mm2face-live: {e}", file=sys.stderr)
+            return 2
+        raise e
+    if args.record and recorded:
+        from mm2face.engine.frame import MotionClip
+        from mm2face.realtime.ws_source import frames_to_motion
+        path = MotionClip(frames_to_motion(recorded), head=model.head_name, style=args.style).save(args.record)
+        print(f"mm2face-live: recorded {len(recorded)} frames to {path}", file=sys.stderr)
+    if demo_headless:
+        return write_demo_mp4(args, model, recorded)
+    return 0
+
+
+def clip_to_plausible(motion):
+    """Clip values beyond engine.frame's plausibility limits (an untrained model produces them), saying so."""
+    import numpy as np
+    from mm2face.engine import frame as F
+    lim = np.full(F.FRAME_DIM, F.MAX_EXP_ABS, np.float32)
+    lim[F.HEAD], lim[F.JAW] = F.MAX_HEAD_RAD * 0.999, F.MAX_JAW_RAD * 0.999
+    n = int((np.abs(motion) > lim).sum())
+    if n:
+        print(f"mm2face-live: warning: {n} values beyond the plausible range were clipped for rendering "
+              "(an untrained or diverging model?)", file=sys.stderr)
+    return np.clip(motion, -lim, lim)
+
+
+def write_demo_mp4(args, model, frames) -> int:
+    from mm2face.engine.flame import load_head
+    from mm2face.realtime.sources import DEMO_WAV
+    from mm2face.realtime.ws_source import frames_to_motion
+    from mm2face.viewer.output import write_mp4
+
+    if not frames:
+        print("mm2face-live: no frames were produced; nothing to write", file=sys.stderr)
+        return 1
+    if model.head_name != "standin":
+        print(f"mm2face-live: this checkpoint speaks the {model.head_name!r} head; rendering it needs that head "
+              "model (use mm2face-view --flame on a --record file)", file=sys.stderr)
+        return 2
+    motion = clip_to_plausible(frames_to_motion(frames))
+    path = write_mp4(args.out, motion, load_head("standin"), fps=25, audio_path=DEMO_WAV, style=args.style,
+                     progress=not args.quiet)
+    print(f"mm2face-live: no display, so the demo was written to {Path(path).resolve()} "
+          f"({len(motion)} frames with audio)")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.list_devices:
+        from mm2face.realtime.sources import DeviceError, list_input_devices
+        try:
+            names = list_input_devices(args.audio_backend)
+        except DeviceError as e:
+            print(f"mm2face-live: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(names) if names else "no input devices found")
+        return 0
+    if (args.device or args.audio_backend != "sounddevice") and not args.mic:
+        print("mm2face-live: --device and --audio-backend go with --mic", file=sys.stderr)
+        return 2
+    if args.loop and not (args.wav or args.demo):
+        print("mm2face-live: --loop goes with --wav FILE or --demo", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
