@@ -1,0 +1,416 @@
+"""Inference backends for the per-hop work of a stream: audio encoder, one G step, D on the last token.
+
+    model = apply_backend(MM2Face.load(path), "onnx", device="cpu")    # then use it as usual
+    s = StreamSession(model)
+
+Backends (``BACKENDS``):
+
+* ``eager``: plain PyTorch (the reference).
+* ``static``: eager PyTorch with *static shapes*: the KV cache is always ``ctx_tokens - 1`` long
+  (left padding masked out) and batches are padded up to a bucket (1, 2, 4, 8, ...). It is the
+  shape discipline that ``compile`` / ``onnx`` / ``tensorrt`` build on; on its own it shows their cost.
+* ``compile``: ``torch.compile`` of the static-shape step (inductor; ``mode="reduce-overhead"`` on CUDA,
+  i.e. CUDA graphs). The first hop of each batch bucket compiles (seconds to a minute).
+* ``int8``: dynamic int8 quantisation of every ``nn.Linear`` (CPU only; a copy of the model).
+* ``onnx``: ONNX Runtime sessions of the three static-shape parts, exported at first use.
+* ``tensorrt``: Torch-TensorRT (``pip install 'mm2face-live[tensorrt]'``, CUDA only) of the
+  static-shape parts, one engine per batch bucket.
+
+:func:`apply_backend` patches the model *instance* (``g_logits``, ``audio.encode_windows``,
+``vq.decode_last``) so that :class:`~mm2face.engine.session.StreamSession`, ``step_sessions`` and the
+batcher use the backend without knowing about it; weights stay shared (``int8`` works on a copy).
+``TOLERANCE`` documents how far each backend's guided logits and decoded frames may drift from eager
+(checked by ``tests/test_backends_*.py`` where the backend runs on CPU).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mm2face.engine.gpt import KVCache
+
+BACKENDS = ("eager", "static", "compile", "int8", "onnx", "tensorrt")
+
+# max |difference| to eager on CPU: (guided logits, decoded normalised frames).
+TOLERANCE = {
+    "eager": (0.0, 0.0),
+    "static": (1e-4, 1e-5),       # padding only reorders float sums
+    "compile": (1e-3, 1e-4),      # fused kernels
+    "onnx": (1e-3, 1e-4),         # ORT kernels
+    "int8": (0.5, 0.1),           # quantised weights: tokens may differ; see docs/benchmarks.md
+    "tensorrt": (5e-2, 1e-2),     # fp16/tf32 kernels on GPU
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here; the message says what to install or which device to use."""
+
+
+def bucket(n: int) -> int:
+    """Batch bucket: the next power of two >= n."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+# ----------------------------------------------------------------------------- static-shape parts
+
+class GStep(nn.Module):
+    """One G step on a static cache.
+
+    ``prev (R,) long, audio (R, d_model), text (R, d_text), k/v (n_layer, R, H, L, hd), valid (R, L) bool``
+    with ``L = ctx_tokens - 1`` -> ``logits (R, n_codes), k_new, v_new, valid_new`` (same shapes).
+    R counts rows (2 per stream with classifier-free guidance)."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, prev, audio, text, k, v, valid):
+        n_layer = k.shape[0]
+        cache = KVCache(n_layer, self.gpt.cfg.ctx_tokens)
+        cache.k, cache.v, cache.valid = list(k.unbind(0)), list(v.unbind(0)), valid
+        logits = self.gpt(prev[:, None], audio[:, None], text[:, None], cache)[:, -1]
+        valid_new = torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], 1)
+        return logits, torch.stack(cache.k), torch.stack(cache.v), valid_new
+
+
+class AudioStep(nn.Module):
+    """``cnn_windows (N, W, C)`` -> token audio vectors ``(N, d_model)``."""
+
+    def __init__(self, audio):
+        super().__init__()
+        self.audio = audio
+        self._encode = type(audio).encode_windows
+
+    def forward(self, wins):
+        return self._encode(self.audio, wins)
+
+
+class DecodeStep(nn.Module):
+    """``codes (n, receptive_tokens)`` -> frames of the last token ``(n, down, 56)`` (normalised)."""
+
+    def __init__(self, vq):
+        super().__init__()
+        self.vq = vq
+        self._decode_last = type(vq).decode_last
+
+    def forward(self, codes):
+        return self._decode_last(self.vq, codes)
+
+
+def static_cache(cache: KVCache, rows: int, L: int, H: int, hd: int, n_layer: int, like: torch.Tensor):
+    """``cache`` (any length <= L, optional ``valid``) -> left-padded ``k, v (n_layer, rows, H, L, hd)``
+    and ``valid (rows, L)``."""
+    Tc = cache.length
+    if Tc == 0:
+        k = like.new_zeros(n_layer, rows, H, L, hd)
+        return k, k.clone(), torch.zeros(rows, L, dtype=torch.bool, device=like.device)
+    if Tc > L:
+        raise ValueError(f"cache holds {Tc} tokens, more than the static length {L}")
+    k = torch.stack(cache.k)
+    v = torch.stack(cache.v)
+    valid = cache.valid if cache.valid is not None else torch.ones(rows, Tc, dtype=torch.bool, device=like.device)
+    if Tc < L:
+        k = F.pad(k, (0, 0, L - Tc, 0))
+        v = F.pad(v, (0, 0, L - Tc, 0))
+        valid = F.pad(valid, (L - Tc, 0), value=False)
+    return k, v, valid
+
+
+class StaticRunner:
+    """Runs G steps, audio windows and D through callables that want static shapes.
+
+    ``g_fn(prev, audio, text, k, v, valid)``, ``a_fn(wins)``, ``d_fn(codes)``: per batch bucket they see
+    one shape only; None means eager for that part. ``make_*(bucket)`` may build one callable per
+    bucket (e.g. a TensorRT engine) on first use."""
+
+    def __init__(self, model, make_g, make_a=None, make_d=None):
+        self.model = model
+        g = model.gpt
+        self.n_layer, self.H = g.cfg.n_layer, g.cfg.n_head
+        self.hd = g.cfg.d_model // g.cfg.n_head
+        self.L = g.cfg.ctx_tokens - 1
+        self.R = model.vq.receptive_tokens
+        self.make_g, self.make_a, self.make_d = make_g, make_a, make_d
+        self._g, self._a, self._d = {}, {}, {}
+        self._eager_encode = model.audio.encode_windows
+        self._eager_decode = model.vq.decode_last
+
+    def _get(self, table, make, b):
+        if make is None:
+            return None
+        if b not in table:
+            table[b] = make(b)
+        return table[b]
+
+    @torch.no_grad()
+    def g_logits(self, prev, audio_vec, text_emb, cache: KVCache, guidance):
+        m = self.model
+        B = prev.shape[0]
+        rows = 2 * B
+        null = m.gpt.null_text.detach()[None].expand(B, -1)
+        two = lambda a, b: torch.stack([a, b], 1).reshape(2 * B, *a.shape[1:])
+        p, a, t = two(prev, prev), two(audio_vec, audio_vec), two(text_emb, null)
+        k, v, valid = static_cache(cache, rows, self.L, self.H, self.hd, self.n_layer, a)
+        bb = bucket(rows)
+        if bb > rows:                                    # pad the batch to its bucket with dummy rows
+            pad = bb - rows
+            p = torch.cat([p, p.new_zeros(pad)])
+            a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
+            t = torch.cat([t, t.new_zeros(pad, t.shape[1])])
+            k = torch.cat([k, k.new_zeros(k.shape[0], pad, *k.shape[2:])], 1)
+            v = torch.cat([v, v.new_zeros(v.shape[0], pad, *v.shape[2:])], 1)
+            valid = torch.cat([valid, valid.new_zeros(pad, valid.shape[1])])
+        fn = self._get(self._g, self.make_g, bb)
+        logits, k2, v2, valid2 = fn(p, a, t, k.contiguous(), v.contiguous(), valid)
+        logits, k2, v2, valid2 = logits[:rows], k2[:, :rows], v2[:, :rows], valid2[:rows]
+        cache.k, cache.v, cache.valid = list(k2.unbind(0)), list(v2.unbind(0)), valid2
+        cache.t += 1
+        logits = logits.view(B, 2, -1)
+        cond, unc = logits[:, 0], logits[:, 1]
+        g = torch.as_tensor(guidance, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+        return unc + g * (cond - unc)
+
+    @torch.no_grad()
+    def encode_windows(self, wins):
+        n = wins.shape[0]
+        fn = self._get(self._a, self.make_a, bucket(n))
+        if fn is None:
+            return self._eager_encode(wins)
+        bb = bucket(n)
+        if bb > n:
+            wins = torch.cat([wins, wins.new_zeros(bb - n, *wins.shape[1:])])
+        return fn(wins.contiguous())[:n]
+
+    @torch.no_grad()
+    def decode_last(self, codes):
+        n, k = codes.shape
+        if k < self.R:                                   # stream start: short history, eager
+            return self._eager_decode(codes)
+        codes = codes[:, -self.R:]
+        fn = self._get(self._d, self.make_d, bucket(n))
+        if fn is None:
+            return self._eager_decode(codes)
+        bb = bucket(n)
+        if bb > n:
+            codes = torch.cat([codes, codes[:1].expand(bb - n, -1)])
+        return fn(codes.contiguous())[:n]
+
+    def install(self):
+        m = self.model
+        m.g_logits = self.g_logits
+        m.audio.encode_windows = self.encode_windows
+        m.vq.decode_last = self.decode_last
+        m.backend_runner = self
+        return m
+
+
+def _example_inputs(model, rows: int, device):
+    g = model.gpt.cfg
+    L, hd = g.ctx_tokens - 1, g.d_model // g.n_head
+    dev = torch.device(device)
+    return (torch.zeros(rows, dtype=torch.long, device=dev), torch.zeros(rows, g.d_model, device=dev),
+            torch.zeros(rows, g.d_text, device=dev), torch.zeros(g.n_layer, rows, g.n_head, L, hd, device=dev),
+            torch.zeros(g.n_layer, rows, g.n_head, L, hd, device=dev),
+            torch.zeros(rows, L, dtype=torch.bool, device=dev))
+
+
+def _audio_example(model, n: int, device):
+    c = model.audio.cfg
+    return torch.zeros(n, c.window_feats, model.audio.cnn_channels, device=torch.device(device))
+
+
+def _decode_example(model, n: int, device):
+    return torch.zeros(n, model.vq.receptive_tokens, dtype=torch.long, device=torch.device(device))
+
+
+# ----------------------------------------------------------------------------- the backends
+
+def _reset(model):
+    """Undo an earlier apply_backend on this instance (back to the class methods)."""
+    for obj, name in ((model, "g_logits"), (model.audio, "encode_windows"), (model.vq, "decode_last")):
+        obj.__dict__.pop(name, None)
+    model.__dict__.pop("backend_runner", None)
+
+
+def apply_backend(model, name: str = "eager", device="cpu", **opts):
+    """Make ``model`` run its per-hop work on backend ``name``. Returns the model to use (the same
+    object, except ``int8`` which returns a quantised copy). Raises :class:`BackendUnavailable`."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    _reset(model)
+    if name == "eager":
+        model.backend = "eager"
+        return model
+    if name == "int8":
+        if dev.type != "cpu":
+            raise BackendUnavailable("int8 dynamic quantisation runs on CPU only; use --backend compile on CUDA")
+        te, model._text_encoder = model._text_encoder, None       # shared, not copied
+        try:
+            q = copy.deepcopy(model)
+        finally:
+            model._text_encoder = te
+        q._text_encoder = te
+        for part in ("gpt", "audio"):
+            setattr(q, part, torch.ao.quantization.quantize_dynamic(getattr(q, part), {nn.Linear}, dtype=torch.qint8))
+        q.backend = "int8"
+        return q
+    if name == "static":
+        StaticRunner(model, lambda b: GStep(model.gpt), lambda b: AudioStep(model.audio),
+                     lambda b: DecodeStep(model.vq)).install()
+    elif name == "compile":
+        _install_compile(model, dev, **opts)
+    elif name == "onnx":
+        _install_onnx(model, dev, **opts)
+    elif name == "tensorrt":
+        _install_tensorrt(model, dev, **opts)
+    model.backend = name
+    return model
+
+
+def _install_compile(model, dev, mode: str | None = None, compiler: str = "inductor", **_):
+    """``compiler``: torch.compile backend ("inductor"; "aot_eager" traces without code generation,
+    which the tests use to check the graph capture quickly)."""
+    if mode is None:
+        mode = "reduce-overhead" if dev.type == "cuda" else "default"
+    if compiler != "inductor":
+        mode = None
+    if dev.type == "cpu" and compiler == "inductor" and not _have_cxx():
+        raise BackendUnavailable("torch.compile on CPU needs a C++ compiler (g++); install build-essential "
+                                 "or use --backend eager/onnx")
+    g, a, d = GStep(model.gpt), AudioStep(model.audio), DecodeStep(model.vq)
+    # one compiled graph per bucket (static shapes); CUDA graphs need the inputs in stable storage,
+    # which reduce-overhead handles by copying them in.
+    cg, ca, cd = (torch.compile(x, backend=compiler, mode=mode, dynamic=False) for x in (g, a, d))
+    import torch._dynamo as dynamo
+    dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+
+    def wrap(fn):
+        def call(*args):
+            out = fn(*args)
+            if dev.type == "cuda" and mode == "reduce-overhead":    # CUDA-graph outputs are reused: copy out
+                out = tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
+            return out
+        return call
+
+    StaticRunner(model, lambda b: wrap(cg), lambda b: wrap(ca), lambda b: wrap(cd)).install()
+
+
+def _have_cxx() -> bool:
+    import shutil
+    return bool(shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++") or shutil.which("clang++"))
+
+
+# ---- ONNX Runtime
+
+def _install_onnx(model, dev, workdir: str | None = None, threads: int | None = None, **_):
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendUnavailable("the onnx backend needs onnxruntime: pip install onnxruntime") from e
+    providers = ["CPUExecutionProvider"]
+    if dev.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable("onnxruntime here has no CUDA provider; pip install onnxruntime-gpu or "
+                                     "use --backend compile on CUDA")
+        providers = ["CUDAExecutionProvider"]
+    wd = Path(workdir or tempfile.mkdtemp(prefix="mm2face-onnx-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    cpu = torch.device("cpu")
+
+    def export(mod, example, names_in, names_out, dyn, fname):
+        path = wd / fname
+        mod_cpu = mod.to(cpu)
+        with torch.no_grad():
+            torch.onnx.export(mod_cpu, tuple(e.to(cpu) for e in example), str(path), input_names=names_in,
+                              output_names=names_out, dynamic_axes=dyn, opset_version=17, dynamo=False)
+        mod.to(dev)
+        return ort.InferenceSession(str(path), so, providers=providers)
+
+    def runner(sess, names_in):
+        def call(*args):
+            feeds = {n: a.detach().cpu().numpy() for n, a in zip(names_in, args)}
+            outs = sess.run(None, feeds)
+            res = tuple(torch.from_numpy(o).to(dev) for o in outs)
+            return res if len(res) > 1 else res[0]
+        return call
+
+    gi = ["prev", "audio", "text", "k", "v", "valid"]
+    g_sess = export(GStep(model.gpt), _example_inputs(model, 2, cpu), gi, ["logits", "k_new", "v_new", "valid_new"],
+                    {"prev": {0: "R"}, "audio": {0: "R"}, "text": {0: "R"}, "k": {1: "R"}, "v": {1: "R"},
+                     "valid": {0: "R"}, "logits": {0: "R"}, "k_new": {1: "R"}, "v_new": {1: "R"},
+                     "valid_new": {0: "R"}}, "g_step.onnx")
+    a_sess = export(AudioStep(model.audio), (_audio_example(model, 2, cpu),), ["wins"], ["vec"],
+                    {"wins": {0: "N"}, "vec": {0: "N"}}, "audio.onnx")
+    d_sess = export(DecodeStep(model.vq), (_decode_example(model, 2, cpu),), ["codes"], ["frames"],
+                    {"codes": {0: "N"}, "frames": {0: "N"}}, "decode.onnx")
+    g_fn, a_fn, d_fn = runner(g_sess, gi), runner(a_sess, ["wins"]), runner(d_sess, ["codes"])
+
+    def g_call(p, a, t, k, v, valid):
+        logits, k2, v2, valid2 = g_fn(p, a, t, k, v, valid)
+        return logits, k2, v2, valid2.bool()
+
+    StaticRunner(model, lambda b: g_call, lambda b: a_fn, lambda b: d_fn).install()
+    model.onnx_dir = str(wd)
+
+
+# ---- TensorRT
+
+def _install_tensorrt(model, dev, precision: str = "fp16", **_):
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        raise BackendUnavailable("the tensorrt backend needs an NVIDIA GPU with CUDA (--device cuda); "
+                                 "on CPU use --backend onnx or eager")
+    try:
+        import torch_tensorrt
+    except ImportError as e:
+        raise BackendUnavailable("the tensorrt backend needs Torch-TensorRT: pip install 'mm2face-live[tensorrt]' "
+                                 "(torch-tensorrt matching your torch and CUDA)") from e
+    dtypes = {torch.float32} if precision == "fp32" else {torch.float16, torch.float32}
+
+    def build(mod, example):
+        with torch.no_grad():
+            return torch_tensorrt.compile(mod, ir="dynamo", inputs=list(example), enabled_precisions=dtypes,
+                                          min_block_size=1)
+
+    g, a, d = GStep(model.gpt), AudioStep(model.audio), DecodeStep(model.vq)
+    StaticRunner(model,
+                 lambda b: build(g, _example_inputs(model, b, dev)),
+                 lambda b: build(a, (_audio_example(model, b, dev),)),
+                 lambda b: build(d, (_decode_example(model, b, dev),))).install()
+
+
+def backend_status(device="cpu") -> dict[str, str]:
+    """``{backend: "ok" | why it cannot run here}`` without building anything."""
+    dev = torch.device(device)
+    out = {"eager": "ok", "static": "ok"}
+    out["compile"] = "ok" if (dev.type == "cuda" or _have_cxx()) else "needs a C++ compiler for CPU inductor"
+    out["int8"] = "ok" if dev.type == "cpu" else "CPU only"
+    try:
+        import onnxruntime as ort
+        if dev.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            out["onnx"] = "onnxruntime has no CUDA provider here"
+        else:
+            out["onnx"] = "ok"
+    except ImportError:
+        out["onnx"] = "onnxruntime not installed"
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        out["tensorrt"] = "needs CUDA"
+    else:
+        try:
+            import torch_tensorrt  # noqa: F401
+            out["tensorrt"] = "ok"
+        except ImportError:
+            out["tensorrt"] = "torch-tensorrt not installed (pip install 'mm2face-live[tensorrt]')"
+    return out

@@ -1,0 +1,92 @@
+"""Every backend that runs on CPU gives eager's outputs within its documented tolerance."""
+import numpy as np
+import pytest
+import torch
+
+from mm2face.engine.backends import TOLERANCE, BackendUnavailable, apply_backend, backend_status, bucket
+from mm2face.engine.batching import SessionBatcher
+from mm2face.engine.model import MM2Face
+from mm2face.engine.session import StreamConfig, StreamSession
+
+
+def audio(seconds, seed=0):
+    return (np.random.default_rng(seed).normal(size=int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def parts(model, n_rows=3, seed=0):
+    """Outputs of the three per-hop parts on fixed random inputs, with a half-full cache."""
+    g = torch.Generator().manual_seed(seed)
+    c = model.gpt.cfg
+    cache = model.gpt.new_cache()
+    B = n_rows
+    text = torch.randn(B, c.d_text, generator=g)
+    for t in range(5):               # fill 5 tokens of cache through the model's own step
+        logits = model.g_logits(torch.randint(0, c.n_codes, (B,), generator=g), torch.randn(B, c.d_model, generator=g),
+                                text, cache, 2.0)
+    wins = torch.randn(B, model.audio.cfg.window_feats, model.audio.cnn_channels, generator=g)
+    codes = torch.randint(0, c.n_codes, (B, model.vq.receptive_tokens + 2), generator=g)
+    with torch.no_grad():
+        return logits, model.audio.encode_windows(wins), model.vq.decode_last(codes)
+
+
+def stream(model, seconds=1.5):
+    s = StreamSession(model, StreamConfig(temperature=0.0))
+    s.push_audio(audio(seconds))
+    return np.stack([f.params for f in s.poll()])
+
+
+@pytest.fixture(scope="module")
+def ref():
+    torch.set_num_threads(1)
+    m = MM2Face.random(seed=0, small=True)
+    return parts(m), stream(m)
+
+
+@pytest.mark.parametrize("name,opts", [("static", {}), ("onnx", {}), ("compile", {"compiler": "aot_eager"})])
+def test_backend_matches_eager(ref, name, opts, tmp_path):
+    (lg, av, fr), frames = ref
+    m = apply_backend(MM2Face.random(seed=0, small=True), name, "cpu", **opts)
+    lg2, av2, fr2 = parts(m)
+    tol_logits, tol_frames = TOLERANCE[name] if name != "compile" else TOLERANCE["static"]
+    assert (lg2 - lg).abs().max() <= max(tol_logits, 1e-5)
+    assert (av2 - av).abs().max() <= 1e-4
+    assert (fr2 - fr).abs().max() <= max(tol_frames, 1e-6)
+    out = stream(m)                  # greedy decoding: the same tokens, so the same frames
+    assert out.shape == frames.shape
+    np.testing.assert_allclose(out, frames, atol=1e-4)
+
+
+def test_int8_stays_close_and_is_a_copy(ref):
+    (lg, _, fr), frames = ref
+    base = MM2Face.random(seed=0, small=True)
+    q = apply_backend(base, "int8")
+    assert q is not base and type(base.gpt.head) is torch.nn.Linear      # the original is untouched
+    lg2, _, fr2 = parts(q)
+    assert (lg2 - lg).abs().max() <= TOLERANCE["int8"][0]
+    assert np.isfinite(stream(q)).all()
+
+
+def test_static_backend_under_the_batcher_matches_solo_eager():
+    m = apply_backend(MM2Face.random(seed=0, small=True), "static")
+    b = SessionBatcher(m)
+    keys = [b.add(StreamSession(m, StreamConfig(temperature=0.0, seed=i))) for i in range(3)]
+    for i, k in enumerate(keys):
+        b.push_audio(k, audio(0.6 + 0.3 * i, seed=i))
+    b.run_until_idle()
+    assert max(b.stats["batch_sizes"]) == 3
+    eager = MM2Face.random(seed=0, small=True)
+    for i, k in enumerate(keys):
+        got = np.stack([tf.frame.params for tf in b.drain(k)])
+        s = StreamSession(eager, StreamConfig(temperature=0.0, seed=i))
+        s.push_audio(audio(0.6 + 0.3 * i, seed=i))
+        np.testing.assert_allclose(got, np.stack([f.params for f in s.poll()]), atol=1e-4)
+
+
+def test_unavailable_backends_say_what_to_do():
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        apply_backend(MM2Face.random(seed=0, small=True), "tensorrt", "cpu")
+    with pytest.raises(ValueError, match="choose one of"):
+        apply_backend(MM2Face.random(seed=0, small=True), "magic")
+    st = backend_status("cpu")
+    assert st["eager"] == "ok" and st["tensorrt"] != "ok"
+    assert [bucket(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
