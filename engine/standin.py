@@ -10,7 +10,7 @@ head instead. It is built from scratch with numpy, deterministically, in well un
    vertices give smooth normals; the only cracks are deliberate: the **mouth seam** (upper and lower
    lip rows are separate vertex copies, so a jaw rotation opens the mouth) with short inner-lip flaps.
 3. **Extra parts.** Two eyeballs (UV spheres with their pole toward +z, skinned to the eye joints),
-   upper and lower teeth (rounded arcs skinned to the head and the jaw).
+   upper and lower teeth (rounded arcs skinned to the head and the jaw) and a tongue (on the jaw).
 4. **Rig.** FLAME's 5 joints (global, neck, jaw, left eye, right eye), skinning weights, a
    ``J_regressor`` that puts each joint where it belongs, and 50 expression slots: one named, FACS-like
    unit per slot of :data:`mm2face.engine.units.UNITS` (unused slots are zero).
@@ -45,7 +45,7 @@ class StandinConfig:
     mouth_half_width: float = 0.0245   # half the mouth width (m), corner x
     lip_flap_rows: int = 3        # rows of inner-lip surface behind each lip at the seam
     eye_segments: tuple = (28, 18)  # eyeball UV sphere (around, pole to pole)
-    teeth_segments: int = 36      # segments along each tooth arc
+    teeth_segments: int = 96      # segments along each tooth arc
 
 
 CFG = StandinConfig()
@@ -111,11 +111,11 @@ def head_sdf(p):
     d = _smin(d, _sd_ellipsoid(p, (0, 0.047, 0.03), (0.062, 0.042, 0.054)), 0.02)  # forehead
     d = _smin(d, _sd_ellipsoid(p, (0, -0.012, 0.03), (0.066, 0.07, 0.06)), 0.02)  # mid face block
     d = _smin(d, _sd_ellipsoid(p, (0, -0.047, 0.028), (0.056, 0.053, 0.062)), 0.02)  # lower face / jaw
-    d = _smin(d, _sd_round_cone(pa, (0.05, -0.068, -0.012), (0.022, -0.089, 0.06), 0.0095, 0.009), 0.024)  # mandible
-    d = _smin(d, _sd_ellipsoid(p, (0, -0.089, 0.07), (0.022, 0.019, 0.02)), 0.012)  # chin
+    d = _smin(d, _sd_round_cone(pa, (0.05, -0.068, -0.012), (0.022, -0.089, 0.064), 0.0095, 0.009), 0.024)  # mandible
+    d = _smin(d, _sd_ellipsoid(p, (0, -0.089, 0.075), (0.022, 0.019, 0.02)), 0.012)  # chin
     d = _smin(d, _sd_ellipsoid(pa, (0.043, 0.004, 0.055), (0.021, 0.016, 0.021)), 0.014)  # cheekbones
     d = _smin(d, _sd_ellipsoid(pa, (0.034, -0.032, 0.058), (0.022, 0.026, 0.026)), 0.016)  # cheeks
-    d = _smin(d, _sd_ellipsoid(p, (0, -0.048, 0.072), (0.031, 0.025, 0.026)), 0.014)  # muzzle
+    d = _smin(d, _sd_ellipsoid(p, (0, -0.048, 0.075), (0.031, 0.025, 0.026)), 0.014)  # muzzle
     d = _smin(d, _sd_ellipsoid(pa, (0.028, 0.039, 0.071), (0.024, 0.0085, 0.011)), 0.016)  # brow ridge
     d = _smin(d, _sd_ellipsoid(p, (0, -0.031, 0.094), (0.0085, 0.008, 0.01)), 0.008)  # below the nose
     d = _smin(d, _sd_ellipsoid(p, (0, -0.037, 0.09), (0.013, 0.009, 0.009)), 0.008)   # philtrum
@@ -124,8 +124,8 @@ def head_sdf(p):
     d = _smin(d, _sd_ellipsoid(p, (0, -0.021, 0.109), (0.0095, 0.0085, 0.009)), 0.005)
     d = _smin(d, _sd_ellipsoid(pa, (0.0115, -0.026, 0.097), (0.0075, 0.0068, 0.0075)), 0.005)
     # lips (the groove between them is cut along the mouth seam later)
-    d = _smin(d, _sd_ellipsoid(p, (0, -0.0445, 0.093), (0.025, 0.0062, 0.008)), 0.006)
-    d = _smin(d, _sd_ellipsoid(p, (0, -0.0565, 0.0905), (0.022, 0.0068, 0.0085)), 0.006)
+    d = _smin(d, _sd_ellipsoid(p, (0, -0.0445, 0.095), (0.025, 0.0062, 0.008)), 0.006)
+    d = _smin(d, _sd_ellipsoid(p, (0, -0.0565, 0.093), (0.022, 0.0068, 0.0085)), 0.006)
     # ears
     d = _smin(d, _sd_ellipsoid(pa, (0.075, 0.004, -0.014), (0.011, 0.029, 0.017)), 0.01)
     # neck: an elliptic cylinder cut at the bottom
@@ -169,17 +169,16 @@ def _lon_columns() -> np.ndarray:
 
 def _mouth_lat() -> float:
     o = np.asarray(CFG.ray_origin)
-    return float(np.arctan2(CFG.mouth_y - o[1], 0.101))
+    return float(np.arctan2(CFG.mouth_y - o[1], 0.103))
 
 
 def _lat_rows() -> np.ndarray:
     """Latitudes (rad), crown to neck, excluding both poles; one row is exactly the mouth seam."""
-    o = np.asarray(CFG.ray_origin)
-    eye_lat = np.arctan2(CFG.eye_center[1] - o[1], 0.07)
+    eye_lat = 0.33               # latitude band of the eyes and brows (rays there start higher, see _build_skin)
     m_lat = _mouth_lat()
 
     def dens(t):
-        return (1.0 + 2.6 * np.exp(-0.5 * ((t + 0.05) / 0.55) ** 2) + 3.0 * np.exp(-0.5 * ((t - eye_lat) / 0.1) ** 2)
+        return (1.0 + 2.6 * np.exp(-0.5 * ((t + 0.05) / 0.55) ** 2) + 3.0 * np.exp(-0.5 * ((t - eye_lat) / 0.11) ** 2)
                 + 2.5 * np.exp(-0.5 * ((t - m_lat) / 0.07) ** 2))
     lat = _density_spacing(CFG.n_lat + 1, -np.pi / 2, np.pi / 2, dens)[::-1][1:-1]
     lat[int(np.argmin(np.abs(lat - m_lat)))] = m_lat
@@ -312,8 +311,8 @@ def _build_skin() -> _Skin:
                     row.append(vi)
                     continue
                 f = t / K
-                back = 0.0085 * f * taper[n]
-                lift = sign * 0.0045 * np.sin(0.5 * np.pi * f) * taper[n]
+                back = 0.006 * f * taper[n]
+                lift = sign * 0.006 * np.sin(0.5 * np.pi * f) * taper[n]
                 pos = verts[vi] + np.array([-verts[vi][0] * 0.12 * f, lift, -back])
                 row.append(base + len(new_v))
                 new_v.append(pos)
@@ -413,10 +412,17 @@ def _teeth_arc(y_top, y_bottom, z_front, n_seg):
     th = 0.0028                                                              # thickness (m)
     prof = np.array([[0.0, 0.0], [0.35, 0.15], [0.85, 0.12], [1.0, 0.0],
                      [1.0, -th / 0.003 * 0.9], [0.85, -th / 0.003], [0.35, -th / 0.003], [0.0, -0.8]])
+    # notches between teeth along the biting edge (7.5 mm per tooth, a gap on the midline)
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(z)))])
+    arc -= arc[len(arc) // 2]
+    notch = 0.0010 * np.abs(np.cos(np.pi * arc / 0.0075)) ** 8
+    upper = y_top > 0.5 * (y_top + y_bottom) + 1e-9 and y_bottom > CFG.mouth_y
     verts = []
     for n in range(len(t)):
+        edge = np.array([0.0, notch[n], 0.0]) if upper else np.array([0.0, -notch[n], 0.0])
         for py, pz in prof:
-            verts.append(np.array([x[n], y_bottom + py * h, z[n]]) + normal[n] * pz * 0.003)
+            w = (1.0 - py) if upper else py                 # notch the biting edge, not the gum side
+            verts.append(np.array([x[n], y_bottom + py * h, z[n]]) + normal[n] * pz * 0.003 + edge * w)
     verts = np.array(verts)
     m = len(prof)
     faces = []
@@ -456,16 +462,19 @@ def build_standin_head():
     seam = skin.verts[skin.seam_upper]
     z_teeth = float(seam[:, 2].max()) - 0.0075
     my = CFG.mouth_y
-    teeth_u, teeth_uf = _teeth_arc(my + 0.0105, my + 0.0004, z_teeth, CFG.teeth_segments)
-    teeth_l, teeth_lf = _teeth_arc(my - 0.0004, my - 0.0095, z_teeth - 0.0016, CFG.teeth_segments)
+    teeth_u, teeth_uf = _teeth_arc(my + 0.0135, my + 0.0003, z_teeth, CFG.teeth_segments)
+    teeth_l, teeth_lf = _teeth_arc(my - 0.0003, my - 0.011, z_teeth - 0.0016, CFG.teeth_segments)
 
-    parts = [(skin.verts, skin.faces), (eye_l, eye_lf), (eye_r, eye_rf), (teeth_u, teeth_uf), (teeth_l, teeth_lf)]
+    tongue, tongue_f = _uv_sphere((0.0, 0.0, 0.0), 1.0, 24, 12)
+    tongue = tongue * (0.019, 0.0065, 0.026) + (0.0, my - 0.0125, z_teeth - 0.029)
+    parts = [(skin.verts, skin.faces), (eye_l, eye_lf), (eye_r, eye_rf), (teeth_u, teeth_uf), (teeth_l, teeth_lf),
+             (tongue, tongue_f)]
     offsets = np.cumsum([0] + [len(v) for v, _ in parts])
     verts = np.concatenate([v for v, _ in parts]).astype(np.float64)
     faces = np.concatenate([f + o for (_, f), o in zip(parts, offsets)]).astype(np.int32)
     V = len(verts)
     rng = {name: np.arange(offsets[i], offsets[i + 1]) for i, name in
-           enumerate(("skin", "left_eyeball", "right_eyeball", "upper_teeth", "lower_teeth"))}
+           enumerate(("skin", "left_eyeball", "right_eyeball", "upper_teeth", "lower_teeth", "tongue"))}
 
     weights = _skinning_weights(verts, skin, rng)
     J_regressor = _joint_regressor(verts, skin, rng)
@@ -511,6 +520,7 @@ def _skinning_weights(verts, skin, rng) -> np.ndarray:
     W[rng["right_eyeball"], 4] = 1.0
     W[rng["upper_teeth"], 1] = 1.0
     W[rng["lower_teeth"], 2] = 1.0
+    W[rng["tongue"], 2] = 1.0
     return W / W.sum(1, keepdims=True)
 
 
@@ -598,6 +608,8 @@ def _expression_basis(skin) -> np.ndarray:
     X, Y, Z = P[:, 0], P[:, 1], P[:, 2]
     sgn = np.where(X >= 0, 1.0, -1.0)
     Pa = P * np.c_[sgn, np.ones(N), np.ones(N)]                 # mirrored to the +x side
+    sgn = np.tanh(X / 0.004)                                    # smooth sign: no crease at the midline
+    brow_zone = _smoothstep(CFG.eye_center[1] + 0.004, CFG.eye_center[1] + 0.013, Y)   # keep brows off the lids
     side = skin.side
     front = _smoothstep(0.0, 0.04, Z)
     seam_y = _seam_y(skin)
@@ -616,10 +628,10 @@ def _expression_basis(skin) -> np.ndarray:
         B[:, :, unit(name)] = d * front[:, None]
 
     g = _gauss
-    put("inner_brow_raiser", g(Pa, (0.014, 0.041, 0.083), (0.015, 0.014, 0.02))[:, None] * v3(0, 0.0065, 0.0006))
+    put("inner_brow_raiser", (brow_zone * g(Pa, (0.014, 0.041, 0.083), (0.015, 0.014, 0.02)))[:, None] * v3(0, 0.0065, 0.0006))
     for s, name in ((1, "outer_brow_raiser_left"), (-1, "outer_brow_raiser_right")):
-        put(name, g(P, (0.044 * s, 0.039, 0.07), (0.014, 0.013, 0.02))[:, None] * v3(0.0006 * s, 0.0065, 0))
-    bl = g(Pa, (0.022, 0.04, 0.08), (0.017, 0.013, 0.02))[:, None]
+        put(name, (brow_zone * g(P, (0.044 * s, 0.039, 0.07), (0.014, 0.013, 0.02)))[:, None] * v3(0.0006 * s, 0.0065, 0))
+    bl = (brow_zone * g(Pa, (0.022, 0.04, 0.08), (0.017, 0.013, 0.02)))[:, None]
     put("brow_lowerer", bl * np.c_[-0.0028 * sgn, np.full(N, -0.0055), np.full(N, 0.001)])
     ulr = _lid_shift(P, True, 0.0022, 0.0) + _lid_shift(P, False, 0.0022, 0.0)
     put("upper_lid_raiser", ulr)
@@ -642,7 +654,7 @@ def _expression_basis(skin) -> np.ndarray:
     put("lip_corner_depressor", cg[:, None] * np.c_[0.0008 * sgn, np.full(N, -0.0055), np.zeros(N)])
     lower_lip = (side < 0) * g(P, mouth_c + (0, -0.007, 0), (0.017, 0.011, 0.03))
     put("lower_lip_depressor", lower_lip[:, None] * v3(0, -0.0052, 0.0014))
-    chin = g(P, (0, -0.09, 0.085), (0.02, 0.015, 0.02))[:, None] * v3(0, 0.0035, 0.0018)
+    chin = g(P, (0, -0.09, 0.09), (0.02, 0.015, 0.02))[:, None] * v3(0, 0.0035, 0.0018)
     put("chin_raiser", chin + lower_lip[:, None] * v3(0, 0.0006, 0.0028))
     put("lip_pucker", lips[:, None] * np.c_[-0.34 * X, np.zeros(N), np.full(N, 0.0075)])
     put("lip_stretcher", lips[:, None] * np.c_[0.3 * X, np.full(N, -0.0008), np.full(N, -0.0022)])
@@ -697,7 +709,7 @@ def _masks(verts, skin, rng) -> dict:
     hair = (Y > _hairline_y(lon_abs)) & ~skin.flap
     sx = np.abs(X)
     brow_y = 0.0385 + 0.0055 * (1.0 - ((sx - 0.03) / 0.024) ** 2)
-    brow_half = 0.0036 - 0.0018 * np.clip((sx - 0.012) / 0.04, 0, 1)
+    brow_half = 0.0046 - 0.0022 * np.clip((sx - 0.012) / 0.04, 0, 1)
     brows = (np.abs(Y - brow_y) < brow_half) & (sx > 0.009) & (sx < 0.053) & (Z > 0.05) & ~hair
     face = (lon_abs < 1.3) & (Y > -0.125) & (Y < _hairline_y(lon_abs)) & (Z > 0.0) & ~skin.flap
     face &= (Y > -0.11) | (Z > 0.05)
@@ -718,6 +730,7 @@ def _masks(verts, skin, rng) -> dict:
         "right_eyeball": rng["right_eyeball"].astype(np.int64),
         "teeth": np.concatenate([rng["upper_teeth"], rng["lower_teeth"]]).astype(np.int64),
         "lip_inner": idx(lip_inner),
+        "tongue": rng["tongue"].astype(np.int64),
         "hair": idx(hair),
         "brows": idx(brows),
     }

@@ -16,14 +16,14 @@ from mm2face.engine.units import USED_UNITS, unit
 
 
 def smile_open_frame() -> np.ndarray:
-    """An open-mouth smile: both lip-corner pullers, cheeks raised, lips parted, jaw open ~0.25 rad."""
+    """An open-mouth smile: both lip-corner pullers, cheeks raised, lips parted, jaw open 0.17 rad."""
     f = np.zeros(56, np.float32)
-    f[unit("lip_corner_puller_left")] = 1.0
-    f[unit("lip_corner_puller_right")] = 1.0
-    f[unit("cheek_raiser")] = 0.7
-    f[unit("lips_part")] = 0.6
-    f[unit("upper_lip_raiser")] = 0.3
-    f[JAW.start] = 0.25
+    f[unit("lip_corner_puller_left")] = 1.4
+    f[unit("lip_corner_puller_right")] = 1.4
+    f[unit("cheek_raiser")] = 0.8
+    f[unit("lips_part")] = 0.5
+    f[unit("upper_lip_raiser")] = 0.4
+    f[JAW.start] = 0.17
     return f
 
 

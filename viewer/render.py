@@ -30,9 +30,10 @@ SKIN = (0.87, 0.66, 0.54)
 PALETTE = {                      # mask name -> (sRGB colour, specular)
     "hair": ((0.20, 0.13, 0.09), 0.06),
     "brows": ((0.30, 0.20, 0.14), 0.05),
-    "lips": ((0.74, 0.41, 0.40), 0.30),
+    "lips": ((0.70, 0.34, 0.34), 0.30),
     "lip_inner": ((0.62, 0.30, 0.31), 0.35),
     "teeth": ((0.93, 0.91, 0.84), 0.45),
+    "tongue": ((0.60, 0.26, 0.27), 0.35),
 }
 SCLERA, IRIS, PUPIL = (0.93, 0.91, 0.88), (0.33, 0.22, 0.13), (0.03, 0.03, 0.03)
 
@@ -92,6 +93,7 @@ def head_colors(head: HeadModel) -> tuple[np.ndarray, np.ndarray]:
         if idx is not None and len(idx):
             col[idx] = c
             spec[idx] = s
+    col = _smooth_colors(col, head.faces, iterations=1)   # soften stair-stepped mask borders (brows, lips, hair)
     for name in ("left_eyeball", "right_eyeball"):
         idx = head.masks.get(name)
         if idx is None or not len(idx):
@@ -103,6 +105,21 @@ def head_colors(head: HeadModel) -> tuple[np.ndarray, np.ndarray]:
         col[idx] = np.where((ang < 0.21)[:, None], PUPIL, np.where((ang < 0.49)[:, None], IRIS, SCLERA))
         spec[idx] = 0.9
     return _srgb_to_linear(col), spec
+
+
+def _smooth_colors(col: np.ndarray, faces: np.ndarray, iterations: int) -> np.ndarray:
+    """Average each vertex colour with its mesh neighbours ``iterations`` times. col: (V, 3)."""
+    V = len(col)
+    f = np.asarray(faces, np.int64)
+    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    A = sp.csr_matrix((np.ones(len(i), np.float32), (i, j)), shape=(V, V))
+    A.data[:] = 1.0                                            # duplicate edges count once
+    A = A + sp.identity(V, np.float32, format="csr")
+    deg = np.asarray(A.sum(1)).ravel()
+    for _ in range(iterations):
+        col = (A @ col) / deg[:, None]
+    return col.astype(np.float32)
 
 
 def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> np.ndarray:
@@ -137,8 +154,8 @@ def face_camera(head: HeadModel, aspect: float, fov_y_deg: float = 22.0,
     face = head.masks.get("face")
     pts = v[np.asarray(face)] if face is not None and len(face) else v
     lo, hi = pts.min(0), pts.max(0)
-    target = np.array([0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1]) + 0.12 * (hi[1] - lo[1]), 0.5 * (lo[2] + hi[2])])
-    half_h = 0.5 * (hi[1] - lo[1]) * 1.55
+    target = np.array([0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1]) + 0.15 * (hi[1] - lo[1]), 0.5 * (lo[2] + hi[2])])
+    half_h = 0.5 * (hi[1] - lo[1]) * 1.5
     half_w = 0.5 * (hi[0] - lo[0]) * 1.45
     half = max(half_h, half_w / aspect) / zoom
     dist = half / math.tan(math.radians(fov_y_deg) / 2)
