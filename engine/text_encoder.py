@@ -24,7 +24,7 @@ def default_text_encoder_dir() -> Path:
 class TextEncoder:
     """``encode(texts) -> (N, dim) float32`` numpy; results are cached per string."""
 
-    def __init__(self, path: str | Path = "", device="cpu", max_length: int = 64):
+    def __init__(self, path: str | Path = "", device="cpu", max_length: int = 256):
         from transformers import AutoModel, AutoTokenizer
         self.path = Path(path) if path else default_text_encoder_dir()
         if not self.path.is_dir():
@@ -41,7 +41,7 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch: int = 64) -> np.ndarray:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        todo = sorted((t for t in dict.fromkeys(texts) if t not in self._cache), key=len)   # less padding
         for i in range(0, len(todo), batch):
             chunk = todo[i:i + batch]
             enc = self.tok(chunk, padding=True, truncation=True, max_length=self.max_length,

@@ -51,12 +51,26 @@ def motion_stats(clips) -> tuple[np.ndarray, np.ndarray]:
     return allm.mean(0).astype(np.float32), allm.std(0).astype(np.float32)
 
 
+JOIN_ORDER = ("emotion", "detail_expression", "detail_head_pose", "action", "emotion_scenario")
+
+
+def joined_caption(captions: dict) -> str:
+    """All captions in one text, in a fixed order (what mm2face-eval conditions on)."""
+    caps = captions or {}
+    parts = [str(caps[k]) for k in JOIN_ORDER if caps.get(k)]
+    parts += [str(v) for k, v in sorted(caps.items()) if k not in JOIN_ORDER and v]
+    return " ".join(parts)
+
+
 def clip_texts(clip) -> list[str]:
-    """The style captions a clip can be trained with: each kind, plus emotion + action joined."""
+    """The style captions a clip can be trained with (repeats = weight): each kind once,
+    emotion + action joined once, and all captions joined (x3)."""
     caps = {k: v.strip() for k, v in (clip.captions or {}).items() if v and v.strip()}
     out = list(caps.values())
     if "emotion" in caps and "action" in caps:
         out.append(f"{caps['emotion']} {caps['action']}")
+    if len(caps) > 1:
+        out += [joined_caption(clip.captions)] * 3
     return out
 
 
