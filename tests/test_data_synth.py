@@ -1,0 +1,103 @@
+"""The synthetic factory end to end: `mm2face-data synth` -> loader -> checks on audio, motion, captions."""
+import json
+
+import numpy as np
+import pytest
+
+from mm2face.engine.frame import FPS, SAMPLES_PER_FRAME
+from mm2face.training.data_cli import main
+from mm2face.training.mmhead import CAPTION_KINDS, MMHeadCorpus
+from mm2face.training.synth_factory import SynthConfig, make_talking_clip
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", "--out", str(out), "--hours", "0.02", "--seed", "3", "--workers", "2", "--quiet"]) == 0
+    return out
+
+
+def test_layout_and_loader_roundtrip(corpus_dir):
+    c = MMHeadCorpus(corpus_dir)
+    assert c.errors == []
+    talk, t2m = c.ids(subset="talking"), c.ids(subset="t2m")
+    assert len(talk) >= 8 and len(t2m) >= 2
+    assert all(i.startswith("SYNTH_talk_") for i in talk) and all(i.startswith("SYNTH_t2m_") for i in t2m)
+    splits = json.loads((corpus_dir / "talking_subset.json").read_text())
+    assert set(splits) == {"train", "val", "test"}
+    total_s = 0.0
+    for clip in c.clips(subset="talking"):
+        assert clip.motion.dtype == np.float32 and clip.motion.shape[1] == 56
+        assert clip.audio_16k is not None and clip.audio_16k.dtype == np.float32
+        assert len(clip.audio_16k) == len(clip.motion) * SAMPLES_PER_FRAME   # exact 640 samples per frame
+        assert np.abs(clip.audio_16k).max() <= 1.0 and np.abs(clip.audio_16k).max() > 0.05
+        assert set(clip.captions) == set(CAPTION_KINDS) and all(len(v) > 10 for v in clip.captions.values())
+        assert 1.0 <= clip.duration_s <= 9.0
+        assert "notes" not in clip.meta                                      # no length mismatch
+        assert len(clip.meta["speech_mask"]) == len(clip.motion)
+        total_s += clip.duration_s
+    assert total_s >= 0.02 * 3600
+    for clip in c.clips(subset="t2m"):
+        assert clip.audio_16k is None and 1.0 <= clip.duration_s <= 8.0
+        assert set(clip.captions) == set(CAPTION_KINDS)
+    assert "What it is not" in (corpus_dir / "README.md").read_text()
+
+
+def test_mouth_tracks_speech(corpus_dir):
+    """Jaw open on speech, closed in pauses (frames at least 3 frames from any speech)."""
+    speech_jaw, pause_jaw, vowel_jaw, bilabial_jaw = [], [], [], []
+    for clip in MMHeadCorpus(corpus_dir).clips(subset="talking"):
+        jaw = clip.motion[:, 53]
+        s = np.asarray(clip.meta["speech_mask"], bool)
+        near = np.convolve(s.astype(float), np.ones(7), mode="same") > 0     # within 3 frames of speech
+        speech_jaw += jaw[s].tolist()
+        pause_jaw += jaw[~near].tolist()
+        for ph, t0, t1, _ in clip.meta["phones"]:
+            f = int((t0 + t1) / 2 * FPS)
+            if f < len(jaw) and t1 - t0 > 0.06:
+                if ph[0] in "aɑæ":
+                    vowel_jaw.append(jaw[f])
+                elif ph in ("p", "b", "m"):
+                    bilabial_jaw.append(jaw[f])
+    assert len(pause_jaw) > 20
+    assert np.mean(speech_jaw) > 0.06
+    assert np.mean(speech_jaw) > np.mean(pause_jaw) + 0.05
+    assert np.max(pause_jaw) < 0.03                                         # pauses are closed
+    assert np.mean(vowel_jaw) > 0.12                                        # open vowels open wide
+    if bilabial_jaw:
+        assert np.mean(bilabial_jaw) < np.mean(vowel_jaw) - 0.05
+
+
+def test_captions_follow_ground_truth(corpus_dir):
+    c = MMHeadCorpus(corpus_dir)
+    words = {"left": ("turn_left", "tilt_left"), "right": ("turn_right", "tilt_right")}
+    checked = 0
+    for clip in c.clips():
+        for ev in clip.meta["head_events"]:
+            if ev["behaviour"] in ("turn_left", "turn_right", "look_up", "look_down", "tilt_left", "tilt_right"):
+                a, b = int(ev["t0_s"] * FPS), int(ev["t1_s"] * FPS)
+                axis = {"rx": 50, "ry": 51, "rz": 52}[ev["axis"]]
+                assert np.sign(clip.motion[a:b, axis].mean()) == ev["sign"]          # Table 1 sign
+        emos = clip.meta["emotion_labels"]
+        assert clip.captions["emotion"]
+        if clip.subset == "talking":
+            assert clip.meta["action_labels"][0] == "talk"
+            assert "talk" in clip.captions["action"]
+        evs = [e["behaviour"] for e in clip.meta["head_events"]]
+        if len(evs) == 1 and evs[0] in ("turn_left", "turn_right"):
+            side = "left" if evs[0] == "turn_left" else "right"
+            other = "right" if side == "left" else "left"
+            hp = clip.captions["detail_head_pose"]
+            assert f"to the {side}" in hp and f"turns the head to the {other}" not in hp, hp
+            checked += 1
+        assert len(emos) >= 1
+    assert checked >= 0
+
+
+def test_deterministic_per_clip():
+    cfg = SynthConfig()
+    a, b = make_talking_clip(5, 2, cfg), make_talking_clip(5, 2, cfg)
+    assert np.array_equal(a["motion"], b["motion"]) and np.array_equal(a["audio_16k"], b["audio_16k"])
+    assert a["captions"] == b["captions"]
+    c = make_talking_clip(5, 3, cfg)
+    assert c["motion"].shape != a["motion"].shape or not np.array_equal(c["motion"], a["motion"])
