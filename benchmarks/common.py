@@ -40,6 +40,10 @@ def machine_info(device: str = "cpu") -> dict:
     """Where a number was measured: host, CPU model and count, torch version and, on CUDA, the card."""
     info = {"host": socket.gethostname(), "python": sys.version.split()[0], "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "cpu": _cpu_model(), "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    try:   # other work on the machine skews timings: record how busy it was
+        info["loadavg_1m"] = os.getloadavg()[0]
+    except OSError:
+        pass
     try:
         import torch
         info["torch"] = torch.__version__

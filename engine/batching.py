@@ -101,7 +101,7 @@ class SessionBatcher:
         self._ids = itertools.count()
         self._rr = 0                                  # round-robin start
         self.stats = {"rounds": 0, "batches": 0, "hops": 0, "batch_sizes": collections.Counter(),
-                      "round_ms": collections.deque(maxlen=10000), "errors": 0}
+                      "round_ms": collections.deque(maxlen=10000), "busy_s": 0.0, "errors": 0}
 
     # ---- sessions ------------------------------------------------------------------------------
     def add(self, session: StreamSession, key: Hashable | None = None) -> Hashable:
@@ -226,7 +226,9 @@ class SessionBatcher:
         for i in range(0, n, self.max_batch):
             hops += self._run_batch(ready[i:i + self.max_batch])
         self.stats["rounds"] += 1
-        self.stats["round_ms"].append((time.perf_counter() - t_round) * 1e3)
+        dt = time.perf_counter() - t_round
+        self.stats["round_ms"].append(dt * 1e3)
+        self.stats["busy_s"] += dt
         return hops
 
     def _run_batch(self, batch: list[_Slot]) -> int:

@@ -1,0 +1,150 @@
+"""Same-run comparisons: KV cache vs prefix recomputation, streaming vs offline, backends vs eager."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mm2face.benchmarks.common import stats_ms
+
+SR = 16000
+
+
+def _sync(device):
+    import torch
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 20, device="cpu") -> list[dict]:
+    """Per-step time of one G step (B=1 stream, 2 rows for guidance) with the sliding KV cache vs
+    re-running the whole prefix of ``context_s`` seconds every step (FaceFormer/CodeTalker style)."""
+    import torch
+    from mm2face.engine.model import MM2Face
+    g = model.gpt
+    c = g.cfg
+    dev = torch.device(device)
+    tok_s = 25 / model.down                               # tokens per second
+    out = []
+    text = torch.randn(1, c.d_text, device=dev)
+    with torch.no_grad():
+        for ctx_s in contexts_s:
+            n = int(round(ctx_s * tok_s))
+            # KV cache: fill with n tokens (the window keeps ctx_tokens - 1 of them), then time steps
+            cache = g.new_cache()
+            prev = torch.zeros(1, dtype=torch.long, device=dev)
+            av = torch.randn(1, c.d_model, device=dev)
+            for _ in range(min(n, c.ctx_tokens + 2)):
+                MM2Face.g_logits(model, prev, av, text, cache, 2.0)
+            kv = []
+            for _ in range(reps):
+                _sync(dev)
+                t = time.perf_counter()
+                MM2Face.g_logits(model, prev, av, text, cache, 2.0)
+                _sync(dev)
+                kv.append(time.perf_counter() - t)
+            # prefix recomputation: the whole n-token prefix through G, 2 rows (cond + uncond)
+            toks = torch.randint(0, c.n_codes, (2, n), device=dev)
+            aud = torch.randn(2, n, c.d_model, device=dev)
+            txt = torch.randn(2, c.d_text, device=dev)
+            g(toks, aud, txt)                             # warm-up
+            pre = []
+            for _ in range(max(3, reps // (1 + n // 100))):
+                _sync(dev)
+                t = time.perf_counter()
+                g(toks, aud, txt)[:, -1]
+                _sync(dev)
+                pre.append(time.perf_counter() - t)
+            kvs, prs = stats_ms(kv), stats_ms(pre)
+            out.append({"context_s": ctx_s, "tokens": n, "kv_cache_ms": kvs, "prefix_ms": prs,
+                        "speedup_p50": prs["p50"] / kvs["p50"], "cache_tokens": min(n, c.ctx_tokens - 1)})
+    return out
+
+
+def streaming_vs_offline(model, audio: np.ndarray, device="cpu", head: str | None = "standin") -> dict:
+    """The same audio through a StreamSession (pushed as fast as possible) and through offline
+    :func:`generate` (whole clip at once): frame differences, LVE/FVE between them, compute time."""
+    from mm2face.engine.generate import generate
+    from mm2face.engine.session import StreamConfig, StreamSession
+    cfg = StreamConfig()
+    s = StreamSession(model, cfg, device=device)
+    t = time.perf_counter()
+    s.push_audio(audio)
+    frames = s.poll()
+    t_stream = time.perf_counter() - t
+    stream = np.stack([f.params for f in frames])
+    t = time.perf_counter()
+    off = generate(model, audio, seed=cfg.seed, guidance=cfg.guidance, temperature=cfg.temperature,
+                   top_k=cfg.top_k, device=device)
+    t_off = time.perf_counter() - t
+    T = min(len(stream), len(off))
+    d = np.abs(stream[:T] - off[:T])
+    res = {"audio_s": len(audio) / SR, "frames_compared": int(T), "max_abs_diff": float(d.max()),
+           "mean_abs_diff": float(d.mean()), "identical_frames": float((d.max(1) < 1e-4).mean()),
+           "stream_compute_s": t_stream, "offline_compute_s": t_off,
+           "offline_first_frame_latency_s": len(audio) / SR + t_off,
+           "note": "offline generation must hear the whole clip before its first frame"}
+    if head:
+        try:
+            from mm2face.engine.flame import load_head
+            from mm2face.training.metrics import clip_metrics
+            m = clip_metrics(stream[:T], off[:T], head=load_head(head))
+            res["lve_mm_stream_vs_offline"] = m["lve_mm"]
+            res["fve_mm_stream_vs_offline"] = m["fve_mm"]
+        except Exception as e:  # noqa: BLE001 - the head is optional here
+            res["vertex_metrics"] = f"skipped: {type(e).__name__}: {e}"
+    return res
+
+
+def hop_ms(model, audio: np.ndarray, device="cpu", sessions: int = 1) -> dict:
+    """Compute time per hop with ``sessions`` streams batched (audio pushed as fast as possible)."""
+    from mm2face.engine.batching import SessionBatcher
+    from mm2face.engine.session import StreamConfig, StreamSession
+    b = SessionBatcher(model, device=device)
+    keys = [b.add(StreamSession(model, StreamConfig(seed=j), device=device)) for j in range(sessions)]
+    warm = audio[: SR * 2]
+    for k in keys:
+        b.push_audio(k, warm)
+    b.run_until_idle()
+    b.stats["round_ms"].clear()
+    for k in keys:
+        b.push_audio(k, audio[SR * 2:])
+    t = time.perf_counter()
+    hops = b.run_until_idle()
+    dt = time.perf_counter() - t
+    rounds = np.asarray(b.stats["round_ms"]) / 1e3
+    return {"sessions": sessions, "round_ms": stats_ms(rounds), "ms_per_round": dt * 1e3 / max(len(rounds), 1),
+            "hops_per_s": hops / dt if dt else 0.0}
+
+
+def greedy_frames(model, audio: np.ndarray, device="cpu") -> np.ndarray:
+    from mm2face.engine.session import StreamConfig, StreamSession
+    s = StreamSession(model, StreamConfig(temperature=0.0), device=device)
+    s.push_audio(audio)
+    return np.stack([f.params for f in s.poll()])
+
+
+def backends_vs_eager(load, backends, audio: np.ndarray, device="cpu", batch: int = 8) -> list[dict]:
+    """For each backend: build time, compute per round at 1 and ``batch`` sessions, and the largest
+    frame difference to eager under greedy decoding. ``load()`` returns a fresh eager model."""
+    from mm2face.engine.backends import BackendUnavailable, apply_backend
+    eager = load()
+    ref = greedy_frames(eager, audio, device)
+    rows = []
+    for name in backends:
+        row = {"backend": name}
+        try:
+            t = time.perf_counter()
+            m = apply_backend(load(), name, device)
+            greedy = greedy_frames(m, audio, device)          # includes compilation / export on first hops
+            row["build_and_first_run_s"] = time.perf_counter() - t
+            row["max_abs_diff_vs_eager"] = float(np.abs(greedy[:len(ref)] - ref[:len(greedy)]).max())
+            row["single"] = hop_ms(m, audio, device, 1)
+            if batch > 1:
+                row[f"batch{batch}"] = hop_ms(m, audio, device, batch)
+        except BackendUnavailable as e:
+            row["unavailable"] = str(e)
+        except Exception as e:  # noqa: BLE001 - report and go on with the other backends
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        rows.append(row)
+    return rows

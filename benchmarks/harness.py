@@ -1,0 +1,341 @@
+"""The measuring parts shared by latency, throughput and soak benchmarks.
+
+* :func:`load_bench_model`: the checkpoint to measure (default checkpoint, a path, or random weights
+  of the default or tiny config when no checkpoint exists: timings depend on the config only).
+* :func:`run_inproc`: N sessions fed at real-time pace into one :class:`SessionBatcher` in this
+  process (no network); per frame: arrival, ready and done times (``time.perf_counter``).
+* :func:`run_ws`: N WebSocket clients stream to the real server (:mod:`mm2face.realtime.server`) running
+  in a thread of this process; per frame: the server's arrival/ready/send stamps and the client's
+  receipt time (``time.time``, same host).
+* :func:`summarize`: p50/p95/p99 of audio-to-face and processing latency, per-stage times, real-time
+  factor, frame-interval jitter.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from mm2face.benchmarks.common import speech_like_audio, stats_ms
+
+SR = 16000
+STAGES = ("audio_enc_ms", "g_step_ms", "decode_ms")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def load_speech(seconds: float, path: str | None = None) -> tuple[np.ndarray, str]:
+    """``(samples,)`` float32 16 kHz speech of ``seconds`` (the bundled demo speech, looped), and its source."""
+    p = Path(path) if path else Path(__file__).resolve().parents[1] / "realtime" / "assets" / "demo_speech.wav"
+    try:
+        with wave.open(str(p), "rb") as w:
+            if w.getframerate() != SR or w.getsampwidth() != 2:
+                raise ValueError("not 16 kHz PCM16")
+            x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+            if w.getnchannels() > 1:
+                x = x.reshape(-1, w.getnchannels()).mean(1)
+        src = str(p.name)
+    except (OSError, ValueError, wave.Error):
+        x, src = speech_like_audio(min(seconds, 30.0)), "synthetic speech-like tone"
+    n = int(seconds * SR)
+    reps = -(-n // len(x))
+    return np.tile(x, reps)[:n].astype(np.float32), src
+
+
+def load_bench_model(ckpt: str | None, device: str = "cpu", backend: str = "eager", tiny: bool = False):
+    """(model, description). Without a checkpoint file: random weights of the default config
+    (``tiny``: the test config), which time the same as trained weights of that config."""
+    import torch
+    from mm2face.engine.backends import apply_backend
+    from mm2face.engine.model import MM2Face, default_checkpoint_path, load_model
+    if tiny:
+        m, desc = MM2Face.random(seed=0, small=True), "random weights, tiny test config"
+    elif ckpt or default_checkpoint_path().exists():
+        m = load_model(ckpt, device="cpu")
+        desc = f"checkpoint {ckpt or default_checkpoint_path().name}"
+    else:
+        m, desc = MM2Face.random(seed=0, small=False), "random weights, default config (no default checkpoint yet)"
+    n_params = sum(p.numel() for p in m.parameters())
+    m = apply_backend(m, backend, device)
+    torch.set_grad_enabled(False)
+    return m, f"{desc}; {n_params / 1e6:.2f} M parameters; backend {backend} on {device}"
+
+
+def make_session(model, device="cpu", style: str = "", seed: int = 0):
+    from mm2face.engine.session import StreamConfig, StreamSession
+    return StreamSession(model, StreamConfig(seed=seed), style=style, device=device)
+
+
+# ----------------------------------------------------------------------------- in-process run
+
+class LoopedAudio:
+    """``seconds`` of audio made by looping ``base`` without allocating it all: ``len()`` and slicing."""
+
+    def __init__(self, base: np.ndarray, seconds: float):
+        self.base = np.asarray(base, np.float32)
+        self.n = int(seconds * SR)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        a, b = max(0, sl.start or 0), min(self.n, self.n if sl.stop is None else sl.stop)
+        if b <= a:
+            return np.zeros(0, np.float32)
+        idx = np.arange(a, b) % len(self.base)
+        return self.base[idx]
+
+
+def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="cpu",
+               max_batch: int = 256, style: str = "", progress: bool = False, on_tick=None,
+               finish: bool = False) -> dict:
+    """Feed ``audio`` to ``sessions`` sessions at real-time pace (session j starts ``j / sessions`` of a
+    hop later than session 0, as independent clients would) through one batcher worker thread.
+
+    Returns ``{"frames": [(session, seq, t_audio_s, arrival, ready, done)], "stages": [...], ...}``
+    with times in ``time.perf_counter()`` seconds. ``on_tick(elapsed_s)`` is called about once a second.
+    """
+    from mm2face.engine.batching import SessionBatcher
+    recs: list[tuple] = []
+    stages: list[tuple] = []
+    lock = threading.Lock()
+
+    def on_frames(key, tfs):
+        now = time.perf_counter()
+        st = batcher.session(key).stats if key in batcher._slots else {}
+        with lock:
+            for tf in tfs:
+                f = tf.frame
+                recs.append((key, f.seq, f.t_audio_s, tf.audio_arrival_time, tf.input_ready_time, now))
+            stages.append((key, now, *(st.get(s, math.nan) for s in STAGES)))
+
+    batcher = SessionBatcher(model, device=device, max_batch=max_batch, on_frames=on_frames)
+    keys = [batcher.add(make_session(model, device, style, seed=j)) for j in range(sessions)]
+    hop_s = model.samples_per_token / SR
+    n = int(chunk_s * SR)
+    n_chunks = -(-len(audio) // n)
+    # event queue: (due time, session index, chunk index)
+    t0 = time.perf_counter() + 0.05
+    events = [(t0 + (j / sessions) * hop_s + chunk_s, j, 0) for j in range(sessions)]
+    heapq.heapify(events)
+    lag = []
+    next_tick = t0 + 1.0
+    batcher.start()
+    try:
+        while events:
+            due, j, i = heapq.heappop(events)
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            now = time.perf_counter()
+            lag.append(now - due)
+            batcher.push_audio(keys[j], audio[i * n:(i + 1) * n], arrival_time=now)
+            if i + 1 < n_chunks:
+                heapq.heappush(events, (t0 + (j / sessions) * hop_s + (i + 2) * chunk_s, j, i + 1))
+            if on_tick is not None and now >= next_tick:
+                on_tick(now - t0)
+                next_tick += 1.0
+        # let the last ready hops finish; with ``finish`` end() each stream (its padding and closing
+        # tail are not real-time audio: their frames are left out of the latency statistics)
+        deadline = time.perf_counter() + 5.0
+        expect = [(len(audio) - model.lookahead_samples) // model.samples_per_token * model.down] * sessions
+        if finish:
+            for k in keys:
+                batcher.end(k)
+            expect = [-(-len(audio) // 640)] * sessions
+        while time.perf_counter() < deadline:
+            with lock:
+                got = {}
+                for r in recs:
+                    got[r[0]] = got.get(r[0], 0) + 1
+            if all(got.get(k, 0) >= e for k, e in zip(keys, expect)):
+                break
+            time.sleep(0.01)
+    finally:
+        batcher.stop()
+    bs = batcher.stats
+    return {"frames": recs, "stages": stages, "audio_s": len(audio) / SR, "sessions": sessions,
+            "expected_frames": int(sum(expect)), "n_audio_frames": -(-len(audio) // 640),
+            "feeder_lag": stats_ms(lag), "batch_sizes": dict(sorted(bs["batch_sizes"].items())),
+            "round_ms": stats_ms(np.asarray(bs["round_ms"]) / 1e3), "errors": bs["errors"],
+            "round_busy_s": float(bs["busy_s"]),
+            "engine_totals": [_totals(batcher.session(k)) for k in keys if k in batcher._slots],
+            "clock": "perf_counter", "transport": "in-process (SessionBatcher worker thread)"}
+
+
+def _totals(session) -> dict:
+    st = session.stats
+    return {"hops": st["hops"], "frames": st["frames"],
+            **{s + "_total": st.get(s + "_total", 0.0) for s in STAGES}}
+
+
+# ----------------------------------------------------------------------------- WebSocket run
+
+def run_ws(model, audio: np.ndarray, sessions: int = 1, chunk_s: float = 0.02, device="cpu",
+           style: str = "") -> dict:
+    """Stream ``audio`` from ``sessions`` WebSocket clients to the real server in a thread of this
+    process, at real-time pace. Frames are binary; receipt is stamped with ``time.time()``."""
+    import asyncio
+
+    from mm2face.realtime import protocol as P
+    from mm2face.realtime.server import Hub, serve_hub
+    import websockets
+
+    hub = Hub(lambda st: make_session(model, device, st), max_sessions=max(64, sessions + 1))
+    stages: list[tuple] = []
+    totals: list[dict] = []
+
+    def on_session(live, created):
+        if created:
+            def listener(lv, frames):
+                st = lv.session.stats
+                stages.append((lv.name, time.time(), *(st.get(s, math.nan) for s in STAGES)))
+            live.listeners.append(listener)
+        else:
+            totals.append(_totals(live.session))
+    hub.session_listeners.append(on_session)
+
+    ready = threading.Event()
+    stop = None
+    box = {}
+
+    def server_thread():
+        async def main():
+            nonlocal stop
+            stop = asyncio.Event()
+            async with serve_hub(hub, "127.0.0.1", 0) as server:
+                box["port"] = server.port
+                box["loop"] = asyncio.get_running_loop()
+                ready.set()
+                await stop.wait()
+        asyncio.run(main())
+
+    th = threading.Thread(target=server_thread, daemon=True)
+    th.start()
+    if not ready.wait(30):
+        raise RuntimeError("the benchmark server did not start within 30 s")
+    url = f"ws://127.0.0.1:{box['port']}"
+    hop_s = model.samples_per_token / SR
+    n = int(chunk_s * SR)
+    recs: list[tuple] = []
+
+    async def client(j: int):
+        async with websockets.connect(url, max_size=None, compression=None) as ws:
+            await ws.send(P._dumps({"type": "open", "session": f"bench{j}", "sample_rate": SR,
+                                    "sample_format": "f32", "format": "binary", "style": style}))
+            got_final = asyncio.Event()
+
+            async def reader():
+                async for msg in ws:
+                    now = time.time()
+                    if isinstance(msg, bytes):
+                        f = P.decode_frame_binary(msg)
+                        recs.append((j, f.seq, f.t_audio_s, f.audio_arrival_time, f.input_ready_time, now,
+                                     f.server_send_time))
+                    elif '"ended"' in msg or '"error"' in msg:
+                        if '"error"' in msg:
+                            print("server error:", msg[:300])
+                        got_final.set()
+            rt = asyncio.create_task(reader())
+            await asyncio.sleep(0.2 + (j / sessions) * hop_s)
+            t0 = time.perf_counter()
+            for i in range(0, len(audio), n):
+                due = t0 + (i // n + 1) * chunk_s
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await ws.send(audio[i:i + n].astype("<f4").tobytes())
+            await asyncio.sleep(0.5)
+            await ws.send(P._dumps({"type": "end"}))
+            try:
+                await asyncio.wait_for(got_final.wait(), 10)
+            except asyncio.TimeoutError:
+                pass
+            await ws.send(P._dumps({"type": "close"}))
+            await asyncio.sleep(0.05)
+            rt.cancel()
+
+    async def all_clients():
+        await asyncio.gather(*(client(j) for j in range(sessions)))
+
+    try:
+        asyncio.run(all_clients())
+    finally:
+        if stop is not None:
+            box["loop"].call_soon_threadsafe(stop.set)
+        th.join(10)
+    # frames of the end() tail carry no arrival stamp of real audio; keep the streamed ones
+    n_audio_frames = len(audio) // 640
+    frames = [r[:6] for r in recs if r[1] < n_audio_frames and math.isfinite(r[3])]
+    send = [r[5] - r[6] for r in recs if r[1] < n_audio_frames and math.isfinite(r[6])]
+    return {"frames": frames, "stages": stages, "audio_s": len(audio) / SR, "sessions": sessions,
+            "send_s": send, "engine_totals": totals, "clock": "time.time (same host)",
+            "transport": "WebSocket to mm2face.realtime.server in this process (binary frames)"}
+
+
+# ----------------------------------------------------------------------------- summary
+
+def summarize(run: dict, hop_s: float = 0.08) -> dict:
+    """Latency percentiles, per-stage times, real-time factor and jitter of a run."""
+    fr = np.array([r[:6] for r in run["frames"]], dtype=np.float64) if run["frames"] else np.zeros((0, 6))
+    if run.get("n_audio_frames") and len(fr):
+        fr = fr[fr[:, 1] < run["n_audio_frames"]]              # the streamed audio only (no end() tail)
+    out: dict = {"sessions": run["sessions"], "audio_s": run["audio_s"], "frames": int(len(fr)),
+                 "expected_frames": run.get("expected_frames"),
+                 "transport": run.get("transport"), "clock": run.get("clock")}
+    if len(fr):
+        a2f, proc = fr[:, 5] - fr[:, 3], fr[:, 5] - fr[:, 4]
+        out["audio_to_face_ms"] = stats_ms(a2f)
+        out["processing_ms"] = stats_ms(proc)
+        # hop intervals: time between deliveries of a session's consecutive first-frames-of-token
+        intervals = []
+        per_session_p95 = []
+        for s in np.unique(fr[:, 0]):
+            f = fr[fr[:, 0] == s]
+            f = f[np.argsort(f[:, 1])]
+            first = f[(f[:, 1] % round(hop_s * 25)) == 0]
+            intervals += list(np.diff(first[:, 5]))
+            per_session_p95.append(float(np.percentile(f[:, 5] - f[:, 3], 95)) * 1e3)
+        iv = np.asarray(intervals)
+        if len(iv):
+            out["hop_interval_ms"] = stats_ms(iv)
+            out["jitter_ms"] = {"std": float(iv.std() * 1e3),
+                                "p95_abs_dev": float(np.percentile(np.abs(iv - hop_s), 95) * 1e3)}
+        out["worst_session_a2f_p95_ms"] = max(per_session_p95)
+    st = np.array([r[2:] for r in run["stages"]], dtype=np.float64) if run["stages"] else np.zeros((0, 3))
+    stages = {}
+    for i, s in enumerate(STAGES):
+        if len(st):
+            stages[s.replace("_ms", "")] = stats_ms(st[:, i] / 1e3)
+    if run.get("send_s"):
+        stages["send"] = stats_ms(run["send_s"])
+    out["stages_ms"] = stages
+    tot = run.get("engine_totals") or []
+    if tot:
+        t = tot[0]                       # session 0 (in a batch every session sees the batch's times)
+        compute_s = sum(t[s + "_total"] for s in STAGES) / 1e3
+        out["compute_ms_per_hop"] = compute_s * 1e3 / max(t["hops"], 1)
+        # real-time factor: compute time per second of audio (one stream; for N batched streams it is
+        # the time of the batches that carried session 0)
+        out["rtf"] = compute_s / max(t["hops"] * hop_s, 1e-9)
+    if run.get("round_busy_s") is not None:
+        out["worker_busy_frac"] = run["round_busy_s"] / max(run["audio_s"], 1e-9)
+    for k in ("feeder_lag", "batch_sizes", "round_ms", "errors"):
+        if k in run:
+            out[k] = run[k]
+    return out
+
+
+def latency_series(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stream time s, audio-to-face ms, processing ms) of session 0's frames, for plotting."""
+    fr = np.array([r[:6] for r in run["frames"] if r[0] == run["frames"][0][0]], dtype=np.float64) \
+        if run["frames"] else np.zeros((0, 6))
+    if not len(fr):
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    fr = fr[np.argsort(fr[:, 1])]
+    return fr[:, 2], (fr[:, 5] - fr[:, 3]) * 1e3, (fr[:, 5] - fr[:, 4]) * 1e3
