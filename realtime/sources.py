@@ -138,8 +138,11 @@ class MicSource:
 
                     def cb(indata, frames, time_info, status):
                         deliver(indata[:, 0].astype(np.float32, copy=True))
+                    # blocksize=0 lets PortAudio pick block sizes: fixed small blocks stall some
+                    # host APIs (the ALSA "pulse" plugin delivers one block and stops).
                     self._stream = sd.InputStream(device=self.device, channels=1, samplerate=rate,
-                                                  blocksize=block, dtype="float32", callback=cb, latency="low")
+                                                  blocksize=0, dtype="float32", callback=cb,
+                                                  latency=self.chunk_s)
                     self._stream.start()
                 else:
                     pyaudio = _pyaudio()

@@ -1,0 +1,235 @@
+"""End to end through a real capture device: speech is played into a PulseAudio null sink while
+``mm2face-live --mic --serve`` captures its monitor through PortAudio's ``pulse`` device, and a
+WebSocket client checks the frames it receives.
+
+The first test runs the wiring on a small random model (25 fps, contiguous frames, audio arrival
+stamps, style from stdin). The second needs the trained default checkpoint: the mouth opens during
+speech and rests in pauses, and a style message mid-stream changes the expression after the blend
+with no jump larger than the model's normal frame-to-frame motion.
+"""
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mm2face.realtime.sources import DEMO_WAV
+
+pytestmark = [pytest.mark.audio, pytest.mark.timeout(180)]
+
+
+def _pulse_running(env) -> bool:
+    return subprocess.run(["pactl", "info"], capture_output=True, env=env).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def pulse_source():
+    """A PulseAudio null sink; yields (sink name, env for clients that should capture its monitor)."""
+    if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
+        pytest.skip("pulseaudio is not installed (apt-get install pulseaudio pulseaudio-utils)")
+    env = dict(os.environ)
+    started = False
+    if not _pulse_running(env):
+        subprocess.run(["pulseaudio", "-D", "--exit-idle-time=-1", "--system=false", "--disallow-exit"],
+                       capture_output=True, env=env)
+        deadline = time.time() + 10
+        while not _pulse_running(env):
+            if time.time() > deadline:
+                pytest.fail("pulseaudio did not start (try: pulseaudio -D --exit-idle-time=-1 --system=false)")
+            time.sleep(0.1)
+        started = True
+    sink = f"mm2face_test_{uuid.uuid4().hex[:6]}"
+    mod = subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={sink}"],
+                         capture_output=True, text=True, env=env, check=True).stdout.strip()
+    old_default = subprocess.run(["pactl", "get-default-source"], capture_output=True, text=True, env=env).stdout.strip()
+    subprocess.run(["pactl", "set-default-source", f"{sink}.monitor"], env=env, check=True)
+    env["PULSE_SOURCE"] = f"{sink}.monitor"
+    # Keep the sink playing (zeros) so its monitor delivers audio like a real microphone does;
+    # an idle null sink is suspended and its monitor then delivers nothing at all.
+    # Low latency matters: with no low-latency stream attached, a null sink renders (and its monitor
+    # delivers) in blocks of up to 2 s.
+    devzero = open("/dev/zero", "rb")
+    zeros = subprocess.Popen(["pacat", "--playback", f"--device={sink}", "--raw", "--rate=16000", "--channels=1",
+                              "--format=s16le", "--latency-msec=20"], stdin=devzero, env=env)
+    yield sink, env
+    zeros.terminate()
+    zeros.wait(timeout=5)
+    devzero.close()
+    if old_default:
+        subprocess.run(["pactl", "set-default-source", old_default], capture_output=True, env=env)
+    subprocess.run(["pactl", "unload-module", mod], capture_output=True, env=env)
+    if started:
+        subprocess.run(["pulseaudio", "--kill"], capture_output=True, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_live(env, port, *extra):
+    cmd = [sys.executable, "-m", "mm2face.realtime.cli", "--mic", "--device", "pulse", "--serve",
+           "--port", str(port), "--threads", "1", "--quiet", *extra]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mm2face-live exited with {proc.returncode}: {proc.stderr.read()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("mm2face-live did not start serving within 60 s")
+
+
+def stop_live(proc) -> str:
+    """Stop mm2face-live; returns its stderr (for failure messages)."""
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+async def collect(port, play_wav, sink, env, *, actions=(), tail_s=1.5, lead_s=1.0):
+    """Subscribe, play ``play_wav`` into the sink after ``lead_s``, run ``actions`` [(t_after_play_start,
+    fn(ws) coroutine)], and return (frames with receive times, wall time when playback started)."""
+    from websockets.asyncio.client import connect
+    frames = []
+    dur = sf.info(str(play_wav)).duration
+    async with connect(f"ws://127.0.0.1:{port}") as ws:
+        await ws.send(json.dumps({"type": "subscribe", "format": "json"}))
+
+        async def reader():
+            async for raw in ws:
+                m = json.loads(raw)
+                if m.get("type") == "frame":
+                    m["t_recv"] = time.time()
+                    frames.append(m)
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(lead_s)
+        t_play = time.time()
+        play = await asyncio.create_subprocess_exec("paplay", f"--device={sink}", "--latency-msec=20",
+                                                    str(play_wav), env=env)
+        for at, fn in actions:
+            await asyncio.sleep(max(0.0, t_play + at - time.time()))
+            await fn(ws)
+        await play.wait()
+        await asyncio.sleep(max(0.0, t_play + dur + tail_s - time.time()))
+        task.cancel()
+    return frames, t_play
+
+
+def check_stream(frames, duration_s):
+    seqs = [f["seq"] for f in frames]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "frames missing or out of order"
+    span = frames[-1]["t_recv"] - frames[0]["t_recv"]
+    fps = (len(frames) - 1) / span
+    assert 23.0 < fps < 27.0, f"{fps:.1f} fps over {span:.1f} s"
+    assert len(frames) >= 25 * duration_s * 0.9
+    t = np.array([f["t_audio_s"] for f in frames])
+    np.testing.assert_allclose(np.diff(t), 0.04, atol=1e-6)
+
+
+def test_mic_wiring_random_model(pulse_source, tmp_path):
+    sink, env = pulse_source
+    audio, rate = sf.read(str(DEMO_WAV), dtype="float32")
+    clip = tmp_path / "speech4s.wav"
+    sf.write(clip, audio[: 4 * rate], rate)
+    port = free_port()
+    proc = start_live(env, port, "--random-model", "--style", "calm")
+
+    async def style_from_stdin(ws):
+        proc.stdin.write("a cheerful host\n")
+        proc.stdin.flush()
+
+    try:
+        frames, t_play = asyncio.run(collect(port, clip, sink, env, actions=[(2.0, style_from_stdin)]))
+    finally:
+        err = stop_live(proc)
+    assert frames, f"no frames received; mm2face-live said: {err}"
+    check_stream(frames, 5.0)
+    # Frames showing played audio carry its arrival time, shortly after playback started.
+    with_audio = [f for f in frames if f["audio_arrival_time"] is not None]
+    assert len(with_audio) == len(frames)          # a microphone always delivers audio (even silence)
+    lat = [f["server_send_time"] - f["input_ready_time"] for f in frames]
+    assert 0 <= np.median(lat) < 1.0
+    styles = [f["style"] for f in frames]
+    assert styles[0] == "calm" and styles[-1] == "a cheerful host"
+
+
+def speech_mask(path, t_frames, margin_s):
+    """For each time in t_frames (s from the start of the wav): 1 speech, 0 pause, -1 near an edge."""
+    audio, rate = sf.read(str(path), dtype="float32")
+    hop = rate // 50
+    rms = np.sqrt(np.convolve(audio ** 2, np.ones(hop * 2) / (hop * 2), mode="same"))[::hop]
+    active = rms > 0.02 * rms.max()
+    t_act = np.arange(len(active)) / 50
+    out = np.full(len(t_frames), -1)
+    for i, t in enumerate(t_frames):
+        near = active[(t_act > t - margin_s) & (t_act < t + margin_s)]
+        if 0 <= t <= len(audio) / rate and len(near):
+            out[i] = 1 if near.all() else (0 if not near.any() else -1)
+    return out
+
+
+def test_mic_mouth_follows_speech_and_style_blends(pulse_source):
+    from mm2face.engine.model import default_checkpoint_path
+    if not default_checkpoint_path().exists():
+        pytest.skip(f"needs the trained default checkpoint at {default_checkpoint_path()}")
+    sink, env = pulse_source
+    port = free_port()
+    proc = start_live(env, port, "--style", "a calm neutral speaker")
+    blend_s, t_style = 0.5, 5.0
+
+    async def send_style(ws):
+        await ws.send(json.dumps({"type": "style", "text": "a very happy person, laughing and smiling broadly",
+                                  "blend_s": blend_s}))
+
+    try:
+        frames, t_play = asyncio.run(collect(port, DEMO_WAV, sink, env, actions=[(t_style, send_style)]))
+    finally:
+        err = stop_live(proc)
+    assert frames, f"no frames received; mm2face-live said: {err}"
+    dur = sf.info(str(DEMO_WAV)).duration
+    check_stream(frames, dur)
+    P = np.array([f["expression"] + f["head_pose"] + f["jaw_pose"] for f in frames], np.float32)
+    jaw = P[:, 53]
+    # Where in the wav each frame's audio was: its arrival time relative to playback start.
+    t_wav = np.array([f["audio_arrival_time"] for f in frames]) - t_play
+    mask = speech_mask(DEMO_WAV, t_wav, margin_s=0.12)
+    speech, pause = jaw[mask == 1], jaw[mask == 0]
+    assert len(speech) > 50 and len(pause) > 10, (len(speech), len(pause))
+    print(f"jaw speech mean {speech.mean():.4f} pause mean {pause.mean():.4f} std {jaw.std():.4f}")
+    assert speech.mean() > pause.mean() + 0.5 * jaw.std(), "mouth does not open more during speech than in pauses"
+    # Style: the expression after the blend differs from before it, beyond the model's own variation.
+    t_rel = np.array([f["t_recv"] for f in frames]) - t_play
+    style_seq = next(f["seq"] for f in frames if f["style"].startswith("a very happy"))
+    i0 = style_seq - frames[0]["seq"]
+    n_blend = int(round(blend_s * 25)) + 2
+    exp = P[:, :50]
+    before, after = exp[max(0, i0 - 50):i0], exp[i0 + n_blend:i0 + n_blend + 50]
+    shift = np.linalg.norm(after.mean(0) - before.mean(0))
+    spread = np.linalg.norm(before.std(0))
+    print(f"style shift {shift:.4f} vs within-style spread {spread:.4f}")
+    assert shift > 0.5 * spread, "the style message did not change the expression"
+    # No discontinuity: steps inside the blend are no larger than the largest step elsewhere.
+    steps = np.linalg.norm(np.diff(P, axis=0), axis=1)
+    blend = steps[max(0, i0 - 2):i0 + n_blend]
+    rest = np.concatenate([steps[:max(0, i0 - 2)], steps[i0 + n_blend:]])
+    print(f"max step in blend {blend.max():.4f}, elsewhere {rest.max():.4f}")
+    assert blend.max() <= rest.max()
+    assert t_rel[-1] > dur
