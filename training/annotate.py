@@ -284,16 +284,17 @@ def scenario_caption(labels: list[str], rng: np.random.Generator) -> str:
     """Three numbered scenarios (each <= 15 words) that could cause the emotion sequence."""
     labels = _dedupe(labels) or ["neutral"]
     lines = []
+    first = rng.permutation(SCENARIOS.get(labels[0], SCENARIOS["neutral"]))[:3]
+    last = rng.permutation(SCENARIOS.get(labels[-1], SCENARIOS["neutral"]))[:3]
     for i in range(3):
         subj = _pick(rng, ["The person", "He", "She", "The speaker"])
         if len(labels) == 1:
-            s = f"{subj} {_pick(rng, SCENARIOS.get(labels[0], SCENARIOS['neutral']))}"
+            s = f"{subj} {first[i]}"
         else:
-            a = _pick(rng, SCENARIOS.get(labels[0], SCENARIOS["neutral"])).rstrip(".")
-            b = _pick(rng, SCENARIOS.get(labels[-1], SCENARIOS["neutral"])).rstrip(".")
-            s = f"{subj} {a}, then {b}."
+            a, b = str(first[i]).rstrip("."), str(last[i])
+            s = f"{subj} {a}, then {b}"
             if len(s.split()) > 15:
-                s = f"{subj} {b}."
+                s = f"{subj} {b}"
         lines.append(f"{i + 1}. {s}")
     return "\n".join(lines)
 
@@ -382,6 +383,24 @@ def head_events_from_motion(motion, threshold: float = HEAD_THRESHOLD_RAD) -> li
     """
     m = np.asarray(motion)[::FRAME_STEP, 50:53]
     T = len(m) * FRAME_STEP
+    # shakes riding on a held turn: look for alternating runs in the high-passed yaw (minus ~1 s average)
+    k = 9
+    ry = np.pad(m[:, 1], k // 2, mode="edge")
+    hp = m[:, 1] - np.convolve(ry, np.ones(k) / k, mode="valid")[:len(m)]
+    hruns = sorted((a, b, sg) for sg in (1, -1) for a, b in _runs(sg * hp > 0.8 * threshold))
+    shakes, grp = [], []
+    for r in hruns + [(10 ** 9, 10 ** 9, 0)]:
+        if grp and r[0] - grp[-1][1] > 5:
+            if len(grp) >= 3 and len({g[2] for g in grp}) == 2:
+                a, b = grp[0][0], grp[-1][1]
+                shakes.append({"kind": "shake", "term": "shake", "t0": int(a * FRAME_STEP), "t1": int(b * FRAME_STEP),
+                               "peak": float(np.abs(hp[a:b]).max()), "count": len(grp), "returns": True})
+            grp = []
+        grp.append(r)
+
+    def in_shake(r):
+        return any(r["t0"] < e["t1"] and e["t0"] < r["t1"] for e in shakes)
+
     runs = []
     for axis, (neg, pos) in enumerate(HEAD_TERMS):
         for sign, term in ((-1, neg), (1, pos)):
@@ -389,11 +408,14 @@ def head_events_from_motion(motion, threshold: float = HEAD_THRESHOLD_RAD) -> li
                 runs.append({"axis": axis, "term": term, "t0": int(a * FRAME_STEP), "t1": int(b * FRAME_STEP),
                              "peak": float(np.abs(m[a:b, axis]).max())})
     runs.sort(key=lambda r: r["t0"])
-    out, used = [], set()
+    out, used = list(shakes), set()
     for i, r in enumerate(runs):
         if i in used:
             continue
         short = r["t1"] - r["t0"] <= 25
+        if r["axis"] == 1 and short and in_shake(r):
+            used.add(i)
+            continue
         # repeated short runs on the same axis -> nod / shake
         grp = [i]
         for j in range(i + 1, len(runs)):
@@ -510,3 +532,54 @@ def llm_captions(motion, action_labels, emotion_labels, url: str, model: str, ap
     for k in ("action", "emotion_scenario", "detail_expression", "detail_head_pose"):
         out[k] = call_llm(url, model, prompts[k], api_key=api_key)
     return out
+
+
+def annotate_corpus(data, out=None, ids=None, llm_url: str | None = None, llm_model: str = "default",
+                    write_captions: bool = False, limit: int | None = None, api_key: str | None = None) -> dict:
+    """Annotate clips of an MMHead-layout folder.
+
+    For each clip writes ``OUT/<ID>.json`` with the every-3rd-frame lists, the label sets (from
+    ``synth_meta`` when present, otherwise inferred from the motion), the five prompts and the five
+    captions (template captioner, or the LLM when ``llm_url`` is given). With ``write_captions`` the
+    captions also replace ``DATA/text_annotations/<kind>/<ID>.txt``.
+    """
+    import os
+    import zlib
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .mmhead import MMHeadCorpus
+    data = Path(data)
+    out = Path(out) if out else data / "annotations"
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = MMHeadCorpus(data)
+    todo = list(ids) if ids else corpus.ids()
+    todo = todo[:limit] if limit else todo
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    captioner = TemplateCaptioner()
+    n = 0
+    for cid in tqdm(todo, desc="annotate", unit="clip"):
+        clip = corpus.get(cid)
+        acts = clip.meta.get("action_labels")
+        emos = clip.meta.get("emotion_labels")
+        if acts is None or emos is None:
+            ia, ie = infer_labels(clip.motion)
+            acts, emos = acts or ia, emos or ie
+        if llm_url:
+            caps = llm_captions(clip.motion, acts, emos, llm_url, llm_model, api_key=key)
+        else:
+            caps = captioner(clip.motion, acts, emos, np.random.default_rng(zlib.crc32(cid.encode())))
+        rec = {"id": cid, "action_labels": acts, "emotion_labels": emos,
+               "frames": frame_descriptions(clip.motion),
+               "prompts": build_prompts(clip.motion, acts, emos, emotion_text=caps["emotion"]),
+               "captions": caps, "captioner": f"llm:{llm_model}" if llm_url else "template"}
+        (out / f"{cid}.json").write_text(json.dumps(rec, indent=1))
+        if write_captions:
+            for kind in CAPTION_KINDS:
+                d = data / "text_annotations" / kind
+                d.mkdir(parents=True, exist_ok=True)
+                (d / f"{cid}.txt").write_text(caps[kind] + "\n")
+        n += 1
+    return {"annotated": n, "out": str(out), "captioner": "llm" if llm_url else "template",
+            "load_errors": corpus.errors[:20]}

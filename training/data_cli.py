@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale", type=float, default=1.5, help="IQR scale s of the outlier interval [1.5]")
     c.add_argument("--lam", type=float, default=1.0, help="weight lambda of the pose smoothness term [1.0]")
     c.add_argument("--steps", type=int, default=200, help="Adam steps per sequence [200]")
-    c.add_argument("--anchor", type=float, default=0.2,
-                   help="weight of the data term that keeps the result near the input [0.2]")
+    c.add_argument("--anchor", type=float, default=1.0,
+                   help="weight of the data term that keeps the result near the input; higher keeps more detail [1.0]")
     c.add_argument("--limit", type=int, default=None, help="only the first N clips (for a quick look)")
     c.set_defaults(fn=cmd_clean)
 
