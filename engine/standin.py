@@ -37,7 +37,7 @@ from .units import N_SLOTS, UNITS, unit
 @dataclass(frozen=True)
 class StandinConfig:
     n_lon_half: int = 84          # grid columns per half turn (the face half gets most of them)
-    n_lat: int = 120              # grid rows between the crown and the bottom of the neck
+    n_lat: int = 140              # grid rows between the crown and the bottom of the neck
     ray_origin: tuple = (0.0, -0.03, 0.0)   # rays start here (m); the head is star-shaped about it
     eye_radius: float = 0.0118    # eyeball radius (m); a human eyeball is ~12 mm
     eye_center: tuple = (0.0315, 0.021, 0.0615)  # left eyeball centre (m); the right one mirrors x
@@ -50,7 +50,8 @@ class StandinConfig:
 
 CFG = StandinConfig()
 EYE_HALF_W = 0.0131             # half the width of the eye opening (m)
-EYE_HALF_H = 0.0056             # half its height at the middle (m)
+NOSTRIL = ((0.0065, -0.0315, 0.1), (0.0032, 0.0018, 0.0042))   # left nostril ellipsoid: centre, radii (m)
+EYE_HALF_H = 0.0053             # half its height at the middle (m)
 
 
 # ----------------------------------------------------------------------------- SDF helpers
@@ -94,7 +95,7 @@ def _eye_aperture(x, y, left: bool = True):
     half_w = EYE_HALF_W
     u = (s * np.asarray(x) - ex) / half_w       # + toward the outer corner
     half_h = EYE_HALF_H * np.clip(1.0 - u ** 2, 0.0, None) ** 0.7
-    y_mid = ey - 0.0005 + 0.0011 * u             # the outer corner sits a little higher
+    y_mid = ey - 0.0011 + 0.0011 * u             # the outer corner sits a little higher
     dy = np.abs(y - y_mid)
     d = np.maximum(dy - half_h, (np.abs(u) - 1.0) * half_w)
     v = (y - y_mid) / np.maximum(half_h, 1e-4)
@@ -135,7 +136,7 @@ def head_sdf(p):
     neck = np.maximum(neck, p[:, 1] - 0.0)
     d = _smin(d, neck, 0.02)
     # nostrils
-    d = _smax(d, -_sd_ellipsoid(pa, (0.0065, -0.0315, 0.1), (0.0032, 0.0018, 0.0042)), 0.0015)
+    d = _smax(d, -_sd_ellipsoid(pa, *NOSTRIL), 0.0015)
     # eye sockets, the lids over the eyeball, and the almond opening onto the eyeball
     ec = np.asarray(CFG.eye_center)
     re = CFG.eye_radius
@@ -146,8 +147,10 @@ def head_sdf(p):
     ap_r, _, _ = _eye_aperture(x, p[:, 1], left=False)
     ap = np.where(x >= 0, ap, ap_r)
     prism = np.maximum(ap, (ec[2] - 0.004) - p[:, 2])
-    d = np.maximum(d, -prism)
-    d = np.minimum(d, np.linalg.norm(pa - ec, axis=1) - (re - 0.0008))
+    # soft edges: the lid skin slopes through the eyeball surface, so the visible rim is where two
+    # smooth surfaces cross (per pixel), not a stair-stepped mesh edge
+    d = _smax(d, -prism, 0.0024)
+    d = _smin(d, np.linalg.norm(pa - ec, axis=1) - (re - 0.0008), 0.0012)
     return d
 
 
@@ -174,11 +177,11 @@ def _mouth_lat() -> float:
 
 def _lat_rows() -> np.ndarray:
     """Latitudes (rad), crown to neck, excluding both poles; one row is exactly the mouth seam."""
-    eye_lat = 0.33               # latitude band of the eyes and brows (rays there start higher, see _build_skin)
+    eye_lat = 0.31               # latitude band of the eyes and brows (rays there start higher, see _build_skin)
     m_lat = _mouth_lat()
 
     def dens(t):
-        return (1.0 + 2.6 * np.exp(-0.5 * ((t + 0.05) / 0.55) ** 2) + 3.0 * np.exp(-0.5 * ((t - eye_lat) / 0.11) ** 2)
+        return (1.0 + 2.6 * np.exp(-0.5 * ((t + 0.05) / 0.55) ** 2) + 6.0 * np.exp(-0.5 * ((t - eye_lat) / 0.1) ** 2)
                 + 2.5 * np.exp(-0.5 * ((t - m_lat) / 0.07) ** 2))
     lat = _density_spacing(CFG.n_lat + 1, -np.pi / 2, np.pi / 2, dens)[::-1][1:-1]
     lat[int(np.argmin(np.abs(lat - m_lat)))] = m_lat
@@ -252,7 +255,7 @@ def _build_skin() -> _Skin:
     lat_v = np.concatenate([[np.pi / 2], LAT.ravel(), [-np.pi / 2]])
     # rays above the eyes start higher up, so that the brow and the upper lids are seen from below
     origins = np.tile(o, (len(dirs), 1))
-    origins[:, 1] += 0.05 * _smoothstep(-0.05, 0.6, lat_v)
+    origins[:, 1] += 0.05 * _smoothstep(-0.2, 0.8, lat_v)
     r = _project_rays(origins, dirs)
 
     # radial details on top of the SDF: the groove between the lips, hair volume
@@ -564,7 +567,7 @@ def _blink_field(p, left: bool) -> np.ndarray:
     half_w = EYE_HALF_W
     uc = np.clip(u, -1, 1)
     half_h = EYE_HALF_H * np.clip(1.0 - uc ** 2, 0.0, None) ** 0.7
-    y_mid = ey - 0.0005 + 0.0011 * uc
+    y_mid = ey - 0.0011 + 0.0011 * uc
     v0 = -0.15
     # the opening's upper part (v0..1) spreads over the whole opening and a little past the lower rim
     # (the closed lid rests on the lower lid); the part below v0 tucks under it; skin above follows a little
@@ -719,6 +722,18 @@ def _masks(verts, skin, rng) -> dict:
     for s in (1, -1):
         _, u, v = _eye_aperture(X, Y, left=s > 0)
         near_eye |= (np.abs(u) < 1.4) & (v > -3.0) & (v < 4.0) & (Z > ec[2] - 0.004) & (s * X > 0)
+    # lash line: the lid skin just above each opening's upper rim
+    lashes = np.zeros(n, bool)
+    for s in (1, -1):
+        _, u, v = _eye_aperture(X, Y, left=s > 0)
+        ecs = ec * (s, 1, 1)
+        inside = np.linalg.norm(P - ecs, axis=1) < CFG.eye_radius       # hidden under the eyeball
+        rim_faces = skin.faces[inside[skin.faces].any(1) & ~inside[skin.faces].all(1)]
+        margin = np.zeros(n, bool)
+        margin[rim_faces.ravel()] = True                                 # lid vertices next to the eyeball
+        lashes |= margin & ~inside & (np.abs(u) < 1.02) & (v > 0.3) & (s * X > 0) & (Z > ec[2])
+    Pa = P * np.c_[np.sign(X) + (X == 0), np.ones(n), np.ones(n)]
+    nostrils = (_sd_ellipsoid(Pa, NOSTRIL[0], NOSTRIL[1]) < 0.0004) & ~skin.flap
     idx = lambda m: np.flatnonzero(m).astype(np.int64)
     eyes = np.concatenate([idx(near_eye), rng["left_eyeball"], rng["right_eyeball"]])
     return {
@@ -733,4 +748,6 @@ def _masks(verts, skin, rng) -> dict:
         "tongue": rng["tongue"].astype(np.int64),
         "hair": idx(hair),
         "brows": idx(brows),
+        "lashes": idx(lashes),
+        "nostrils": idx(nostrils),
     }

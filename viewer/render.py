@@ -27,13 +27,15 @@ EGL_HELP = ("headless OpenGL needs EGL and Mesa: on Debian/Ubuntu run "
 
 # albedo of the head's parts (sRGB 0..1) and specular strength; parts come from head.masks
 SKIN = (0.87, 0.66, 0.54)
-PALETTE = {                      # mask name -> (sRGB colour, specular)
-    "hair": ((0.20, 0.13, 0.09), 0.06),
-    "brows": ((0.30, 0.20, 0.14), 0.05),
-    "lips": ((0.70, 0.34, 0.34), 0.30),
-    "lip_inner": ((0.62, 0.30, 0.31), 0.35),
-    "teeth": ((0.93, 0.91, 0.84), 0.45),
-    "tongue": ((0.60, 0.26, 0.27), 0.35),
+PALETTE = {                      # mask name -> (sRGB colour, specular, border softening in mesh rings)
+    "hair": ((0.20, 0.13, 0.09), 0.06, 4),
+    "brows": ((0.30, 0.20, 0.14), 0.05, 2),
+    "lashes": ((0.16, 0.10, 0.08), 0.05, 1),
+    "lips": ((0.70, 0.34, 0.34), 0.30, 2),
+    "nostrils": ((0.35, 0.18, 0.15), 0.0, 1),
+    "lip_inner": ((0.62, 0.30, 0.31), 0.35, 0),
+    "teeth": ((0.93, 0.91, 0.84), 0.45, 0),
+    "tongue": ((0.60, 0.26, 0.27), 0.35, 0),
 }
 SCLERA, IRIS, PUPIL = (0.93, 0.91, 0.88), (0.33, 0.22, 0.13), (0.03, 0.03, 0.03)
 
@@ -88,12 +90,21 @@ def head_colors(head: HeadModel) -> tuple[np.ndarray, np.ndarray]:
     V = head.n_vertices
     col = np.tile(np.asarray(SKIN, np.float32), (V, 1))
     spec = np.full(V, 0.18, np.float32)
-    for name, (c, s) in PALETTE.items():
+    adj = None
+    for name, (c, s, soften) in PALETTE.items():
         idx = head.masks.get(name)
-        if idx is not None and len(idx):
-            col[idx] = c
-            spec[idx] = s
-    col = _smooth_colors(col, head.faces, iterations=1)   # soften stair-stepped mask borders (brows, lips, hair)
+        if idx is None or not len(idx):
+            continue
+        w = np.zeros(V, np.float32)
+        w[np.asarray(idx)] = 1.0
+        if soften:                                  # blur the part's border so grid steps do not show
+            adj = _adjacency(head.faces, V) if adj is None else adj
+            for _ in range(soften):
+                w = adj @ w
+            if soften <= 2:                                # small parts: keep them solid, border at ~0.3
+                w = np.clip((w - 0.1) / 0.45, 0.0, 1.0)
+        col = col * (1 - w[:, None]) + np.asarray(c, np.float32) * w[:, None]
+        spec = spec * (1 - w) + s * w
     for name in ("left_eyeball", "right_eyeball"):
         idx = head.masks.get(name)
         if idx is None or not len(idx):
@@ -107,19 +118,15 @@ def head_colors(head: HeadModel) -> tuple[np.ndarray, np.ndarray]:
     return _srgb_to_linear(col), spec
 
 
-def _smooth_colors(col: np.ndarray, faces: np.ndarray, iterations: int) -> np.ndarray:
-    """Average each vertex colour with its mesh neighbours ``iterations`` times. col: (V, 3)."""
-    V = len(col)
+def _adjacency(faces: np.ndarray, V: int) -> sp.csr_matrix:
+    """Row-normalised (V, V) matrix averaging each vertex with its mesh neighbours (itself included)."""
     f = np.asarray(faces, np.int64)
-    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
-    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0], np.arange(V)])
+    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2], np.arange(V)])
     A = sp.csr_matrix((np.ones(len(i), np.float32), (i, j)), shape=(V, V))
     A.data[:] = 1.0                                            # duplicate edges count once
-    A = A + sp.identity(V, np.float32, format="csr")
     deg = np.asarray(A.sum(1)).ravel()
-    for _ in range(iterations):
-        col = (A @ col) / deg[:, None]
-    return col.astype(np.float32)
+    return sp.diags(1.0 / deg).astype(np.float32) @ A
 
 
 def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> np.ndarray:

@@ -54,8 +54,8 @@ void main() {
     vec3 light = ambient
         + key_col * wrap_diffuse(n, u_key_dir, 0.25)
         + fill_col * wrap_diffuse(n, u_fill_dir, 0.5);
-    float rim = pow(1.0 - max(dot(n, v), 0.0), 3.0) * max(dot(n, u_rim_dir) + 0.3, 0.0);
-    vec3 col = v_color * light + rim_col * rim * 0.6;
+    float rim = pow(1.0 - max(dot(n, v), 0.0), 3.0) * max(dot(n, u_rim_dir) + 0.15, 0.0);
+    vec3 col = v_color * light + rim_col * rim * 0.4;
 
     vec3 h = normalize(u_key_dir + v);
     float shin = mix(18.0, 80.0, v_spec);
