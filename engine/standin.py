@@ -211,7 +211,7 @@ def _project_rays(origin, dirs, r_max=0.22):
         if (r < 0).any():
             raise RuntimeError("stand-in head: a ray found no surface; the SDF is not star-shaped about ray_origin")
     lo, hi = r.copy(), np.maximum(r_prev, r + 1e-6)      # lo inside, hi outside
-    for _ in range(22):
+    for _ in range(14):
         mid = 0.5 * (lo + hi)
         inside = head_sdf(origin + mid[:, None] * dirs) < 0.0
         lo = np.where(inside, mid, lo)
