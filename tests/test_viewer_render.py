@@ -104,6 +104,13 @@ def test_tiny_render_and_vertices_input(ctx, head):
         assert np.ptp(img.reshape(-1, 3), axis=0).max() > 20         # something other than background
         with pytest.raises(ValueError, match="56-number frame"):
             r.render(np.zeros(10))
+        m = np.zeros((3, 56), np.float32)
+        m[2, JAW.start] = 0.3
+        clip = r.render_clip(m)                                      # (T, 56) -> (T, H, W, 3)
+        assert clip.shape == (3, 16, 16, 3)
+        np.testing.assert_array_equal(clip[0], clip[1])              # same frame, same pixels
+        from mm2face.engine.flame import head_vertices
+        np.testing.assert_array_equal(r.render_clip(head_vertices(head, m)), clip)   # (T, V, 3) too
     finally:
         r.release()
 
@@ -130,11 +137,11 @@ def test_write_mp4_frame_count_and_audio(tmp_path, head):
     import soundfile as sf
     from mm2face.viewer.output import count_video_frames, write_mp4
     motion = demo_motion(seconds=0.4)                                # 10 frames at 25 fps
-    out = write_mp4(tmp_path / "clip.mp4", motion, head, size=(64, 64), progress=False)
+    out = write_mp4(tmp_path / "clip.mp4", motion, fps=25, head=head, size=(64, 64), progress=False)
     assert count_video_frames(out) == 10
     wav = tmp_path / "a.wav"
     sf.write(wav, 0.1 * np.sin(np.linspace(0, 2000, 16000 // 2)).astype(np.float32), 16000)
-    out2 = write_mp4(tmp_path / "with_audio.mp4", motion, head, size=(64, 64), audio_path=wav, progress=False)
+    out2 = write_mp4(tmp_path / "with_audio.mp4", motion, 25, wav, head=head, size=(64, 64), progress=False)
     import imageio_ffmpeg
     info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out2)],
                           capture_output=True, text=True).stderr
@@ -145,7 +152,7 @@ def test_write_mp4_frame_count_and_audio(tmp_path, head):
 def test_write_mp4_rejects_odd_sizes(tmp_path, head):
     from mm2face.viewer.output import write_mp4
     with pytest.raises(ValueError, match="even"):
-        write_mp4(tmp_path / "x.mp4", demo_motion(0.2), head, size=(63, 64), progress=False)
+        write_mp4(tmp_path / "x.mp4", demo_motion(0.2), head=head, size=(63, 64), progress=False)
 
 
 def test_cli_demo_mp4(tmp_path):
@@ -238,3 +245,20 @@ def test_demo_motion_has_every_phase():
     assert m[:, unit("inner_brow_raiser")].max() > 0.9 and m[:, unit("brow_lowerer")].max() > 0.9
     from mm2face.engine.frame import validate_motion
     validate_motion(m)
+
+
+def test_cli_renders_a_flame_format_pickle(tmp_path):
+    """--flame takes any FLAME-format pickle: here the stand-in written in FLAME's layout, without masks."""
+    from dataclasses import replace
+    from mm2face.engine.flame import save_head
+    head = load_head("standin")
+    pkl = save_head(replace(head, masks={}, expression_names=None), tmp_path / "generic_model.pkl")
+    clip = tmp_path / "flame_clip.npz"
+    m = np.zeros((2, 56), np.float32)
+    m[1, JAW.start] = 0.3
+    MotionClip(motion=m, head="flame").save(clip)
+    out = tmp_path / "flame.png"
+    assert cli.main([str(clip), "--flame", str(pkl), "--out", str(out), "--frame", "1", "--size", "64"]) == 0
+    from PIL import Image
+    img = np.asarray(Image.open(out))
+    assert img.shape == (64, 64, 3) and np.ptp(img.reshape(-1, 3), axis=0).max() > 20

@@ -48,13 +48,18 @@ def render_frames(head: HeadModel, motion, size=(512, 512), style: str = "", ctx
             ctx.release()
 
 
-def write_mp4(path, motion, head: HeadModel, fps: int = FPS, audio_path=None, size=(512, 512),
-              style: str = "", progress: bool = True) -> Path:
+def write_mp4(path, motion, fps: int = FPS, audio_path=None, *, head: HeadModel | None = None,
+              size=(512, 512), style: str = "", progress: bool = True) -> Path:
     """Render ``motion (T, 56)`` to an H.264 MP4 at ``fps``; mux ``audio_path`` (any ffmpeg-readable file) if given.
 
-    The video is cut to the shorter of video and audio when audio is given.
+    head: the head to draw (default: the stand-in). With audio, the result is cut to the shorter of
+    video and audio.
     """
     import imageio_ffmpeg
+
+    if head is None:
+        from mm2face.engine.flame import load_head
+        head = load_head("standin")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -305,10 +305,10 @@ class Renderer:
         self.samples = samples
 
     def vertices_for(self, frame) -> np.ndarray:
-        """A 56-number frame (or (1, 56)) -> (V, 3) vertices; (V, 3) vertex arrays pass through."""
+        """A 56-number frame (or (1, 56)) -> (V, 3) vertices; (V, 3) or (1, V, 3) vertex arrays pass through."""
         a = np.asarray(frame, np.float32)
-        if a.ndim == 2 and a.shape == (self.head.n_vertices, 3):
-            return a
+        if a.shape[-2:] == (self.head.n_vertices, 3) and a.size == self.head.n_vertices * 3:
+            return a.reshape(-1, 3)
         if a.shape[-1] == 56 and a.size == 56:
             return head_vertices(self.head, a.reshape(1, 56))[0]
         raise ValueError(f"expected a 56-number frame or ({self.head.n_vertices}, 3) vertices, got shape {a.shape}")
@@ -340,6 +340,16 @@ class Renderer:
         W, H = self.size
         img = np.frombuffer(src.read(components=3, alignment=1), np.uint8).reshape(H, W, 3)
         return img[::-1].copy()
+
+    def render_clip(self, clip, style: str | None = None) -> np.ndarray:
+        """Render every frame of ``clip``: (T, 56) frames or (T, V, 3) vertices -> (T, H, W, 3) uint8."""
+        a = np.asarray(clip, np.float32)
+        if a.ndim == 2 and a.shape[1] == 56:
+            a = head_vertices(self.head, a)
+        if a.ndim != 3 or a.shape[1:] != (self.head.n_vertices, 3):
+            raise ValueError(f"expected (T, 56) frames or (T, {self.head.n_vertices}, 3) vertices, got {a.shape}")
+        W, H = self.size
+        return np.stack([self.render(v, style) for v in a]) if len(a) else np.zeros((0, H, W, 3), np.uint8)
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """World points (N, 3) -> pixel coordinates (N, 2) as (col, row) in :meth:`render`'s images."""
