@@ -141,7 +141,6 @@ def load_the_model(args):
 
 
 async def amain(args) -> int:
-    from mm2face.engine.session import StreamConfig, StreamSession
     from mm2face.realtime import sources
     from mm2face.realtime.server import Hub, serve_hub
 
@@ -164,6 +163,7 @@ async def amain(args) -> int:
         print(f"mm2face-live: {e}", file=sys.stderr)
         return 2
 
+    from mm2face.engine.session import StreamConfig, StreamSession   # imports torch: after the quick checks
     model = load_the_model(args)
     cfg = StreamConfig()
     if args.guidance is not None:

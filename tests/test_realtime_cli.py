@@ -1,0 +1,90 @@
+"""mm2face-live as users run it (subprocesses), and the reference client in examples/."""
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mm2face.realtime.sources import DEMO_WAV
+
+ROOT = Path(__file__).resolve().parents[1]
+LIVE = [sys.executable, "-m", "mm2face.realtime.cli"]
+pytestmark = pytest.mark.timeout(120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_device_lists_devices_without_traceback():
+    r = subprocess.run(LIVE + ["--mic", "--device", "no-such-microphone-xyz", "--random-model"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "no-such-microphone-xyz" in r.stderr and "Traceback" not in r.stderr
+    assert "input devices" in r.stderr or "no input devices" in r.stderr
+
+
+def test_bad_arguments_are_explained():
+    r = subprocess.run(LIVE + ["--loop"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--loop goes with" in r.stderr
+    r = subprocess.run(LIVE + ["--wav", "/nonexistent.wav", "--random-model"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_wav_at_real_time_pace_records_every_frame(tmp_path):
+    audio, rate = sf.read(str(DEMO_WAV), dtype="float32")
+    clip = tmp_path / "two_s.wav"
+    sf.write(clip, audio[: 2 * rate], rate)
+    out = tmp_path / "rec.npz"
+    t0 = time.time()
+    r = subprocess.run(LIVE + ["--wav", str(clip), "--random-model", "--threads", "1", "--quiet", "--record", str(out)],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert time.time() - t0 >= 2.0                    # paced in real time, not as fast as possible
+    with np.load(out) as z:
+        motion = z["motion"]
+    assert motion.shape[1] == 56 and 50 <= len(motion) <= 50 + 12   # 25 fps of audio + end() tail
+
+
+def test_text_only_server_and_reference_client(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(LIVE + ["--serve", "--port", str(port), "--random-model", "--threads", "1", "--quiet",
+                                    "--style", "a calm host"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.time() < deadline
+            time.sleep(0.1)
+        url = f"ws://127.0.0.1:{port}"
+        # The default session runs in text-only mode: frames at 25 fps with no audio behind them.
+        r = subprocess.run([sys.executable, str(ROOT / "examples" / "client.py"), "--url", url, "subscribe",
+                            "--seconds", "2", "--binary"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        n = int(r.stdout.strip().splitlines()[-1].split()[0])
+        assert 40 <= n <= 60, r.stdout
+        assert "audio-to-face n/a" in r.stdout               # idle frames have no audio arrival time
+        # A client session: stream a 44.1 kHz file as fast as possible, get 25 fps of frames back.
+        audio, rate = sf.read(str(DEMO_WAV), dtype="float32")
+        clip = tmp_path / "a.wav"
+        sf.write(clip, np.interp(np.arange(0, 3 * rate, rate / 44100), np.arange(len(audio)), audio).astype(np.float32),
+                 44100)
+        npy = tmp_path / "frames.npy"
+        r = subprocess.run([sys.executable, str(ROOT / "examples" / "client.py"), "--url", url, "stream", str(clip),
+                            "--fast", "--out", str(npy), "--style", "cheerful"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert 75 <= np.load(npy).shape[0] <= 75 + 12
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
