@@ -137,11 +137,15 @@ def test_write_mp4_frame_count_and_audio(tmp_path, head):
     import soundfile as sf
     from mm2face.viewer.output import count_video_frames, write_mp4
     motion = demo_motion(seconds=0.4)                                # 10 frames at 25 fps
-    out = write_mp4(tmp_path / "clip.mp4", motion, fps=25, head=head, size=(64, 64), progress=False)
+    out = write_mp4(tmp_path / "clip.mp4", motion, fps=25, size=(64, 64), progress=False)   # default head
     assert count_video_frames(out) == 10
+    out = write_mp4(tmp_path / "clip12.mp4", motion, 12, size=(64, 64), progress=False)      # fps positional
+    assert count_video_frames(out) == 10
+    import imageio_ffmpeg
+    assert imageio_ffmpeg.count_frames_and_secs(str(out))[1] == pytest.approx(10 / 12, abs=0.05)
     wav = tmp_path / "a.wav"
     sf.write(wav, 0.1 * np.sin(np.linspace(0, 2000, 16000 // 2)).astype(np.float32), 16000)
-    out2 = write_mp4(tmp_path / "with_audio.mp4", motion, 25, wav, head=head, size=(64, 64), progress=False)
+    out2 = write_mp4(tmp_path / "with_audio.mp4", motion, head, fps=25, audio_path=wav, size=(64, 64), progress=False)
     import imageio_ffmpeg
     info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out2)],
                           capture_output=True, text=True).stderr

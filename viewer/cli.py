@@ -135,8 +135,7 @@ def _render_out(args, head, motion, fps, style) -> int:
     progress = not args.no_progress
     try:
         if out.suffix.lower() == ".mp4":
-            write_mp4(out, motion, fps=fps, audio_path=args.audio, head=head, size=args.size, style=style,
-                      progress=progress)
+            write_mp4(out, motion, head, fps=fps, audio_path=args.audio, size=args.size, style=style, progress=progress)
         elif out.suffix.lower() == ".png":
             img = next(iter(render_frames(head, motion[:1], size=args.size, style=style, progress=False)))
             write_png(out, img)

@@ -48,15 +48,18 @@ def render_frames(head: HeadModel, motion, size=(512, 512), style: str = "", ctx
             ctx.release()
 
 
-def write_mp4(path, motion, fps: int = FPS, audio_path=None, *, head: HeadModel | None = None,
+def write_mp4(path, motion, head: HeadModel | None = None, fps: int = FPS, audio_path=None, *,
               size=(512, 512), style: str = "", progress: bool = True) -> Path:
     """Render ``motion (T, 56)`` to an H.264 MP4 at ``fps``; mux ``audio_path`` (any ffmpeg-readable file) if given.
 
-    head: the head to draw (default: the stand-in). With audio, the result is cut to the shorter of
-    video and audio.
+    head: the head to draw (default: the stand-in); ``write_mp4(path, motion, fps=25, audio_path=wav)``
+    works too. With audio, the result is cut to the shorter of video and audio.
     """
     import imageio_ffmpeg
 
+    if isinstance(head, (int, float)) and not isinstance(head, bool):   # called as write_mp4(path, motion, 25[, wav])
+        shifted_audio = fps if not isinstance(fps, int) else audio_path
+        head, fps, audio_path = None, int(head), shifted_audio
     if head is None:
         from mm2face.engine.flame import load_head
         head = load_head("standin")
