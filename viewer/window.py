@@ -79,7 +79,9 @@ def run_window(source: FrameSource, head: HeadModel, size=(720, 720), title: str
                 else:
                     ctx.screen.use()
                     ctx.screen.clear(*renderer.background)
-                glfw.set_window_title(win, f"{title}{'  (ended)' if source.closed else ''}")
+                if source.closed:
+                    err = getattr(source, "error", None)
+                    glfw.set_window_title(win, f"{title}  (ended{': ' + str(err) if err else ''})")
                 glfw.swap_buffers(win)
                 glfw.poll_events()
                 if max_seconds is not None and time.monotonic() - t_start > max_seconds:
