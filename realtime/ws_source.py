@@ -5,8 +5,9 @@
 
 A background thread runs an asyncio WebSocket client (protocol v1) and keeps the received frames.
 :meth:`latest` plays them out on a steady 25 fps clock anchored at the first frame plus
-``playout_delay_s``, so bursts (a client-paced session, network jitter) look smooth; when frames
-arrive later than their slot the clock re-anchors instead of freezing.
+``playout_delay_s``, so bursts (a client-paced session, network jitter) look smooth. When frames
+arrive later than their slot the clock moves with them (every frame is still shown), and when more
+than ``max_backlog`` frames are late it skips ahead to stay live.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class WebSocketSource:
         self.url = url
         self.session = session or (q.get("session") or ["default"])[0]
         self.playout_delay_s = playout_delay_s
+        self.max_backlog = 5                 # frames; beyond this many late frames, skip ahead
         self.style = ""
         self.closed = False
         self.error: str | None = None
@@ -61,9 +63,12 @@ class WebSocketSource:
                 due = self._anchor[0] + (f.t_audio_s - self._anchor[1])
                 if due > now:
                     break
-                if len(self._buf) == 1 and now - due > 0.2:
-                    self._anchor = (now, f.t_audio_s)             # we fell behind: re-anchor, no catch-up rush
                 self._current = self._buf.popleft()
+                if now - due > 0.04 and len(self._buf) <= self.max_backlog:
+                    # Late (the stream is slower than real time or jittery): show it now and move the
+                    # clock so the next frame follows one frame later, instead of skipping frames.
+                    self._anchor = (now, f.t_audio_s)
+                    break
             cur = self._current
         if cur is None:
             return None
