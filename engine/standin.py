@@ -111,11 +111,11 @@ def head_sdf(p):
     d = _sd_ellipsoid(p, (0, 0.022, -0.014), (0.0735, 0.094, 0.097))            # cranium
     d = _smin(d, _sd_ellipsoid(p, (0, 0.047, 0.03), (0.062, 0.042, 0.054)), 0.02)  # forehead
     d = _smin(d, _sd_ellipsoid(p, (0, -0.012, 0.03), (0.066, 0.07, 0.06)), 0.02)  # mid face block
-    d = _smin(d, _sd_ellipsoid(p, (0, -0.047, 0.028), (0.056, 0.053, 0.062)), 0.02)  # lower face / jaw
+    d = _smin(d, _sd_ellipsoid(p, (0, -0.047, 0.028), (0.06, 0.053, 0.062)), 0.02)  # lower face / jaw
     d = _smin(d, _sd_round_cone(pa, (0.05, -0.068, -0.012), (0.022, -0.089, 0.064), 0.0095, 0.009), 0.024)  # mandible
-    d = _smin(d, _sd_ellipsoid(p, (0, -0.089, 0.075), (0.022, 0.019, 0.02)), 0.012)  # chin
+    d = _smin(d, _sd_ellipsoid(p, (0, -0.088, 0.075), (0.025, 0.019, 0.02)), 0.014)  # chin
     d = _smin(d, _sd_ellipsoid(pa, (0.043, 0.004, 0.055), (0.021, 0.016, 0.021)), 0.014)  # cheekbones
-    d = _smin(d, _sd_ellipsoid(pa, (0.034, -0.032, 0.058), (0.022, 0.026, 0.026)), 0.016)  # cheeks
+    d = _smin(d, _sd_ellipsoid(pa, (0.035, -0.03, 0.058), (0.025, 0.027, 0.027)), 0.018)  # cheeks
     d = _smin(d, _sd_ellipsoid(p, (0, -0.048, 0.075), (0.031, 0.025, 0.026)), 0.014)  # muzzle
     d = _smin(d, _sd_ellipsoid(pa, (0.028, 0.039, 0.071), (0.024, 0.0085, 0.011)), 0.016)  # brow ridge
     d = _smin(d, _sd_ellipsoid(p, (0, -0.031, 0.094), (0.0085, 0.008, 0.01)), 0.008)  # below the nose
