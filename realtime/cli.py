@@ -249,7 +249,11 @@ async def amain(args) -> int:
             async def watch_viewer():
                 while viewer.poll() is None:
                     await asyncio.sleep(0.2)
-                stop.set()                            # closing the window ends the demo
+                if viewer.returncode == 0:
+                    stop.set()                        # the user closed the window: we are done
+                else:
+                    print(f"mm2face-live: the viewer exited with code {viewer.returncode} (see its message "
+                          "above); still serving", file=sys.stderr)
             tasks.append(asyncio.create_task(watch_viewer()))
         if args.seconds is not None:
             loop.call_later(args.seconds, stop.set)
