@@ -356,7 +356,7 @@ def _build_skin() -> _Skin:
     mirror = np.arange(N)
     jm = (-np.arange(n_c)) % n_c
     for i in range(n_r):
-        mirror[vid(i, 0) + np.arange(n_c) - 0] = 1 + i * n_c + jm
+        mirror[vid(i, 0) + np.arange(n_c)] = 1 + i * n_c + jm
     for group in (seam_lower, up_flap, low_flap, seam_upper):
         P = verts[group]
         Q = P * np.array([-1.0, 1.0, 1.0])
@@ -402,31 +402,28 @@ def _uv_sphere(center, radius, n_around, n_rings, pole_rings=()):
     return v, f
 
 
-def _teeth_arc(y_top, y_bottom, z_front, n_seg):
-    """One row of teeth: a rounded slab bent along the dental arch. Returns (verts, faces)."""
+def _teeth_arc(y_gum, y_edge, z_front, n_seg, upper: bool):
+    """One row of teeth: a rounded slab bent along the dental arch. Returns (verts, faces).
+
+    y_gum / y_edge: heights (m) of the gum side and of the biting edge; z_front: front of the arch (m).
+    """
     t = np.linspace(-1.0, 1.0, n_seg + 1)
     x = 0.0215 * np.sin(t * 1.2) / np.sin(1.2)
     z = z_front - 0.019 * t ** 2
     tang = np.stack([np.gradient(x), np.zeros_like(x), np.gradient(z)], -1)
     tang /= np.linalg.norm(tang, axis=1, keepdims=True)
-    normal = np.stack([tang[:, 2], np.zeros_like(x), -tang[:, 0]], -1)      # horizontal, pointing out of the arch
-    normal *= np.sign(normal[len(t) // 2, 2])
-    h = y_top - y_bottom
-    th = 0.0028                                                              # thickness (m)
-    prof = np.array([[0.0, 0.0], [0.35, 0.15], [0.85, 0.12], [1.0, 0.0],
-                     [1.0, -th / 0.003 * 0.9], [0.85, -th / 0.003], [0.35, -th / 0.003], [0.0, -0.8]])
+    out = np.stack([tang[:, 2], np.zeros_like(x), -tang[:, 0]], -1)          # horizontal, out of the arch
+    out *= np.sign(out[len(t) // 2, 2])
+    # cross-section: (fraction from the biting edge to the gum, offset along `out` in m), a closed loop
+    prof = np.array([[0.0, 0.0], [0.15, 0.00045], [0.65, 0.00036], [1.0, 0.0],
+                     [1.0, -0.0025], [0.65, -0.0028], [0.15, -0.0028], [0.0, -0.0024]])
     # notches between teeth along the biting edge (7.5 mm per tooth, a gap on the midline)
     arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(z)))])
     arc -= arc[len(arc) // 2]
-    notch = 0.0010 * np.abs(np.cos(np.pi * arc / 0.0075)) ** 8
-    upper = y_top > 0.5 * (y_top + y_bottom) + 1e-9 and y_bottom > CFG.mouth_y
-    verts = []
-    for n in range(len(t)):
-        edge = np.array([0.0, notch[n], 0.0]) if upper else np.array([0.0, -notch[n], 0.0])
-        for py, pz in prof:
-            w = (1.0 - py) if upper else py                 # notch the biting edge, not the gum side
-            verts.append(np.array([x[n], y_bottom + py * h, z[n]]) + normal[n] * pz * 0.003 + edge * w)
-    verts = np.array(verts)
+    notch = 0.0010 * np.abs(np.cos(np.pi * arc / 0.0075)) ** 8                # (m), pulls the edge toward the gum
+    toward_gum = np.sign(y_gum - y_edge)
+    verts = np.array([[x[n], y_edge + fr * (y_gum - y_edge) + toward_gum * notch[n] * (1.0 - fr), z[n]] + out[n] * off
+                      for n in range(len(t)) for fr, off in prof])
     m = len(prof)
     faces = []
     for n in range(len(t) - 1):
@@ -434,11 +431,11 @@ def _teeth_arc(y_top, y_bottom, z_front, n_seg):
             a, b, c, d = n * m + q, n * m + (q + 1) % m, (n + 1) * m + q, (n + 1) * m + (q + 1) % m
             faces += [(a, c, b), (b, c, d)]
     faces = np.array(faces, np.int64)
-    ctr = np.array([0.0, 0.5 * (y_top + y_bottom), z_front - 0.012])
+    # orient outward: away from the centre of each cross-section
+    section_centre = verts.reshape(len(t), m, 3).mean(1)
     fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
-    c = verts[faces].mean(1)
-    outward = np.einsum("fc,fc->f", c - ctr, fn) * 0 + np.einsum("fc,fc->f", fn, np.repeat(normal, m, 0)[faces[:, 0]])
-    if outward.sum() < 0:
+    away = verts[faces].mean(1) - section_centre[faces[:, 0] // m]
+    if np.einsum("fc,fc->f", away, fn).sum() < 0:
         faces = faces[:, [0, 2, 1]]
     return verts, faces
 
@@ -465,8 +462,8 @@ def build_standin_head():
     seam = skin.verts[skin.seam_upper]
     z_teeth = float(seam[:, 2].max()) - 0.0075
     my = CFG.mouth_y
-    teeth_u, teeth_uf = _teeth_arc(my + 0.0135, my + 0.0003, z_teeth, CFG.teeth_segments)
-    teeth_l, teeth_lf = _teeth_arc(my - 0.0003, my - 0.011, z_teeth - 0.0016, CFG.teeth_segments)
+    teeth_u, teeth_uf = _teeth_arc(my + 0.0135, my + 0.0003, z_teeth, CFG.teeth_segments, upper=True)
+    teeth_l, teeth_lf = _teeth_arc(my - 0.011, my - 0.0003, z_teeth - 0.0016, CFG.teeth_segments, upper=False)
 
     tongue, tongue_f = _uv_sphere((0.0, 0.0, 0.0), 1.0, 24, 12)
     tongue = tongue * (0.019, 0.0065, 0.026) + (0.0, my - 0.0125, z_teeth - 0.029)
