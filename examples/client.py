@@ -159,8 +159,11 @@ def main(argv=None):
     p = sub.add_parser("stats", help="print server and session statistics")
     p.add_argument("--session", default=None)
     args = ap.parse_args(argv)
-    asyncio.run({"subscribe": cmd_subscribe, "stream": cmd_stream, "style": cmd_style,
-                 "stats": cmd_stats}[args.cmd](args))
+    try:
+        asyncio.run({"subscribe": cmd_subscribe, "stream": cmd_stream, "style": cmd_style,
+                     "stats": cmd_stats}[args.cmd](args))
+    except OSError as e:
+        sys.exit(f"cannot reach {args.url} ({e}); is `mm2face-live --serve` running?")
 
 
 if __name__ == "__main__":
