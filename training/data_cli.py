@@ -16,7 +16,7 @@ from pathlib import Path
 def cmd_synth(a) -> int:
     from .synth_factory import SynthConfig, synthesize
     cfg = SynthConfig(hours=a.hours, seed=a.seed, t2m_fraction=a.t2m_fraction, workers=a.workers)
-    summary = synthesize(a.out, cfg, progress=not a.quiet)
+    summary = synthesize(a.out, cfg, progress=not a.quiet, overwrite=a.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
     return 0
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--t2m-fraction", type=float, default=0.2,
                    help="share of all clips in the text-to-motion subset (no audio) [0.2]")
     s.add_argument("--workers", type=int, default=2, help="worker processes [2]")
+    s.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_synth)
 

@@ -13,6 +13,7 @@ import json
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -145,9 +146,17 @@ def _job(args):
     return clip["id"], clip["split"], len(clip["motion"]) / FPS
 
 
-def synthesize(out_dir, cfg: SynthConfig, progress: bool = True) -> dict:
-    """Generate a corpus into ``out_dir`` and return a summary dict (counts, hours, seconds taken)."""
+def synthesize(out_dir, cfg: SynthConfig, progress: bool = True, overwrite: bool = False) -> dict:
+    """Generate a corpus into ``out_dir`` and return a summary dict (counts, hours, seconds taken).
+
+    An existing corpus in ``out_dir`` is an error unless ``overwrite`` (then its files are removed first).
+    """
     root = Path(out_dir)
+    if (root / "talking_subset.json").exists() or (root / "facial_motion").exists():
+        if not overwrite:
+            raise FileExistsError(f"{root} already holds a corpus; pick another --out or pass --overwrite")
+        for sub in ["audio", "facial_motion", "synth_meta", "text_annotations"]:
+            shutil.rmtree(root / sub, ignore_errors=True)
     for sub in ["audio", "facial_motion", "synth_meta"] + [f"text_annotations/{k}" for k in CAPTION_KINDS]:
         (root / sub).mkdir(parents=True, exist_ok=True)
     t_start = time.time()
