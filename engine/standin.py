@@ -571,9 +571,16 @@ def _blink_field(p, left: bool) -> np.ndarray:
     v_new = np.where(v >= v0, -1.3 + (v - v0) / (1.0 - v0) * 2.3, -1.3 - 0.15 * (v0 - v))
     v_new = np.where(v <= 1.0, v_new, v - 0.55 * np.exp(-0.5 * ((v - 1.0) / 1.3) ** 2))
     y_new = y_mid + v_new * half_h
+    # How far out each lid vertex ends up sets *when* it crosses the eyeball surface on its straight path.
+    # Choosing it per vertex makes the visible lid edge descend roughly in proportion to the coefficient:
+    # a vertex a fraction s of the way up the opening should appear at coefficient (1 - s) / (1 + s).
+    s = np.clip((v - v0) / (1.0 - v0), 0.0, 1.0)
+    c_appear = np.maximum((1.0 - s) / (1.0 + s), 1e-3)
+    r_target = np.clip(dist + (re - dist) / c_appear, re + 0.0006, re + 0.0028)
+    r_t = np.where((v >= v0) & (v <= 1.0) & (dist < re), r_target, r_cov)
     dx = (p[:, 0] - ex) / (half_w + 0.001)
-    dyn = (y_new - ey) / r_cov
-    zc = ec[2] + r_cov * np.sqrt(np.clip(1.0 - dx ** 2 - dyn ** 2, 0.02, None))
+    dyn = (y_new - ey) / r_t
+    zc = ec[2] + r_t * np.sqrt(np.clip(1.0 - dx ** 2 - dyn ** 2, 0.02, None))
     z_new = np.where(v <= 1.0, zc, np.maximum(p[:, 2], zc))
     moving = near & (v >= -1.0)
     out = np.zeros_like(p)
