@@ -29,7 +29,7 @@ from mm2face.engine.frame import EXP, to_mmhead
 
 @dataclass
 class CleanConfig:
-    scale: float = 1.5       # s: IQR multiple of the outlier interval [Q1 - s*IQR, Q3 + s*IQR]
+    scale: float = 3.0       # s: IQR multiple of the outlier interval [Q1 - s*IQR, Q3 + s*IQR] (Tukey's far fence)
     lam: float = 1.0         # lambda: weight of the pose (head + jaw) smoothness term in Eq. 1
     anchor: float = 1.0      # weight of the data term ||x - x0||^2 (0 would collapse to a constant)
     steps: int = 200         # Adam steps per sequence
@@ -118,10 +118,14 @@ def clean_corpus(src, dst, cfg: CleanConfig | None = None, limit: int | None = N
     torch.set_num_threads(1)
     corpus = MMHeadCorpus(src)
     (dst / "facial_motion").mkdir(parents=True, exist_ok=True)
-    for name in ("talking_subset.json", "t2m_subset.json", "README.md"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-    ids = [cid for cid, _, _ in corpus._index][:limit]
+    index = corpus._index[:limit]
+    ids = [cid for cid, _, _ in index]
+    for subset, name in (("talking", "talking_subset.json"), ("t2m", "t2m_subset.json")):
+        if (src / name).is_file():      # split files list only the clips written here
+            table = {sp: [cid for cid, su, s2 in index if su == subset and s2 == sp] for sp in ("train", "val", "test")}
+            (dst / name).write_text(json.dumps(table, indent=1))
+    if (src / "README.md").is_file():
+        shutil.copy2(src / "README.md", dst / "README.md")
     per_clip, n_bad = {}, 0
     for cid in tqdm(ids, desc="clean", unit="clip"):
         motion = read_motion_pkl(corpus.motion.read(cid), corpus.motion.where(cid))

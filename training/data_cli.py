@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="replace outlier frames and smooth every motion (paper's Eq. 1)")
     c.add_argument("--in", dest="inp", required=True, type=Path, help="MMHead-layout input folder")
     c.add_argument("--out", required=True, type=Path, help="output folder (a copy with cleaned motion)")
-    c.add_argument("--scale", type=float, default=1.5, help="IQR scale s of the outlier interval [1.5]")
+    c.add_argument("--scale", type=float, default=3.0, help="IQR scale s of the outlier interval [3.0]")
     c.add_argument("--lam", type=float, default=1.0, help="weight lambda of the pose smoothness term [1.0]")
     c.add_argument("--steps", type=int, default=200, help="Adam steps per sequence [200]")
     c.add_argument("--anchor", type=float, default=1.0,
