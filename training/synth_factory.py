@@ -25,7 +25,7 @@ from tqdm import tqdm
 from mm2face.engine.frame import FPS, SAMPLES_PER_FRAME, to_mmhead, validate_motion
 
 from .annotate import CAPTION_KINDS, TemplateCaptioner
-from .synth_face import T2M_ACTIONS, t2m_motion, talking_motion
+from .synth_face import t2m_motion, talking_motion
 from .synth_speech import SR_OUT, speak
 from .synth_text import make_utterance
 
