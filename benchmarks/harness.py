@@ -61,9 +61,28 @@ def load_bench_model(ckpt: str | None, device: str = "cpu", backend: str = "eage
     else:
         m, desc = MM2Face.random(seed=0, small=False), "random weights, default config (no default checkpoint yet)"
     n_params = sum(p.numel() for p in m.parameters())
+    if backend == "auto":
+        from mm2face.engine.backends import default_backend
+        backend = default_backend(device)
+    t = time.perf_counter()
     m = apply_backend(m, backend, device)
     torch.set_grad_enabled(False)
-    return m, f"{desc}; {n_params / 1e6:.2f} M parameters; backend {backend} on {device}"
+    warm_up(m, device)
+    return m, (f"{desc}; {n_params / 1e6:.2f} M parameters; backend {backend} on {device} "
+               f"(build + warm-up {time.perf_counter() - t:.1f} s)")
+
+
+def warm_up(model, device="cpu", batches=(1, 2, 8), seconds: float = 2.0) -> None:
+    """Run a few hops at each batch size so that compilation, export and allocator growth happen
+    before anything is timed."""
+    from mm2face.engine.batching import SessionBatcher
+    audio = speech_like_audio(seconds)
+    for n in batches:
+        b = SessionBatcher(model, device=device)
+        keys = [b.add(make_session(model, device, seed=j)) for j in range(n)]
+        for k in keys:
+            b.push_audio(k, audio)
+        b.run_until_idle()
 
 
 def make_session(model, device="cpu", style: str = "", seed: int = 0):

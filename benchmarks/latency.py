@@ -30,7 +30,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", default=None, help="checkpoint (default: the shipped default checkpoint; random "
                    "weights of the default config if there is none yet)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--backend", default="eager", help="eager, static, compile, int8, onnx, tensorrt (default eager)")
+    p.add_argument("--backend", default="auto", help="auto (the device's default backend: onnx on CPU, eager on "
+                   "CUDA), eager, static, compile, int8, onnx, tensorrt (default auto)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--tiny", action="store_true", help="random tiny test config (for smoke tests)")
     p.add_argument("--out", default=None, help="output folder (default runs/bench/<name>-<time>)")
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backends compared with eager (comma list; 'compile' adds a minute of compiling on CPU)")
     p.add_argument("--compare-seconds", type=float, default=8.0, help="audio for the backend/offline comparisons")
     p.add_argument("--audio", default=None, help="a 16 kHz PCM16 wav to stream (default: the bundled demo speech)")
+    p.add_argument("--head", default="standin",
+                   help="head for the stream-vs-offline vertex error ('none' skips it; default standin)")
     return p
 
 
@@ -85,7 +88,8 @@ def run(args) -> dict:
         ctx = [float(x) for x in args.contexts.split(",") if x]
         res["kv_vs_prefix"] = compare.kv_vs_prefix(model, ctx, device=args.device)
         short, _ = harness.load_speech(args.compare_seconds, args.audio)
-        res["streaming_vs_offline"] = compare.streaming_vs_offline(model, short, args.device)
+        res["streaming_vs_offline"] = compare.streaming_vs_offline(
+            model, short, args.device, head=None if args.head == "none" else args.head)
         backs = [b for b in args.compare_backends.split(",") if b]
         if backs:
             def load():

@@ -63,6 +63,9 @@ def run(args) -> dict:
             s = level(model, audio, n, args)
             s["wall_s"] = time.perf_counter() - t
             tried[n] = s
+            partial = dict(res, levels=[{"n": k, **v} for k, v in sorted(tried.items())],
+                           max_sessions=max([k for k, v in tried.items() if v["holds"]] or [0]))
+            write_json(Path(out) / "throughput.json", partial)      # kept if a later level runs out of time
             a = s.get("audio_to_face_ms", {})
             print(f"N={n:4d}: a2f p50 {a.get('p50', float('nan')):7.1f} p95 {a.get('p95', float('nan')):7.1f} ms, "
                   f"worst session p95 {s.get('worst_session_a2f_p95_ms', float('nan')):7.1f} ms, "

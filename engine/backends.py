@@ -49,6 +49,25 @@ TOLERANCE = {
 }
 
 
+# The default per device, chosen by measurement (docs/benchmarks.md, "Backends"): on this project's
+# 2-core CPU, ONNX Runtime runs a hop about twice as fast as eager PyTorch with the same outputs, while
+# int8 dynamic quantisation is no faster for a model this small and changes tokens. CUDA stays on
+# eager until GPU numbers say otherwise (compile costs a long warm-up at start).
+DEFAULT_BACKEND = {"cpu": "onnx", "cuda": "eager"}
+
+
+def default_backend(device="cpu") -> str:
+    """The backend to use on ``device`` by default (falls back to eager if its library is missing)."""
+    dev = torch.device(device)
+    name = DEFAULT_BACKEND.get(dev.type, "eager")
+    if name == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "eager"
+    return name
+
+
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here; the message says what to install or which device to use."""
 
@@ -276,9 +295,13 @@ def apply_backend(model, name: str = "eager", device="cpu", **opts):
     return model
 
 
-def _install_compile(model, dev, mode: str | None = None, compiler: str = "inductor", **_):
+def _install_compile(model, dev, mode: str | None = None, compiler: str = "inductor", dynamic: bool | None = None,
+                     **_):
     """``compiler``: torch.compile backend ("inductor"; "aot_eager" traces without code generation,
-    which the tests use to check the graph capture quickly)."""
+    which the tests use to check the graph capture quickly). ``dynamic``: compile once with symbolic
+    sizes (default; CUDA graphs are still recorded per batch bucket) or once per bucket (False)."""
+    if dynamic is None:
+        dynamic = True
     if mode is None:
         mode = "reduce-overhead" if dev.type == "cuda" else "default"
     if compiler != "inductor":
@@ -289,7 +312,7 @@ def _install_compile(model, dev, mode: str | None = None, compiler: str = "induc
     g, a, d = GStep(model.gpt), AudioStep(model.audio), DecodeStep(model.vq)
     # one compiled graph per bucket (static shapes); CUDA graphs need the inputs in stable storage,
     # which reduce-overhead handles by copying them in.
-    cg, ca, cd = (torch.compile(x, backend=compiler, mode=mode, dynamic=False) for x in (g, a, d))
+    cg, ca, cd = (torch.compile(x, backend=compiler, mode=mode, dynamic=dynamic) for x in (g, a, d))
     import torch._dynamo as dynamo
     dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
 

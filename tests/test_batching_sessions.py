@@ -103,3 +103,40 @@ def test_worker_thread_stamps_arrival_and_ready_times(model):
     assert [f.frame.seq for f in frames] == list(range(len(frames)))
     for f in frames:
         assert f.audio_arrival_time <= f.input_ready_time <= f.done_time
+
+
+def test_fast_step_equals_session_step_sessions_with_sampling_and_end(model):
+    from mm2face.engine.batching import step_sessions_fast
+    from mm2face.engine.session import step_sessions
+
+    def sessions():
+        return [StreamSession(model, StreamConfig(seed=10 + i)) for i in range(4)]   # sampling, top-k
+
+    auds = [audio(1.0 + 0.37 * i, 20 + i) for i in range(4)]
+    outs = []
+    for step_fn in (step_sessions, step_sessions_fast):
+        ss = sessions()
+        for s, a in zip(ss, auds):
+            s.push_audio(a)
+        ss[3].push_no_audio(16000)                    # a stretch of text-only motion
+        frames = [[] for _ in ss]
+        while True:
+            ready = [s for s in ss if s.hop_ready()]
+            if not ready:
+                break
+            for s, fr in zip(ready, step_fn(ready)):
+                frames[ss.index(s)] += fr
+        for i in (0, 2):                               # end two streams: padding, mouth closes
+            frames[i] += ss[i].end()
+            ss[i].push_audio(audio(0.5, 30 + i))       # ...then talk again: the mouth blends back
+        while True:
+            ready = [s for s in ss if s.hop_ready()]
+            if not ready:
+                break
+            for s, fr in zip(ready, step_fn(ready)):
+                frames[ss.index(s)] += fr
+        assert len(frames[0]) > len(auds[0]) // 640 + 8
+        outs.append(frames)
+    for a, b in zip(*outs):
+        assert [f.seq for f in a] == [f.seq for f in b]
+        np.testing.assert_allclose(np.stack([f.params for f in a]), np.stack([f.params for f in b]), atol=1e-5)
