@@ -139,3 +139,23 @@ def test_call_llm_openai_compatible():
     assert seen["body"]["messages"][0]["content"] == "hello"
     with pytest.raises(RuntimeError, match="--llm-url"):
         call_llm("http://127.0.0.1:9", "x", "y", timeout_s=2)
+
+
+def test_annotate_cli_on_folder(tmp_path):
+    import pickle
+
+    from mm2face.training.data_cli import main
+    root = tmp_path / "c"
+    (root / "facial_motion").mkdir(parents=True)
+    m = _turn(60, 1, -0.3)                                      # turns right
+    m[:, unit("brow_lowerer")] = 0.8
+    m[:, unit("lid_tightener")] = 0.6
+    m[:, unit("lip_tightener")] = 0.55
+    pickle.dump({"expcodes": m[:, :50], "posecodes": m[:, 50:]}, open(root / "facial_motion" / "Y.pkl", "wb"))
+    (root / "t2m_subset.json").write_text(json.dumps({"train": ["Y"]}))
+    assert main(["annotate", "--data", str(root), "--out", str(tmp_path / "ann"), "--write-captions"]) == 0
+    rec = json.loads((tmp_path / "ann" / "Y.json").read_text())
+    assert len(rec["frames"]) == 20 and rec["captioner"] == "template"
+    assert rec["emotion_labels"] == ["angry"] and "turn right" in rec["action_labels"]   # inferred labels
+    assert "right" in rec["captions"]["detail_head_pose"]
+    assert (root / "text_annotations" / "emotion" / "Y.txt").read_text().strip() == rec["captions"]["emotion"]
