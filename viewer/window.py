@@ -3,6 +3,10 @@
 Drawing is the :class:`~mm2face.viewer.render.Renderer`'s job; frames come from any
 :class:`~mm2face.viewer.source.FrameSource` (a clip, the live WebSocket stream, ...).
 Keys: Esc or Q closes the window.
+
+Open the window in a process that has not made a headless EGL context
+(:func:`~mm2face.viewer.render.create_headless_context`): with Mesa, a GLX window after EGL in the
+same process ends the process (an X error). Render headless and show windows from separate processes.
 """
 from __future__ import annotations
 
