@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "recommended whenever --host is not 127.0.0.1")
     srv.add_argument("--mqtt", metavar="HOST[:PORT]", help="also publish frames to an MQTT broker")
     srv.add_argument("--mqtt-prefix", default="mm2face", help="MQTT topic prefix (default: %(default)s)")
+    srv.add_argument("--no-batch", action="store_true",
+                     help="step each session on its own instead of batching ready sessions into one step")
     srv.add_argument("--view", action="store_true", help="open the viewer window on the stream (implies --serve)")
     out = ap.add_argument_group("model and output")
     out.add_argument("--ckpt", metavar="PATH", help="model checkpoint (default: the bundled default checkpoint)")
@@ -168,7 +170,8 @@ async def amain(args) -> int:
     cfg = StreamConfig()
     if args.guidance is not None:
         cfg.guidance = args.guidance
-    hub = Hub(lambda style: StreamSession(model, cfg, style=style, device=args.compute), token=args.token)
+    hub = Hub(lambda style: StreamSession(model, cfg, style=style, device=args.compute), token=args.token,
+              batch=not args.no_batch)
     live = await hub.create_session("default", style=args.style)
     recorded = []
     if args.record or demo_headless:

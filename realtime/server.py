@@ -14,6 +14,7 @@ Parsing and encoding live in :mod:`mm2face.realtime.protocol` (sans-I/O). This m
 * :class:`ClientConn`: one WebSocket client with a bounded outbox. When a client stops reading, its
   oldest queued frames are dropped (for it alone) and counted; control replies are never dropped.
 * :class:`Hub`: the sessions of one server and the connection handler.
+* :class:`Batcher`: cross-session batching, one engine step for every session with a ready hop.
 """
 from __future__ import annotations
 
@@ -63,7 +64,10 @@ class LiveSession:
         self.style, self.guidance = style, None
         self.subscribers: dict["ClientConn", str] = {}     # client -> "json" | "binary"
         self.listeners: list[Callable[["LiveSession", list[P.WireFrame]], None]] = []
-        self.lock = asyncio.Lock()
+        # One lock per session; with cross-session batching all sessions share the hub's lock, since
+        # a batched step touches every ready session at once.
+        self.lock = hub.batcher.lock if hub.batcher is not None else asyncio.Lock()
+        self._batched_out: list[P.WireFrame] = []
         self.closed = False
         # Audio bookkeeping (16 kHz samples).
         self.samples_in = 0                  # samples handed to the session (audio + no-audio)
@@ -110,8 +114,19 @@ class LiveSession:
             self._arrivals.append(_Arrival(self.samples_in, t, True))
             self._last_input_time = t
             self.last_audio_time = t
-            frames = await asyncio.to_thread(work)
+            if self.hub.batcher is not None:
+                self.session.push_audio(audio_16k)        # cheap: the hops run in the batcher
+            else:
+                frames = await asyncio.to_thread(work)
+        if self.hub.batcher is not None:
+            return await self._batched()
         return self._publish(frames)
+
+    async def _batched(self) -> list[P.WireFrame]:
+        """Wait until the batcher has run every hop this session has ready; its published frames."""
+        await self.hub.batcher.step()
+        out, self._batched_out = self._batched_out, []
+        return out
 
     async def push_no_audio(self, n_samples: int) -> list[P.WireFrame]:
         """Let ``n_samples`` of 16 kHz time pass with no audio (idle / text-only motion)."""
@@ -128,7 +143,12 @@ class LiveSession:
             self.samples_in += int(n_samples)
             self._last_input_time = time.time()
             self._arrivals.append(_Arrival(self.samples_in, self._last_input_time, False))
-            frames = await asyncio.to_thread(work)
+            if self.hub.batcher is not None:
+                self.session.push_no_audio(int(n_samples))
+            else:
+                frames = await asyncio.to_thread(work)
+        if self.hub.batcher is not None:
+            return await self._batched()
         return self._publish(frames)
 
     async def set_style(self, text: str, blend_s: float = 0.5, guidance: float | None = None,
@@ -259,6 +279,70 @@ class LiveSession:
         }
 
 
+class Batcher:
+    """Cross-session batching: one task runs the ready hop of every session as one batched engine
+    call (``engine.session.step_sessions``), so N sessions cost about one bigger step instead of N
+    small ones. Only sessions with a ready hop are stepped (no fixed full batch), and a session with
+    nothing to do never delays the others. Sessions on different models are stepped separately.
+    """
+
+    def __init__(self, max_batch: int = 64):
+        self.max_batch = max_batch
+        self.lock = asyncio.Lock()              # shared by every session of the hub
+        self.sessions: list[LiveSession] = []
+        self._waiters: list[asyncio.Future] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.steps = 0
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def step(self) -> None:
+        """Ask for a round; returns after a round that started after this call has finished."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._wake.set()
+        await fut
+
+    async def _run(self) -> None:
+        from mm2face.engine.session import step_sessions
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            waiters, self._waiters = self._waiters, []
+            try:
+                while True:
+                    async with self.lock:
+                        ready = [s for s in self.sessions if not s.closed and s.session.hop_ready()]
+                        if not ready:
+                            break
+                        groups: dict[int, list[LiveSession]] = {}
+                        for s in ready:
+                            groups.setdefault(id(s.session.model), []).append(s)
+                        for group in groups.values():
+                            for i in range(0, len(group), self.max_batch):
+                                part = group[i:i + self.max_batch]
+                                await asyncio.to_thread(step_sessions, [s.session for s in part])
+                                self.steps += 1
+                                self.batch_sizes.append(len(part))
+                                for s in part:
+                                    frames, s.session.pending = s.session.pending, []
+                                    s._batched_out.extend(s._publish(frames))
+            except Exception as e:  # report to everyone waiting; the next round starts clean
+                for f in waiters:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            for f in waiters:
+                if not f.done():
+                    f.set_result(None)
+
+
 class ClientConn:
     """One connected WebSocket client: its subscriptions, its own session and a bounded outbox."""
 
@@ -334,16 +418,21 @@ class ClientConn:
 
 
 class Hub:
-    """The sessions of one server. ``make_session(style) -> StreamSession`` builds new sessions."""
+    """The sessions of one server. ``make_session(style) -> StreamSession`` builds new sessions.
+
+    ``batch=True`` (default) runs the ready hops of all sessions as one batched engine step
+    (:class:`Batcher`); ``batch=False`` steps each session on its own in a worker thread.
+    """
 
     def __init__(self, make_session: Callable[[str], object], token: str | None = None,
                  max_frames_per_client: int = OUTBOX_MAX_FRAMES, max_sessions: int = 64,
-                 send_buffer_bytes: int = SEND_BUFFER_BYTES):
+                 send_buffer_bytes: int = SEND_BUFFER_BYTES, batch: bool = True):
         self.make_session = make_session
         self.token = token
         self.max_frames_per_client = max_frames_per_client
         self.max_sessions = max_sessions
         self.send_buffer_bytes = send_buffer_bytes
+        self.batcher = Batcher() if batch else None
         self.sessions: dict[str, LiveSession] = {}
         self.clients: set[ClientConn] = set()
         self.dropped_total = 0
@@ -367,6 +456,8 @@ class Hub:
             raise
         live = LiveSession(self, name, next(self._nums), session, style, owner)
         self.sessions[name] = live
+        if self.batcher is not None:
+            self.batcher.sessions.append(live)
         for fn in list(self.session_listeners):
             fn(live, True)
         return live
@@ -377,6 +468,8 @@ class Hub:
         async with live.lock:
             live.closed = True
         self.sessions.pop(live.name, None)
+        if self.batcher is not None and live in self.batcher.sessions:
+            self.batcher.sessions.remove(live)
         msg = P.event_json("session_closed", session=live.name, reason=reason)
         for c in list(live.subscribers):
             c.subs.discard(live.name)
@@ -396,8 +489,12 @@ class Hub:
         return [n for n, s in self.sessions.items() if s is not None]
 
     def stats(self) -> dict:
-        return {"uptime_s": time.time() - self.started, "clients": len(self.clients),
-                "sessions": self.live_sessions(), "dropped_frames_total": self.dropped_total}
+        out = {"uptime_s": time.time() - self.started, "clients": len(self.clients),
+               "sessions": self.live_sessions(), "dropped_frames_total": self.dropped_total}
+        if self.batcher is not None and self.batcher.batch_sizes:
+            out["batch_steps"] = self.batcher.steps
+            out["batch_size_mean"] = float(np.mean(self.batcher.batch_sizes))
+        return out
 
     # -- connection handler -------------------------------------------------------------------
 
@@ -575,4 +672,8 @@ async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     async with serve(hub.handler, host, port, max_size=WS_MAX_SIZE, compression=None,
                      max_queue=64) as server:
         server.port = next(iter(server.sockets)).getsockname()[1]
-        yield server
+        try:
+            yield server
+        finally:
+            if hub.batcher is not None:
+                hub.batcher.close()

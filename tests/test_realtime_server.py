@@ -54,9 +54,9 @@ def is_type(t):
     return lambda m: isinstance(m, dict) and m.get("type") == t
 
 
-@pytest.fixture
-async def server(make_session):
-    hub = Hub(make_session)
+@pytest.fixture(params=[False, True], ids=["per-session", "batched"])
+async def server(make_session, request):
+    hub = Hub(make_session, batch=request.param)
     await hub.create_session("default", style="calm")
     async with serve_hub(hub, "127.0.0.1", 0) as srv:
         yield hub, f"ws://127.0.0.1:{srv.port}"
@@ -194,6 +194,7 @@ async def test_bad_inputs_get_error_codes_and_everyone_carries_on(server):
         await live.end()
         f, _ = await recv_until(bystander, lambda m: isinstance(m, bytes))
         assert P.decode_frame_binary(f).session_num == live.num
+        await recv_until(bystander, lambda m: isinstance(m, bytes) and P.decode_frame_binary(m).final)
 
 
 def raw_ws_subscriber(port: int) -> socket.socket:
