@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 APT_PKGS=(ffmpeg espeak-ng libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libportaudio2
-          pulseaudio pulseaudio-utils mosquitto sox)
+          pulseaudio pulseaudio-utils mosquitto sox xvfb xauth)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -46,6 +46,13 @@ def cmd_info(a) -> int:
     return 1 if corpus.errors and a.strict else 0
 
 
+def cmd_compress(a) -> int:
+    from .compress import compress_corpus
+    r = compress_corpus(a.inp, a.out, codec=a.codec)
+    print(f"{r['clips']} clips: {r['src_bytes'] / 1e6:.1f} MB -> {r['dst_bytes'] / 1e6:.1f} MB in {a.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm2face-data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--write-captions", action="store_true",
                    help="also overwrite DATA/text_annotations/<kind>/<ID>.txt with the new captions")
     n.set_defaults(fn=cmd_annotate)
+
+    z = sub.add_parser("compress", help="copy a corpus with FLAC/Opus audio and zipped motion (smaller on disk)")
+    z.add_argument("--in", dest="inp", required=True, help="MMHead-layout corpus folder")
+    z.add_argument("--out", required=True, help="new folder")
+    z.add_argument("--codec", choices=["opus", "flac"], default="opus",
+                   help="opus: lossy, ~12x smaller; flac: lossless, ~2x smaller (default: opus)")
+    z.set_defaults(fn=cmd_compress)
 
     i = sub.add_parser("info", help="counts, hours and load errors of a corpus")
     i.add_argument("--data", required=True, type=Path, help="MMHead-layout folder")

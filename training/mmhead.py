@@ -61,25 +61,30 @@ class Clip:
         return len(self.motion) / FPS
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
 class _Members:
     """Files of one kind (e.g. audio) found either in a folder or in a zip archive, by clip id."""
 
-    def __init__(self, root: Path, folder: str, suffix: str):
-        self.suffix = suffix
+    def __init__(self, root: Path, folder: str, suffix: str | tuple[str, ...]):
+        suffixes = (suffix,) if isinstance(suffix, str) else tuple(suffix)
+        self.suffix = suffixes[0]
         self.paths: dict[str, str] = {}
         self.zip_path: Path | None = None
         self._zip: zipfile.ZipFile | None = None
         d = root / folder
         if d.is_dir():
-            for p in d.rglob(f"*{suffix}"):
-                self.paths[p.stem] = str(p)
+            for sfx in reversed(suffixes):           # the first suffix wins when a clip has several
+                for p in d.rglob(f"*{sfx}"):
+                    self.paths[p.stem] = str(p)
         z = root / f"{folder}.zip"
         if z.is_file():
             self.zip_path = z
             try:
                 with zipfile.ZipFile(z) as zf:
                     for name in zf.namelist():
-                        if name.endswith(suffix) and not name.endswith("/"):
+                        if name.endswith(suffixes) and not name.endswith("/"):
                             cid = Path(name).stem
                             self.paths.setdefault(cid, f"zip:{name}")
             except zipfile.BadZipFile as e:
@@ -183,7 +188,8 @@ class MMHeadCorpus:
                 raise ValueError(f"unknown subset {s!r}; use 'talking' and/or 't2m'")
         self.subsets = tuple(subsets)
         self.splits = tuple(splits) if splits is not None else None
-        self.audio = self._members("audio", ".wav")
+        # WAV as MMHead ships it; FLAC / Ogg (Vorbis, Opus) read the same way, for corpora compressed on disk
+        self.audio = self._members("audio", AUDIO_SUFFIXES)
         self.motion = self._members("facial_motion", ".pkl")
         self._index: list[tuple[str, str, str]] = []          # (id, subset, split)
         found_any = False
@@ -214,7 +220,7 @@ class MMHeadCorpus:
                               "is this an MMHead-layout folder?")
         self._pos = {cid: i for i, (cid, _, _) in enumerate(self._index)}
 
-    def _members(self, folder: str, suffix: str) -> _Members:
+    def _members(self, folder: str, suffix) -> _Members:
         try:
             return _Members(self.root, folder, suffix)
         except CorpusError as e:
