@@ -144,6 +144,27 @@ def check_stream(frames, duration_s):
     np.testing.assert_allclose(np.diff(t), 0.04, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["sounddevice", "pyaudio"])
+def test_mic_source_captures_the_null_sink(pulse_source, backend, monkeypatch):
+    """MicSource through either PortAudio binding delivers 16 kHz audio at real-time rate."""
+    if backend == "pyaudio":
+        pytest.importorskip("pyaudio", reason="PyAudio is optional: pip install 'mm2face-live[pyaudio]'")
+    from mm2face.realtime.sources import MicSource
+    sink, env = pulse_source
+    monkeypatch.setenv("PULSE_SOURCE", env["PULSE_SOURCE"])
+
+    async def capture():
+        mic, got, t0 = MicSource("pulse", backend=backend), 0, None
+        async for ch in mic:
+            t0 = t0 or time.time()
+            got += ch.n_samples
+            assert ch.audio_16k.dtype == np.float32 and abs(ch.arrival_time - time.time()) < 1.0
+            if time.time() - t0 > 1.5:
+                return got, time.time() - t0
+    got, dt = asyncio.run(capture())
+    assert abs(got / 16000 - dt) < 0.3, (got, dt)
+
+
 def test_mic_wiring_random_model(pulse_source, tmp_path):
     sink, env = pulse_source
     audio, rate = sf.read(str(DEMO_WAV), dtype="float32")
