@@ -28,6 +28,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -663,6 +664,21 @@ class Hub:
         await live.push_audio(audio, arrival_time=arrival)
 
 
+WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
+
+
+def _http_page(connection, request):
+    """Plain HTTP GET (not a WebSocket upgrade): serve the small browser monitor page."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return None
+    if request.path.split("?")[0] not in ("/", "/index.html") or not WEB_PAGE.exists():
+        return connection.respond(404, "mm2face-live speaks WebSocket protocol v1 here; see docs/protocol.md\n")
+    response = connection.respond(200, WEB_PAGE.read_text(encoding="utf-8"))
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "text/html; charset=utf-8"
+    return response
+
+
 @contextlib.asynccontextmanager
 async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
     """Serve ``hub`` on ``ws://host:port`` while the context is open. ``port=0`` picks a free port
@@ -670,7 +686,7 @@ async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     from websockets.asyncio.server import serve
 
     async with serve(hub.handler, host, port, max_size=WS_MAX_SIZE, compression=None,
-                     max_queue=64) as server:
+                     max_queue=64, process_request=_http_page) as server:
         server.port = next(iter(server.sockets)).getsockname()[1]
         try:
             yield server

@@ -318,3 +318,16 @@ async def test_many_sessions_many_subscribers(server):
                     elif json.loads(m).get("type") == "frame":
                         seen_a += json.loads(m)["session"] == "A"
             assert seen_a > 0 and seen_b > 0
+
+
+async def test_plain_http_get_serves_the_browser_monitor(server):
+    import urllib.error
+    import urllib.request
+    hub, url = server
+    http = url.replace("ws://", "http://")
+    page = await asyncio.to_thread(lambda: urllib.request.urlopen(http + "/", timeout=10))
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert b"MMF1" in page.read()                      # it decodes protocol v1 binary frames
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        await asyncio.to_thread(lambda: urllib.request.urlopen(http + "/nope", timeout=10))
+    assert ei.value.code == 404
