@@ -269,6 +269,10 @@ async def amain(args) -> int:
             status.clear()
         if viewer is not None and viewer.poll() is None:
             viewer.terminate()
+            try:
+                viewer.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                viewer.kill()
 
     if failure:
         e = failure[0]
