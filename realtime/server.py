@@ -85,7 +85,8 @@ class LiveSession:
         self.frames_out = 0
         self.last_frame: P.WireFrame | None = None
         self._send_times: collections.deque[float] = collections.deque(maxlen=100)
-        self._latency_ms: collections.deque[float] = collections.deque(maxlen=250)
+        self._latency_ms: collections.deque[float] = collections.deque(maxlen=250)   # input ready -> sent
+        self._a2f_ms: collections.deque[float] = collections.deque(maxlen=250)       # audio arrived -> sent
         self.created = time.time()
 
     # -- calls into the StreamSession (serialised, in a worker thread) ------------------------
@@ -234,6 +235,8 @@ class LiveSession:
             self._send_times.append(now)
             if math.isfinite(wf.input_ready_time):
                 self._latency_ms.append(1e3 * (now - wf.input_ready_time))
+            if math.isfinite(wf.audio_arrival_time):
+                self._a2f_ms.append(1e3 * (now - wf.audio_arrival_time))
         encoded: dict[str, list] = {}
         for client, fmt in list(self.subscribers.items()):
             if fmt not in encoded:
@@ -257,8 +260,12 @@ class LiveSession:
         return len(ts) / 2.0 if ts else 0.0
 
     def latency_ms(self) -> float:
-        """Median (server) processing latency of recent frames: audio in -> frame sent, ms."""
+        """Median server processing latency of recent frames (last needed audio in -> sent), ms."""
         return float(np.median(self._latency_ms)) if self._latency_ms else math.nan
+
+    def a2f_ms(self) -> float:
+        """Median server-side audio-to-face latency of recent frames (own audio in -> sent), ms."""
+        return float(np.median(self._a2f_ms)) if self._a2f_ms else math.nan
 
     def stats(self) -> dict:
         lat = list(self._latency_ms)
@@ -272,6 +279,8 @@ class LiveSession:
             "time_s": self.samples_in / SAMPLE_RATE, "fps": self.fps(),
             "latency_ms_p50": float(np.percentile(lat, 50)) if lat else None,
             "latency_ms_p95": float(np.percentile(lat, 95)) if lat else None,
+            "audio_to_send_ms_p50": float(np.percentile(self._a2f_ms, 50)) if self._a2f_ms else None,
+            "audio_to_send_ms_p95": float(np.percentile(self._a2f_ms, 95)) if self._a2f_ms else None,
             "subscribers": len(self.subscribers),
             "dropped_frames": sum(c.dropped for c in self.subscribers),
             "clipped_samples": self.n_clipped,
