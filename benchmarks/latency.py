@@ -40,7 +40,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 def setup(args, name: str):
     import torch
     torch.set_num_threads(max(1, args.threads))
+    print(f"[{name}] building the model (backend {args.backend} on {args.device}) and warming up ...", flush=True)
     model, desc = harness.load_bench_model(args.ckpt, args.device, args.backend, tiny=args.tiny)
+    print(f"[{name}] {desc}", flush=True)
     out = Path(args.out or f"runs/bench/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     return model, desc, out

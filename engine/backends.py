@@ -199,10 +199,10 @@ class StaticRunner:
     @torch.no_grad()
     def encode_windows(self, wins):
         n = wins.shape[0]
-        fn = self._get(self._a, self.make_a, bucket(n))
+        bb = max(2, bucket(n))          # never 1: compilers specialise size 1, one graph serves all
+        fn = self._get(self._a, self.make_a, bb)
         if fn is None:
             return self._eager_encode(wins)
-        bb = bucket(n)
         if bb > n:
             wins = torch.cat([wins, wins.new_zeros(bb - n, *wins.shape[1:])])
         return fn(wins.contiguous())[:n]
@@ -213,10 +213,10 @@ class StaticRunner:
         if k < self.R:                                   # stream start: short history, eager
             return self._eager_decode(codes)
         codes = codes[:, -self.R:]
-        fn = self._get(self._d, self.make_d, bucket(n))
+        bb = max(2, bucket(n))
+        fn = self._get(self._d, self.make_d, bb)
         if fn is None:
             return self._eager_decode(codes)
-        bb = bucket(n)
         if bb > n:
             codes = torch.cat([codes, codes[:1].expand(bb - n, -1)])
         return fn(codes.contiguous())[:n]

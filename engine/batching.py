@@ -310,7 +310,7 @@ class SessionBatcher:
 
     def _loop(self) -> None:
         import torch
-        with torch.inference_mode():
+        with torch.no_grad():          # as in warm-up and tests: compiled graphs are guarded on it
             while not self._stop.is_set():
                 self._wake.wait(0.05)
                 self._wake.clear()
