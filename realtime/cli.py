@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--random-model", action="store_true",
                      help="use an untrained small random model (wiring tests only; the face moves meaninglessly)")
     out.add_argument("--compute", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
+    out.add_argument("--backend", default="auto",
+                     help="inference backend: auto (the engine's measured default for --compute), eager, static, "
+                          "compile, int8, onnx or tensorrt (default: %(default)s)")
     out.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     out.add_argument("--out", metavar="FILE.mp4", default="runs/mm2face-live-demo.mp4",
                      help="--demo without a display: where to write the MP4 (default: %(default)s)")
@@ -129,6 +132,7 @@ def read_stdin_styles(loop: asyncio.AbstractEventLoop, on_line) -> None:
 
 def load_the_model(args):
     import torch
+    torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
     from mm2face.engine.model import MM2Face, default_checkpoint_path, load_model
@@ -141,6 +145,24 @@ def load_the_model(args):
     if path is not None and not Path(path).exists():
         raise SystemExit(f"mm2face-live: checkpoint not found: {path}")
     return load_model(path, device=args.compute).eval()
+
+
+def with_backend(model, args):
+    """Apply ``--backend`` (auto = the engine's default for the device); exits with the reason if unavailable."""
+    import warnings
+    try:
+        from mm2face.engine.backends import BackendUnavailable, apply_backend, default_backend
+    except ImportError:          # an engine without backends: plain eager PyTorch
+        return model
+    name = default_backend(args.compute) if args.backend == "auto" else args.backend
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # exporter/tracer chatter
+            model = apply_backend(model, name, device=args.compute)
+    except (BackendUnavailable, ValueError) as e:
+        raise SystemExit(f"mm2face-live: backend {name!r} is not available here: {e}") from None
+    log.info("inference backend: %s on %s", name, args.compute)
+    return model
 
 
 async def amain(args) -> int:
@@ -167,7 +189,7 @@ async def amain(args) -> int:
         return 2
 
     from mm2face.engine.session import StreamConfig, StreamSession   # imports torch: after the quick checks
-    model = load_the_model(args)
+    model = with_backend(load_the_model(args), args)
     cfg = StreamConfig()
     if args.guidance is not None:
         cfg.guidance = args.guidance
