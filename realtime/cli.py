@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mm2face-live", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Drive a FLAME face from live audio and style text at 25 fps, and serve the frames "
                     "over WebSockets (protocol v1, docs/protocol.md) and MQTT.",
-        epilog="Type a line on stdin to change the style while it runs. Without --mic/--wav/--demo the face "
-               "runs in text-only mode: idle motion driven by the style alone.")
+        epilog="examples:\n" + __doc__.split("Examples::")[1].split("While it runs")[0].rstrip() +
+               "\n\nType a line on stdin to change the style while it runs. Without --mic/--wav/--demo the face\n"
+               "runs in text-only mode: idle motion driven by the style alone. Clients: docs/protocol.md,\n"
+               "examples/client.py, or open http://HOST:PORT/ in a browser.")
     src = ap.add_argument_group("audio source (pick one; none = text-only)")
     g = src.add_mutually_exclusive_group()
     g.add_argument("--mic", action="store_true", help="capture from a microphone (PortAudio)")
