@@ -42,6 +42,7 @@ def machine_info(device: str = "cpu") -> dict:
             "cpu_count": os.cpu_count(), "cpu": _cpu_model(), "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     try:   # other work on the machine skews timings: record how busy it was
         info["loadavg_1m"] = os.getloadavg()[0]
+        info["nice"] = os.nice(0)
     except OSError:
         pass
     try:

@@ -16,7 +16,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 20, device="cpu") -> list[dict]:
+def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 40, device="cpu") -> list[dict]:
     """Per-step time of one G step (B=1 stream, 2 rows for guidance) with the sliding KV cache vs
     re-running the whole prefix of ``context_s`` seconds every step (FaceFormer/CodeTalker style)."""
     import torch
@@ -36,25 +36,26 @@ def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 20, device="cpu") ->
             av = torch.randn(1, c.d_model, device=dev)
             for _ in range(min(n, c.ctx_tokens + 2)):
                 MM2Face.g_logits(model, prev, av, text, cache, 2.0)
-            kv = []
-            for _ in range(reps):
-                _sync(dev)
-                t = time.perf_counter()
-                MM2Face.g_logits(model, prev, av, text, cache, 2.0)
-                _sync(dev)
-                kv.append(time.perf_counter() - t)
             # prefix recomputation: the whole n-token prefix through G, 2 rows (cond + uncond)
             toks = torch.randint(0, c.n_codes, (2, n), device=dev)
             aud = torch.randn(2, n, c.d_model, device=dev)
             txt = torch.randn(2, c.d_text, device=dev)
             g(toks, aud, txt)                             # warm-up
-            pre = []
-            for _ in range(max(3, reps // (1 + n // 100))):
+            # interleaved, so that both see the same machine load
+            kv, pre = [], []
+            n_pre = max(5, reps // (1 + n // 150))
+            for i in range(reps):
                 _sync(dev)
                 t = time.perf_counter()
-                g(toks, aud, txt)[:, -1]
+                MM2Face.g_logits(model, prev, av, text, cache, 2.0)
                 _sync(dev)
-                pre.append(time.perf_counter() - t)
+                kv.append(time.perf_counter() - t)
+                if i < n_pre:
+                    _sync(dev)
+                    t = time.perf_counter()
+                    g(toks, aud, txt)[:, -1]
+                    _sync(dev)
+                    pre.append(time.perf_counter() - t)
             kvs, prs = stats_ms(kv), stats_ms(pre)
             out.append({"context_s": ctx_s, "tokens": n, "kv_cache_ms": kvs, "prefix_ms": prs,
                         "speedup_p50": prs["p50"] / kvs["p50"], "cache_tokens": min(n, c.ctx_tokens - 1)})

@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import array
+import collections
 import heapq
 import math
 import threading
@@ -116,12 +118,15 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
     """Feed ``audio`` to ``sessions`` sessions at real-time pace (session j starts ``j / sessions`` of a
     hop later than session 0, as independent clients would) through one batcher worker thread.
 
-    Returns ``{"frames": [(session, seq, t_audio_s, arrival, ready, done)], "stages": [...], ...}``
-    with times in ``time.perf_counter()`` seconds. ``on_tick(elapsed_s)`` is called about once a second.
+    Returns ``{"frames": (n, 6) array of (session, seq, t_audio_s, arrival, ready, done), "stages": (m, 5)
+    array of (session, time, audio_enc_ms, g_step_ms, decode_ms), ...}`` with times in
+    ``time.perf_counter()`` seconds. Records are packed doubles (48 bytes a frame) so that a long soak
+    measures the engine's memory, not the recorder's. ``on_tick(elapsed_s)`` is called about once a second.
     """
     from mm2face.engine.batching import SessionBatcher
-    recs: list[tuple] = []
-    stages: list[tuple] = []
+    recs = array.array("d")
+    stages = array.array("d")
+    counts: collections.Counter = collections.Counter()
     lock = threading.Lock()
 
     def on_frames(key, tfs):
@@ -130,8 +135,9 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
         with lock:
             for tf in tfs:
                 f = tf.frame
-                recs.append((key, f.seq, f.t_audio_s, tf.audio_arrival_time, tf.input_ready_time, now))
-            stages.append((key, now, *(st.get(s, math.nan) for s in STAGES)))
+                recs.extend((key, f.seq, f.t_audio_s, tf.audio_arrival_time, tf.input_ready_time, now))
+            counts[key] += len(tfs)
+            stages.extend((key, now, *(st.get(s, math.nan) for s in STAGES)))
 
     batcher = SessionBatcher(model, device=device, max_batch=max_batch, on_frames=on_frames)
     keys = [batcher.add(make_session(model, device, style, seed=j)) for j in range(sessions)]
@@ -169,16 +175,17 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
             expect = [-(-len(audio) // 640)] * sessions
         while time.perf_counter() < deadline:
             with lock:
-                got = {}
-                for r in recs:
-                    got[r[0]] = got.get(r[0], 0) + 1
+                got = dict(counts)
             if all(got.get(k, 0) >= e for k, e in zip(keys, expect)):
                 break
             time.sleep(0.01)
     finally:
         batcher.stop()
     bs = batcher.stats
-    return {"frames": recs, "stages": stages, "audio_s": len(audio) / SR, "sessions": sessions,
+    return {"frames": np.frombuffer(recs, np.float64).reshape(-1, 6).copy(),
+            "stages": np.frombuffer(stages, np.float64).reshape(-1, 5).copy(),
+            "record_bytes": (len(recs) + len(stages)) * 8,
+            "audio_s": len(audio) / SR, "sessions": sessions,
             "expected_frames": int(sum(expect)), "n_audio_frames": -(-len(audio) // 640),
             "feeder_lag": stats_ms(lag), "batch_sizes": dict(sorted(bs["batch_sizes"].items())),
             "round_ms": stats_ms(np.asarray(bs["round_ms"]) / 1e3), "errors": bs["errors"],
@@ -213,7 +220,7 @@ def run_ws(model, audio: np.ndarray, sessions: int = 1, chunk_s: float = 0.02, d
         if created:
             def listener(lv, frames):
                 st = lv.session.stats
-                stages.append((lv.name, time.time(), *(st.get(s, math.nan) for s in STAGES)))
+                stages.append((lv.num, time.time(), *(st.get(s, math.nan) for s in STAGES)))
             live.listeners.append(listener)
         else:
             totals.append(_totals(live.session))
@@ -290,9 +297,10 @@ def run_ws(model, audio: np.ndarray, sessions: int = 1, chunk_s: float = 0.02, d
         th.join(10)
     # frames of the end() tail carry no arrival stamp of real audio; keep the streamed ones
     n_audio_frames = len(audio) // 640
-    frames = [r[:6] for r in recs if r[1] < n_audio_frames and math.isfinite(r[3])]
+    frames = np.array([r[:6] for r in recs if r[1] < n_audio_frames and math.isfinite(r[3])],
+                      np.float64).reshape(-1, 6)
     send = [r[5] - r[6] for r in recs if r[1] < n_audio_frames and math.isfinite(r[6])]
-    return {"frames": frames, "stages": stages, "audio_s": len(audio) / SR, "sessions": sessions,
+    return {"frames": frames, "stages": np.array(stages, np.float64).reshape(-1, 5), "audio_s": len(audio) / SR, "sessions": sessions,
             "send_s": send, "engine_totals": totals, "clock": "time.time (same host)",
             "transport": "WebSocket to mm2face.realtime.server in this process (binary frames)"}
 
@@ -301,7 +309,7 @@ def run_ws(model, audio: np.ndarray, sessions: int = 1, chunk_s: float = 0.02, d
 
 def summarize(run: dict, hop_s: float = 0.08) -> dict:
     """Latency percentiles, per-stage times, real-time factor and jitter of a run."""
-    fr = np.array([r[:6] for r in run["frames"]], dtype=np.float64) if run["frames"] else np.zeros((0, 6))
+    fr = np.asarray(run["frames"], np.float64).reshape(-1, 6)
     if run.get("n_audio_frames") and len(fr):
         fr = fr[fr[:, 1] < run["n_audio_frames"]]              # the streamed audio only (no end() tail)
     out: dict = {"sessions": run["sessions"], "audio_s": run["audio_s"], "frames": int(len(fr)),
@@ -326,7 +334,7 @@ def summarize(run: dict, hop_s: float = 0.08) -> dict:
             out["jitter_ms"] = {"std": float(iv.std() * 1e3),
                                 "p95_abs_dev": float(np.percentile(np.abs(iv - hop_s), 95) * 1e3)}
         out["worst_session_a2f_p95_ms"] = max(per_session_p95)
-    st = np.array([r[2:] for r in run["stages"]], dtype=np.float64) if run["stages"] else np.zeros((0, 3))
+    st = np.asarray(run["stages"], np.float64).reshape(-1, 5)[:, 2:]
     stages = {}
     for i, s in enumerate(STAGES):
         if len(st):
@@ -352,8 +360,10 @@ def summarize(run: dict, hop_s: float = 0.08) -> dict:
 
 def latency_series(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(stream time s, audio-to-face ms, processing ms) of session 0's frames, for plotting."""
-    fr = np.array([r[:6] for r in run["frames"] if r[0] == run["frames"][0][0]], dtype=np.float64) \
-        if run["frames"] else np.zeros((0, 6))
+    fr = np.asarray(run["frames"], np.float64).reshape(-1, 6)
+    if not len(fr):
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    fr = fr[fr[:, 0] == fr[0, 0]]
     if not len(fr):
         return np.zeros(0), np.zeros(0), np.zeros(0)
     fr = fr[np.argsort(fr[:, 1])]

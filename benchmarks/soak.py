@@ -52,8 +52,9 @@ def run(args) -> dict:
     # frame count: every session's frames cover the audio exactly
     n_audio = runr["n_audio_frames"]
     counts = []
+    F = runr["frames"]
     for s in range(args.sessions):
-        seqs = sorted(r[1] for r in runr["frames"] if r[0] == s)
+        seqs = sorted(int(q) for q in F[F[:, 0] == s, 1])
         audio_seqs = [q for q in seqs if q < n_audio]
         counts.append({"session": s, "audio_frames": len(audio_seqs), "expected": n_audio,
                        "exact": audio_seqs == list(range(n_audio)), "tail_frames": len(seqs) - len(audio_seqs)})
@@ -64,11 +65,12 @@ def run(args) -> dict:
     warm = r[r[:, 0] >= 0.1 * r[-1, 0]]
     slope = float(np.polyfit(warm[:, 0], warm[:, 1], 1)[0]) * 3600 if len(warm) > 2 else 0.0
     res["rss_mb"] = {"start": float(r[0, 1]), "after_warmup": float(warm[0, 1]), "end": float(r[-1, 1]),
+                     "recorder_mb": runr["record_bytes"] / 2**20,
                      "max": float(r[:, 1].max()), "drift_after_warmup": float(warm[-1, 1] - warm[0, 1]),
                      "slope_mb_per_hour": slope}
     res["rss_series"] = r.tolist()
     # latency creep: a2f p95 per minute of stream time
-    fr = np.array([x[:6] for x in runr["frames"] if x[1] < n_audio], np.float64)
+    fr = F[F[:, 1] < n_audio]
     a2f = (fr[:, 5] - fr[:, 3])
     t_s = fr[:, 2]
     per_min = []
@@ -97,7 +99,8 @@ def markdown(res: dict) -> str:
                  ["frames cover the audio exactly", "yes" if res["frame_count_exact"] else f"NO: {res['frame_count']}"],
                  ["frames", f"{res['frame_count'][0]['audio_frames']} (+{res['frame_count'][0]['tail_frames']} closing tail)"],
                  ["RSS start / after warm-up / end (MiB)", f"{r['start']:.1f} / {r['after_warmup']:.1f} / {r['end']:.1f}"],
-                 ["RSS drift after warm-up", f"{r['drift_after_warmup']:+.1f} MiB ({r['slope_mb_per_hour']:+.1f} MiB/h)"],
+                 ["RSS drift after warm-up", f"{r['drift_after_warmup']:+.1f} MiB ({r['slope_mb_per_hour']:+.1f} MiB/h); "
+                  f"the benchmark's own frame records hold {r.get('recorder_mb', 0):.1f} MiB of it at most"],
                  ["audio-to-face p50 / p95 / p99 (ms)", f"{a.get('p50', 0):.1f} / {a.get('p95', 0):.1f} / {a.get('p99', 0):.1f}"],
                  ["a2f p95 first vs last tenth (ms)", f"{c['first_tenth_p95_ms']:.1f} vs {c['last_tenth_p95_ms']:.1f}"],
                  ["a2f p95 trend", f"{c['slope_ms_per_hour']:+.1f} ms/h"],
