@@ -99,8 +99,12 @@ def test_ddp_two_cpu_processes(vq_path, tmp_path):
                       make_clips(4), [], progress=False)
         """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    import socket
+    with socket.socket() as sk:                 # a free port, so parallel runs do not collide
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", "29517", str(script)], capture_output=True, text=True, timeout=240, env=env)
+                        "--master_port", str(port), str(script)], capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert MM2Face.load(tmp_path / "vq" / "model.pt").info.meta["vq_steps"] == 6
     assert MM2Face.load(tmp_path / "g" / "model.pt").info.step == 4

@@ -52,13 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model config overrides, e.g. width=128 n_codes=512 (VQConfig) or "
                             "d_model=192 n_layer=6 (GPTConfig) / audio.window_feats=16 (AudioConfig)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--device", default="cpu",
+                       help="torch device for training, e.g. cpu or cuda (default: cpu); checkpoints load on CPU")
         if name == "vqvae":
             p.add_argument("--head", default="standin", choices=["standin", "flame"],
                            help="parameter space of the data (recorded in the checkpoint)")
             p.add_argument("--window", type=int, default=64, help="frames per training window")
+            p.add_argument("--w-head", type=float, default=3.0, help="loss weight of the head pose dims")
         else:
             p.add_argument("--vq", required=True, help="stage-1 MM2Face file (OUT/model.pt of the vqvae run)")
             p.add_argument("--n-tokens", type=int, default=64, help="tokens per training crop")
+            p.add_argument("--token-noise", type=float, default=0.15,
+                           help="share of input tokens replaced by random ones in training (default 0.15)")
             p.add_argument("--time-budget-min", type=float, default=0.0,
                            help="also stop after this many minutes; the lr schedule follows time (single process)")
             p.add_argument("--text-encoder", default="", metavar="DIR",
@@ -84,7 +89,8 @@ def main(argv=None):
         from mm2face.training.train_vqvae import VQTrainConfig, train_vqvae
         cfg = VQTrainConfig(out=args.out, steps=args.steps, batch=args.batch or 32, window=args.window, lr=args.lr,
                             val_every=args.val_every, save_every=args.save_every or 500, seed=args.seed,
-                            head=args.head, resume=args.resume, vq=over)
+                            head=args.head, resume=args.resume, vq=over, w_head=args.w_head,
+                            device=args.device)
         path = train_vqvae(cfg, train, val, progress=not args.no_progress)
     else:
         from mm2face.training.train_mm2face import GPTTrainConfig, train_mm2face
@@ -94,7 +100,8 @@ def main(argv=None):
                              n_tokens=args.n_tokens, lr=args.lr, val_every=args.val_every,
                              save_every=args.save_every or 250, seed=args.seed, resume=args.resume,
                              text_encoder=args.text_encoder, audio_encoder=args.audio_encoder, gpt=gpt, audio=audio,
-                             time_budget_min=args.time_budget_min)
+                             time_budget_min=args.time_budget_min, device=args.device,
+                             token_noise=args.token_noise)
         path = train_mm2face(cfg, train, val, progress=not args.no_progress)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")

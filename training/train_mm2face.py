@@ -37,6 +37,8 @@ class GPTTrainConfig:
     text_encoder: str = ""         # local text encoder folder ("" = bundled MiniLM)
     audio_encoder: str = ""        # local pretrained wav2vec2 folder ("" = small one trained here)
     time_budget_min: float = 0.0   # > 0: also stop after this many minutes (lr schedule follows time)
+    device: str = "cpu"            # torch device for training ("cuda" on a GPU machine)
+    token_noise: float = 0.15      # share of input tokens replaced by random ones (less copying, more audio)
     gpt: dict = field(default_factory=dict)     # GPTConfig overrides
     audio: dict = field(default_factory=dict)   # AudioConfig overrides
 
@@ -67,6 +69,9 @@ def tokenize_clips(model, clips) -> list[np.ndarray]:
     out = []
     down = model.down
     for c in clips:
+        if getattr(c, "tokens", None) is not None:        # pre-tokenised (e.g. a packed corpus)
+            out.append(np.asarray(c.tokens, np.int64))
+            continue
         m = torch.as_tensor(np.asarray(c.motion, np.float32))
         pad = (-len(m)) % down
         if pad:
@@ -146,7 +151,10 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
     kw = dict(audio_encoder=model.audio, down=model.down, bos=model.gpt.bos, n_tokens=cfg.n_tokens, texts=texts)
     ds = TokenCrops(train_clips, tr_tokens, seed=cfg.seed, **kw)
     vds = TokenCrops(val_clips or train_clips, va_tokens, seed=cfg.seed + 999, **kw)
+    dev = torch.device(cfg.device)
     vbatches = [_collate([vds[i * cfg.batch + j] for j in range(cfg.batch)]) for i in range(4)]
+    model.to(dev)
+    table = table.to(dev)
 
     stage = _Stage2(model)
     params = [p for p in stage.parameters() if p.requires_grad]
@@ -157,22 +165,28 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(stage, find_unused_parameters=bool(cfg.audio_encoder))
     g = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
-    for _ in range(step):                     # keep the drop pattern deterministic across resume
-        torch.rand(2 * cfg.batch, generator=g)
+    g.manual_seed(cfg.seed * 1000 + d.rank + 7919 * step)   # deterministic across resume
     gc = model.gpt.cfg
 
     def batch_inputs(b, train: bool):
+        b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
         te = table[b["text"].clamp(min=0)]
         use_text = b["text"] >= 0
         use_audio = b["has_audio"].clone()
+        prev = b["prev"]
         if train:
-            r = torch.rand(2 * cfg.batch, generator=g)
+            r = torch.rand(2 * cfg.batch, generator=g).to(dev)
             use_text &= r[:cfg.batch] >= gc.text_drop
             use_audio &= r[cfg.batch:] >= gc.audio_drop
-        return b["prev"], b["target"], b["audio"], use_audio, te, use_text
+            if cfg.token_noise > 0:
+                noise = (torch.rand(prev.shape, generator=g) < cfg.token_noise).to(dev) & (prev != model.gpt.bos)
+                rnd = torch.randint(0, gc.n_codes, prev.shape, generator=g).to(dev)
+                prev = torch.where(noise, rnd, prev)
+        return prev, b["target"], b["audio"], use_audio, te, use_text
 
     t_start = time.time()
     wall0 = st.get("wall_s", 0.0) if st else 0.0
+    best = float("inf")
     bar = tqdm(total=cfg.steps, initial=step, desc="mm2face", disable=not (progress and d.main), dynamic_ncols=True)
     stage.train()
     model.vq.eval()
@@ -207,6 +221,11 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
             log_line(out, rec)
             if progress:
                 tqdm.write(json.dumps(rec))
+            if rec["val_loss"] < best:                # keep the best validation model too
+                best = rec["val_loss"]
+                model.info.step = step
+                model.info.meta.update({"best_val_loss": best, "best_val_acc": rec["val_acc"]})
+                model.save(out / "model_best.pt")
         if d.main and (step % cfg.save_every == 0 or step == cfg.steps):
             save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start})
     bar.close()
@@ -216,6 +235,6 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
     if d.main:
         model.info.step = step
         model.info.meta.update({"gpt_steps": step, "gpt_wall_s": round(wall0 + time.time() - t_start, 1)})
-        model.eval().save(path)
+        model.eval().cpu().save(path)
     cleanup_dist()
     return path

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from mm2face.engine.frame import FRAME_DIM, JAW
+from mm2face.engine.frame import FRAME_DIM, HEAD, JAW
 from mm2face.engine.units import UNIT_INDEX
 
 MOUTH_UNITS = ("upper_lip_raiser", "lip_corner_puller_left", "lip_corner_puller_right", "lower_lip_depressor",
@@ -78,9 +78,10 @@ def log_line(out: Path, rec: dict):
         f.write(json.dumps(rec) + "\n")
 
 
-def dim_weights(head: str, w_jaw: float, w_mouth: float) -> torch.Tensor:
+def dim_weights(head: str, w_jaw: float, w_mouth: float, w_head: float = 1.0) -> torch.Tensor:
     w = torch.ones(FRAME_DIM)
     w[JAW] = w_jaw
+    w[HEAD] = w_head
     if head == "standin":
         for u in MOUTH_UNITS:
             w[UNIT_INDEX[u]] = w_mouth
@@ -99,12 +100,14 @@ class VQTrainConfig:
     lr: float = 3e-4
     w_jaw: float = 4.0             # loss weight of the jaw dims (relative)
     w_mouth: float = 2.0           # loss weight of mouth expression dims
+    w_head: float = 3.0            # loss weight of the head pose dims (slow, large: easily averaged away)
     w_vel: float = 0.5             # velocity loss weight
     val_every: int = 250
     save_every: int = 500
     seed: int = 0
     head: str = "standin"          # parameter space of the data ("standin" or "flame")
     resume: bool = False
+    device: str = "cpu"            # torch device ("cuda" on a GPU machine)
     vq: dict = field(default_factory=dict)   # VQConfig overrides
 
 
@@ -142,17 +145,19 @@ def train_vqvae(cfg: VQTrainConfig, train_clips, val_clips, progress: bool = Tru
     mean_t, std_t = model.mean.numpy(), model.std.numpy()
     ds = MotionWindows(train_clips, mean_t, std_t, window=cfg.window, seed=cfg.seed)
     vds = MotionWindows(val_clips or train_clips, mean_t, std_t, window=cfg.window, seed=cfg.seed + 999)
-    vbatch = torch.stack([vds[i] for i in range(min(128, max(cfg.batch, 16)))])
+    dev = torch.device(cfg.device)
+    model.to(dev)
+    vbatch = torch.stack([vds[i] for i in range(min(128, max(cfg.batch, 16)))]).to(dev)
     net = vq
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(vq)
-    w = dim_weights(cfg.head, cfg.w_jaw, cfg.w_mouth)
+    w = dim_weights(cfg.head, cfg.w_jaw, cfg.w_mouth, cfg.w_head).to(dev)
     t_start = time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc="vqvae", disable=not (progress and d.main), dynamic_ncols=True)
     model.train()
     while step < cfg.steps:
         base = (step * d.world + d.rank) * cfg.batch
-        x = torch.stack([ds[base + j] for j in range(cfg.batch)])
+        x = torch.stack([ds[base + j] for j in range(cfg.batch)]).to(dev)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.lr, cfg.steps)
         rec, commit, codes = net(x)
@@ -179,6 +184,7 @@ def train_vqvae(cfg: VQTrainConfig, train_clips, val_clips, progress: bool = Tru
             model.train()
             jaw = raw_err[..., JAW].mean().item()
             rec_val = {"step": step, "val_rec": rec_v, "val_jaw_mae_rad": jaw,
+                       "val_head_mae_rad": raw_err[..., HEAD].mean().item(),
                        "val_mae": raw_err.mean().item(), "val_codes": int(torch.unique(c).numel())}
             log_line(out, rec_val)
             tqdm.write(json.dumps(rec_val)) if progress else None
@@ -188,6 +194,6 @@ def train_vqvae(cfg: VQTrainConfig, train_clips, val_clips, progress: bool = Tru
     path = out / "model.pt"
     if d.main:
         model.info.meta.update({"vq_steps": step, "vq_wall_s": round(time.time() - t_start, 1)})
-        model.eval().save(path)
+        model.eval().cpu().save(path)
     cleanup_dist()
     return path
