@@ -43,14 +43,22 @@ def setup_dist() -> Dist:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("MM2FACE_NCCL") else "gloo"
         dist.init_process_group(backend)
+        import atexit
+        atexit.register(_destroy_at_exit)
     if dist.is_initialized():
         return Dist(dist.get_rank(), dist.get_world_size())
     return Dist()
 
 
 def cleanup_dist():
+    """Wait for all processes; the group stays up (a second trainer in the same process reuses it)
+    and is destroyed at exit."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def _destroy_at_exit():
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
