@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", metavar="FILE.mp4", default="runs/mm2face-live-demo.mp4",
                      help="--demo without a display: where to write the MP4 (default: %(default)s)")
     out.add_argument("--record", metavar="FILE.npz", help="save the default session's frames as a motion clip on exit")
+    out.add_argument("--record-audio", metavar="FILE.wav",
+                     help="save the 16 kHz audio fed to the default session on exit (to replay a live run offline)")
     out.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     out.add_argument("--quiet", action="store_true", help="no status line")
     out.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -198,9 +200,11 @@ async def amain(args) -> int:
     hub = Hub(lambda style: StreamSession(model, cfg, style=style, device=args.compute), token=args.token,
               batch=not args.no_batch)
     live = await hub.create_session("default", style=args.style)
-    recorded = []
+    recorded, recorded_audio = [], []
     if args.record or demo_headless:
         live.listeners.append(lambda _live, frames: recorded.extend(frames))
+    if args.record_audio:
+        live.audio_taps.append(recorded_audio.append)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -310,6 +314,14 @@ async def amain(args) -> int:
         from mm2face.realtime.ws_source import frames_to_motion
         path = MotionClip(frames_to_motion(recorded), head=model.head_name, style=args.style).save(args.record)
         print(f"mm2face-live: recorded {len(recorded)} frames to {path}", file=sys.stderr)
+    if args.record_audio:
+        import numpy as np
+        import soundfile as sf
+        audio = np.concatenate(recorded_audio) if recorded_audio else np.zeros(0, np.float32)
+        Path(args.record_audio).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(args.record_audio, audio, 16000, subtype="FLOAT")
+        print(f"mm2face-live: recorded {len(audio) / 16000:.2f} s of input audio to {args.record_audio}",
+              file=sys.stderr)
     if demo_headless:
         return write_demo_mp4(args, model, recorded)
     return 0

@@ -65,6 +65,7 @@ class LiveSession:
         self.style, self.guidance = style, None
         self.subscribers: dict["ClientConn", str] = {}     # client -> "json" | "binary"
         self.listeners: list[Callable[["LiveSession", list[P.WireFrame]], None]] = []
+        self.audio_taps: list[Callable[[np.ndarray], None]] = []   # see every 16 kHz chunk pushed
         # One lock per session; with cross-session batching all sessions share the hub's lock, since
         # a batched step touches every ready session at once.
         self.lock = hub.batcher.lock if hub.batcher is not None else asyncio.Lock()
@@ -116,6 +117,8 @@ class LiveSession:
             self._arrivals.append(_Arrival(self.samples_in, t, True))
             self._last_input_time = t
             self.last_audio_time = t
+            for tap in self.audio_taps:
+                tap(audio_16k)
             if self.hub.batcher is not None:
                 self.session.push_audio(audio_16k)        # cheap: the hops run in the batcher
             else:

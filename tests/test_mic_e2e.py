@@ -207,19 +207,20 @@ def speech_mask(path, t_frames, margin_s):
     return out
 
 
-def test_mic_mouth_follows_speech_and_style_blends(pulse_source):
+def test_mic_mouth_follows_speech_and_style_blends(pulse_source, tmp_path):
     from mm2face.engine.model import default_checkpoint_path
     ckpt = os.environ.get("MM2FACE_TEST_CKPT") or str(default_checkpoint_path())   # override: another checkpoint
     if not os.path.exists(ckpt):
         pytest.skip(f"needs the trained default checkpoint at {ckpt}")
     sink, env = pulse_source
     port = free_port()
-    proc = start_live(env, port, "--ckpt", ckpt, "--style", "a calm neutral speaker")
+    captured = tmp_path / "captured.wav"
+    proc = start_live(env, port, "--ckpt", ckpt, "--style", "a calm neutral speaker",
+                      "--record-audio", str(captured))
     blend_s, t_style = 0.5, 5.0
 
     async def send_style(ws):
-        await ws.send(json.dumps({"type": "style", "text": "a very happy person, laughing and smiling broadly",
-                                  "blend_s": blend_s}))
+        await ws.send(json.dumps({"type": "style", "text": "surprised, eyebrows raised", "blend_s": blend_s}))
 
     try:
         frames, t_play = asyncio.run(collect(port, DEMO_WAV, sink, env, actions=[(t_style, send_style)]))
@@ -230,7 +231,8 @@ def test_mic_mouth_follows_speech_and_style_blends(pulse_source):
     check_stream(frames, dur)
     assert frames[-1]["t_recv"] - t_play > dur
     check_mouth_follows_speech(frames, t_play, DEMO_WAV)
-    check_style_blend(frames, "a very happy", blend_s)
+    check_no_jump_in_blend(frames, "surprised", blend_s)
+    check_style_changed_the_face(frames, "surprised", blend_s, ckpt, captured)
 
 
 def check_mouth_follows_speech(frames, t_play, wav):
@@ -246,21 +248,58 @@ def check_mouth_follows_speech(frames, t_play, wav):
     assert speech.mean() > pause.mean() + 0.5 * jaw.std(), "mouth does not open more during speech than in pauses"
 
 
-def check_style_blend(frames, new_style_prefix, blend_s):
-    """After the blend the expression has moved beyond the model's own variation, and no step
-    inside the blend is larger than the largest frame-to-frame step elsewhere in the stream."""
+def _style_start(frames, prefix) -> int:
+    return next(i for i, f in enumerate(frames) if f["style"].startswith(prefix))
+
+
+def check_no_jump_in_blend(frames, new_style_prefix, blend_s):
+    """No frame-to-frame step inside the style blend is larger than the model's normal motion: the
+    largest step elsewhere in the stream, with 25 % slack because the maximum of ordinary speech
+    motion itself varies that much between runs (a real jump, e.g. a rebuilt cache, is several times
+    larger)."""
     P = np.array([f["expression"] + f["head_pose"] + f["jaw_pose"] for f in frames], np.float32)
-    style_seq = next(f["seq"] for f in frames if f["style"].startswith(new_style_prefix))
-    i0 = style_seq - frames[0]["seq"]
+    i0 = _style_start(frames, new_style_prefix)
     n_blend = int(round(blend_s * 25)) + 2
-    exp = P[:, :50]
-    before, after = exp[max(0, i0 - 50):i0], exp[i0 + n_blend:i0 + n_blend + 50]
-    shift = np.linalg.norm(after.mean(0) - before.mean(0))
-    spread = np.linalg.norm(before.std(0))
-    print(f"style shift {shift:.4f} vs within-style spread {spread:.4f}")
-    assert shift > 0.5 * spread, "the style message did not change the expression"
     steps = np.linalg.norm(np.diff(P, axis=0), axis=1)
     blend = steps[max(0, i0 - 2):i0 + n_blend]
     rest = np.concatenate([steps[:max(0, i0 - 2)], steps[i0 + n_blend:]])
     print(f"max step in blend {blend.max():.4f}, elsewhere {rest.max():.4f}")
-    assert blend.max() <= rest.max(), "a jump during the style blend"
+    assert blend.max() <= 1.25 * rest.max(), "a jump during the style blend"
+
+
+def check_style_changed_the_face(frames, new_style_prefix, blend_s, ckpt, captured_wav):
+    """Counterfactual: replay the exact audio the server captured through an offline StreamSession
+    (same checkpoint, backend and seed) *without* the style message. Before the message the live
+    frames equal the replay; after the blend they differ, so the message changed the face.
+    (Comparing the expression before and after the change within one run cannot show this: speech
+    alone moves the face as much as a style does over a few seconds.)"""
+    import torch
+    from mm2face.engine.model import load_model
+    from mm2face.engine.session import StreamConfig, StreamSession
+    try:
+        from mm2face.engine.backends import apply_backend, default_backend
+    except ImportError:
+        apply_backend = None
+    audio, rate = sf.read(str(captured_wav), dtype="float32")
+    assert rate == 16000 and len(audio) > 16000 * 5
+    torch.set_num_threads(1)
+    model = load_model(ckpt).eval()
+    if apply_backend is not None:                  # the same backend mm2face-live picks by default
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # exporter chatter
+            model = apply_backend(model, default_backend("cpu"), device="cpu")
+    s = StreamSession(model, StreamConfig(), style="a calm neutral speaker")
+    s.push_audio(audio)
+    ref = {f.seq: f.params for f in s.poll()}
+    i0 = _style_start(frames, new_style_prefix)
+    n_blend = int(round(blend_s * 25)) + 2
+    live = {f["seq"]: np.array(f["expression"] + f["head_pose"] + f["jaw_pose"], np.float32) for f in frames}
+    before = [k for k in live if k < frames[i0]["seq"] and k in ref]
+    after = [k for k in live if k >= frames[i0]["seq"] + n_blend and k in ref]
+    d_before = max(np.abs(live[k] - ref[k]).max() for k in before)
+    d_after = float(np.mean([np.abs(live[k][:50] - ref[k][:50]).mean() for k in after]))
+    print(f"live vs replay without the style message: max diff before {d_before:.2e}, mean diff after {d_after:.4f}")
+    assert len(before) > 50 and len(after) > 25
+    assert d_before < 1e-3, "the replay does not reproduce the live stream before the style message"
+    assert d_after > 0.01, "the style message did not change the expression"
