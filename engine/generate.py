@@ -13,7 +13,7 @@ from mm2face.engine.frame import SAMPLES_PER_FRAME
 
 
 @torch.no_grad()
-def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = 2.0,
+def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = 3.5,
              temperature: float = 0.6, top_k: int = 8, n_frames: int | None = None,
              device="cpu", return_tokens: bool = False):
     """Motion ``(T, 56) float32`` for ``audio_16k: (samples,)`` float32 16 kHz (or ``None`` for

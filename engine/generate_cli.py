@@ -39,7 +39,7 @@ def build_parser():
     ap.add_argument("--video", help="also render an MP4 with the audio muxed in")
     ap.add_argument("--ckpt", help="MM2Face checkpoint (default: the shipped engine/assets/default.pt)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--guidance", type=float, default=2.0, help="style strength (classifier-free guidance, 1 = off)")
+    ap.add_argument("--guidance", type=float, default=3.5, help="style strength (classifier-free guidance, 1 = off)")
     ap.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
     ap.add_argument("--top-k", type=int, default=8)
     ap.add_argument("--device", default="cpu")

@@ -43,7 +43,7 @@ class AudioError(ValueError):
 
 @dataclass
 class StreamConfig:
-    guidance: float = 2.0         # classifier-free guidance on the style text (1 = none, >1 stronger style)
+    guidance: float = 3.5         # classifier-free guidance on the style text (1 = none, >1 stronger style)
     temperature: float = 0.6      # token sampling temperature (0 = greedy)
     top_k: int = 8                # sample among the k most likely tokens (0 = all)
     seed: int = 0                 # sampling seed (same seed + same input -> same frames)
