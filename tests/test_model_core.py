@@ -99,3 +99,28 @@ def test_audio_windows_offline_equal_crop_context():
         f2 = enc.clip_tokens(a2, 20)
     torch.testing.assert_close(f2[:, :6], full[:, :6], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(f2[:, 6], full[:, 6])
+
+
+def test_pretrained_audio_encoder_folder_loads_frozen_and_round_trips(tmp_path):
+    """--audio-encoder DIR: a local Wav2Vec2 folder (here a tiny random one) is loaded with its CNN frozen,
+    and the checkpoint rebuilds it from the stored config alone."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from mm2face.engine.audio_encoder import AudioConfig
+    from mm2face.engine.gpt import GPTConfig
+    from mm2face.engine.vqvae import VQConfig
+    w = Wav2Vec2Model(Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     conv_dim=(16,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True,
+                                     num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4))
+    w.save_pretrained(tmp_path / "w2v")
+    m = MM2Face(VQConfig(width=32, depth=1, n_codes=16, code_dim=8), GPTConfig(d_model=32, n_layer=1, n_head=2),
+                AudioConfig(pretrained_dir=str(tmp_path / "w2v"), window_feats=8))
+    assert not any(p.requires_grad for p in m.audio.w2v.feature_extractor.parameters())
+    assert any(p.requires_grad for p in m.audio.w2v.encoder.parameters())
+    torch.testing.assert_close(m.audio.w2v.encoder.layers[0].attention.q_proj.weight,
+                               w.encoder.layers[0].attention.q_proj.weight)
+    p = m.save(tmp_path / "m.pt")
+    (tmp_path / "w2v" / "model.safetensors").unlink()          # the checkpoint alone must suffice
+    m2 = MM2Face.load(p)
+    x = torch.randn(1, 16000) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(m2.audio.clip_tokens(x, 5), m.eval().audio.clip_tokens(x, 5))
