@@ -15,11 +15,12 @@ from mm2face.engine.frame import SAMPLES_PER_FRAME
 @torch.no_grad()
 def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = 3.5,
              temperature: float = 0.6, top_k: int = 8, n_frames: int | None = None,
-             device="cpu", return_tokens: bool = False):
+             device="cpu", return_tokens: bool = False, blinks: bool = True):
     """Motion ``(T, 56) float32`` for ``audio_16k: (samples,)`` float32 16 kHz (or ``None`` for
     text only, then ``n_frames`` is required) and a style ``text``.
 
-    T = ceil(samples / 640) (25 fps) unless ``n_frames`` is given. Defaults equal StreamConfig's."""
+    T = ceil(samples / 640) (25 fps) unless ``n_frames`` is given. Defaults equal StreamConfig's
+    (``blinks``: procedural blinks, see :func:`mm2face.engine.session.blink_overlay`)."""
     model = model.eval()
     dev = torch.device(device)
     if audio_16k is None:
@@ -47,4 +48,7 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
         toks.append(prev)
     codes = torch.tensor(toks, device=dev)[None]
     motion = model.denormalize(model.vq.decode(codes)[0])[:n_frames].float().cpu().numpy()
+    if blinks:                                       # the same procedural blinks as StreamSession
+        from mm2face.engine.session import add_blinks
+        motion = add_blinks(motion, 0, seed, model.head_name)
     return (motion, toks) if return_tokens else motion

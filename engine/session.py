@@ -37,6 +37,39 @@ _MOUTH_UNITS = ("upper_lip_raiser", "lower_lip_depressor", "lip_pucker", "lip_st
                 "lips_part", "lip_tightener", "lip_pressor")
 
 
+_BLINK_PROFILE = np.array([0.45, 0.95, 1.0, 0.7, 0.3, 0.1], np.float32)   # lid closure over 6 frames (240 ms)
+_BLINK_BLOCK = 100                                                       # one blink per 4 s block (15 / min)
+
+
+def blink_overlay(seq0: int, n: int, seed: int) -> np.ndarray:
+    """Procedural blinks for frames ``seq0 .. seq0 + n - 1``: ``(n,)`` lid closure in [0, 1].
+
+    One blink at a random position in every 4 s block, a pure function of ``(seed, frame number)``,
+    so streaming and offline generation add exactly the same blinks. The model learns blinks too,
+    but sampling at low temperature rarely emits such short events, and a face that never blinks
+    in silence looks frozen."""
+    out = np.zeros(n, np.float32)
+    L = len(_BLINK_PROFILE)
+    for b in range(max(0, (seq0 - L) // _BLINK_BLOCK), (seq0 + n) // _BLINK_BLOCK + 1):
+        start = b * _BLINK_BLOCK + int(np.random.default_rng([int(seed), b, 7]).integers(5, _BLINK_BLOCK - L))
+        for j in range(L):
+            k = start + j - seq0
+            if 0 <= k < n:
+                out[k] = max(out[k], _BLINK_PROFILE[j])
+    return out
+
+
+def add_blinks(params: np.ndarray, seq0: int, seed: int, head: str) -> np.ndarray:
+    """``params (n, 56)`` with procedural blinks merged (max) into the stand-in head's blink units."""
+    if head != "standin":
+        return params
+    ov = blink_overlay(seq0, len(params), seed)
+    for u in ("blink_left", "blink_right"):
+        i = UNIT_INDEX[u]
+        params[:, i] = np.maximum(params[:, i], ov)
+    return params
+
+
 class AudioError(ValueError):
     """Audio that cannot be used: wrong shape, non-finite samples."""
 
@@ -50,6 +83,7 @@ class StreamConfig:
     blend_s: float = 0.5          # default style cross-fade time, seconds
     tail_s: float = 0.32          # end(): silent tail after the input, seconds, during which the mouth closes
     flush_idle_s: float = 0.08    # flush(): silence inserted (one hop) while the face returns to idle
+    blinks: bool = True           # add procedural blinks (stand-in head; same in generate(blinks=True))
 
 
 @dataclass
@@ -230,6 +264,10 @@ class StreamSession:
         self.hist.append(tok)
         self.hist = self.hist[-m.vq.receptive_tokens:]
         params = m.denormalize(frames_norm)                                  # (down, 56)
+        if self.cfg.blinks and m.head_name == "standin":
+            ov = torch.from_numpy(blink_overlay(self.k * self.down, self.down, self.cfg.seed)).to(params)
+            for u in ("blink_left", "blink_right"):
+                params[:, UNIT_INDEX[u]] = torch.maximum(params[:, UNIT_INDEX[u]], ov)
         for i in range(self.down):
             if self.mouth_w != self.mouth_target:
                 d = self.mouth_target - self.mouth_w

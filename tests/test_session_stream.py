@@ -100,3 +100,16 @@ def test_text_only_mode_and_style_blend(model):
     assert len(a) + len(b) >= 46 and b[-1].style == "shakes head"
     off = generate(model, None, "nods", seed=0, n_frames=len(a))
     np.testing.assert_allclose(np.stack([f.params for f in a]), off, atol=1e-4)
+
+
+def test_blinks_in_silence_same_offline_and_streaming(model):
+    from mm2face.engine.session import blink_overlay
+    ov = blink_overlay(0, 250, seed=0)
+    assert 2 <= ((ov[1:] >= 0.9) & (ov[:-1] < 0.9)).sum() <= 3          # ~one blink per 4 s
+    np.testing.assert_array_equal(blink_overlay(37, 50, 0), ov[37:87])   # pure function of the frame number
+    silence = np.zeros(16000 * 6, np.float32)
+    s, frames = _stream(model, silence, "", seed=0)
+    got = np.stack([f.params for f in frames])
+    assert got[:, 21].max() >= 0.9 and got[:, 22].max() >= 0.9
+    off = generate(model, silence, "", seed=0)
+    np.testing.assert_allclose(got, off[:len(got)], atol=1e-4)
