@@ -148,7 +148,7 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
     t0 = time.perf_counter() + 0.05
     events = [(t0 + (j / sessions) * hop_s + chunk_s, j, 0) for j in range(sessions)]
     heapq.heapify(events)
-    lag = []
+    lag = array.array("d")
     next_tick = t0 + 1.0
     batcher.start()
     try:
@@ -184,7 +184,7 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
     bs = batcher.stats
     return {"frames": np.frombuffer(recs, np.float64).reshape(-1, 6).copy(),
             "stages": np.frombuffer(stages, np.float64).reshape(-1, 5).copy(),
-            "record_bytes": (len(recs) + len(stages)) * 8,
+            "record_bytes": (len(recs) + len(stages) + len(lag)) * 8,
             "audio_s": len(audio) / SR, "sessions": sessions,
             "expected_frames": int(sum(expect)), "n_audio_frames": -(-len(audio) // 640),
             "feeder_lag": stats_ms(lag), "batch_sizes": dict(sorted(bs["batch_sizes"].items())),

@@ -32,7 +32,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--backend", default="auto", help="auto (the device's default backend: onnx on CPU, eager on "
                    "CUDA), eager, static, compile, int8, onnx, tensorrt (default auto)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch / ONNX Runtime CPU threads (default 1: on a small shared CPU more threads only "
+                        "wait for each other; see docs/benchmarks.md)")
     p.add_argument("--tiny", action="store_true", help="random tiny test config (for smoke tests)")
     p.add_argument("--out", default=None, help="output folder (default runs/bench/<name>-<time>)")
 
@@ -140,7 +142,7 @@ def markdown(res: dict) -> str:
         rows = []
         for r in res["backends"]:
             if "single" in r:
-                b8 = next((v for k, v in r.items() if k.startswith("batch")), None)
+                b8 = next((v for k, v in r.items() if k.startswith("batch") and not k.endswith("_passes")), None)
                 rows.append([r["backend"], r["single"]["round_ms"]["p50"],
                              b8["round_ms"]["p50"] if b8 else "–", f"{r['max_abs_diff_vs_eager']:.1e}",
                              f"{r['build_and_first_run_s']:.1f}"])
@@ -153,12 +155,12 @@ def markdown(res: dict) -> str:
 
 
 def write_outputs(res: dict, series, out: Path) -> None:
+    write_json(out / "latency.json", res)              # first: kept even if the report below fails
     t, a2f, proc = series
     stages = res["stream"].get("stages_ms", {})
     save_plot(out / "latency.png", {"audio-to-face": (t, a2f), "processing": (t, proc)}, stages,
               title=f"latency over time ({res['stream']['sessions']} session(s), session 0)")
     (out / "latency.md").write_text(markdown(res))
-    write_json(out / "latency.json", res)
     print(markdown(res))
     print(f"wrote {out}/latency.json, latency.md, latency.png")
 

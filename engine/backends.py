@@ -351,6 +351,7 @@ def _install_onnx(model, dev, workdir: str | None = None, threads: int | None = 
     so.intra_op_num_threads = threads or torch.get_num_threads()
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")   # no busy-waiting between hops
     cpu = torch.device("cpu")
 
     def export(mod, example, names_in, names_out, dyn, fname):

@@ -48,10 +48,12 @@ def test_throughput_levels(tmp_path):
 
 def test_soak_counts_frames_exactly(tmp_path):
     out = tmp_path / "soak"
-    assert cli.main(["soak", "--tiny", "--threads", "1", "--minutes", "0.05", "--out", str(out)]) == 0
+    assert cli.main(["soak", "--tiny", "--threads", "1", "--minutes", "0.05", "--accelerated-minutes", "1",
+                     "--out", str(out)]) == 0
     res, md = check_outputs(out, "soak")
     assert res["frame_count_exact"] and res["frame_count"][0]["audio_frames"] == 75
     assert res["rss_mb"]["end"] > 0 and "RSS drift" in md
+    assert res["accelerated"]["audio_minutes"] == 1 and "engine alone" in md
 
 
 def test_cli_lists_commands(capsys):
