@@ -207,6 +207,7 @@ def speech_mask(path, t_frames, margin_s):
     return out
 
 
+@pytest.mark.slow
 def test_mic_mouth_follows_speech_and_style_blends(pulse_source, tmp_path):
     from mm2face.engine.model import default_checkpoint_path
     ckpt = os.environ.get("MM2FACE_TEST_CKPT") or str(default_checkpoint_path())   # override: another checkpoint
