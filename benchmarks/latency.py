@@ -125,10 +125,21 @@ def markdown(res: dict) -> str:
     if extra:
         lines += ["", "; ".join(extra) + "."]
     if res.get("kv_vs_prefix"):
-        lines += ["", "KV cache vs recomputing the whole prefix every step (one stream, 2 guidance rows, G only):", ""]
-        lines.append(md_table(["context", "tokens", "KV step p50 (ms)", "prefix step p50 (ms)", "speed-up"],
-                              [[f"{r['context_s']:g} s", r["tokens"], r["kv_cache_ms"]["p50"], r["prefix_ms"]["p50"],
-                                f"{r['speedup_p50']:.1f}x"] for r in res["kv_vs_prefix"]]))
+        kvr = res["kv_vs_prefix"]
+        lines += ["", "KV cache vs recomputing the whole prefix every step (one stream, 2 guidance rows, G only; "
+                  "eager PyTorch both, and the KV step through the run's backend):", ""]
+        hb = "kv_cache_backend_ms" in kvr[0]
+        head = ["context", "tokens", "KV step p50 (ms)", "prefix step p50 (ms)", "speed-up"]
+        if hb:
+            head += [f"KV step, {kvr[0]['kv_cache_backend']} (ms)", "speed-up"]
+        rows = []
+        for r in kvr:
+            row = [f"{r['context_s']:g} s", r["tokens"], r["kv_cache_ms"]["p50"], r["prefix_ms"]["p50"],
+                   f"{r['speedup_p50']:.1f}x"]
+            if hb:
+                row += [r["kv_cache_backend_ms"]["p50"], f"{r['speedup_backend_p50']:.1f}x"]
+            rows.append(row)
+        lines.append(md_table(head, rows))
     so = res.get("streaming_vs_offline")
     if so:
         lve = so.get("lve_mm_stream_vs_offline")
