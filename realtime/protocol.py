@@ -108,6 +108,7 @@ class Open:
     style: str = ""
     guidance: float | None = None
     format: str = "json"                # frame format of the automatic subscription
+    idle: bool = True                   # idle frames at 25 fps while the client sends no audio
     token: str | None = None
 
 
@@ -164,7 +165,7 @@ def _field(obj: dict, name: str, kind, *, default=None, required=False, ref=""):
     v = obj[name]
     ok = (isinstance(v, kind) and not isinstance(v, bool)) if kind in (int, float, (int, float)) else isinstance(v, kind)
     if not ok:
-        want = {str: "a string", int: "an integer", (int, float): "a number"}.get(kind, str(kind))
+        want = {str: "a string", int: "an integer", (int, float): "a number", bool: "true or false"}.get(kind, str(kind))
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{ref}: field {name!r} must be {want}, got {v!r:.80}", ref)
     return v
 
@@ -236,7 +237,7 @@ def parse_text(data: str | bytes) -> Any:
         rate, sfmt = _audio_format(obj, t)
         return Open(session=_session_name(obj, t), sample_rate=rate, sample_format=sfmt,
                     style=_style_text(obj, t), guidance=_number(obj, "guidance", None, *GUIDANCE_RANGE, t),
-                    format=fmt, token=token)
+                    format=fmt, idle=_field(obj, "idle", bool, default=True, ref=t), token=token)
     if t == "unsubscribe":
         return Unsubscribe(session=_session_name(obj, t, "default"))
     if t == "audio_format":

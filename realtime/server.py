@@ -15,6 +15,7 @@ Parsing and encoding live in :mod:`mm2face.realtime.protocol` (sans-I/O). This m
   oldest queued frames are dropped (for it alone) and counted; control replies are never dropped.
 * :class:`Hub`: the sessions of one server and the connection handler.
 * :class:`Batcher`: cross-session batching, one engine step for every session with a ready hop.
+* :class:`IdleClock`: keeps client sessions that receive no audio moving (breathing, blinks) at 25 fps.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from mm2face.engine.frame import FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
+from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
 from mm2face.realtime.resample import StreamResampler
 
@@ -44,6 +45,8 @@ OUTBOX_MAX_FRAMES = 50        # per client: 2 s of frames; beyond that the oldes
 OUTBOX_MAX_CONTROL = 500      # per client: unanswered control replies before it is disconnected
 SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer per client: bounds the frames in flight to a slow client
 WS_MAX_SIZE = 4 * P.MAX_AUDIO_BYTES   # websockets closes the socket (1009) above this; we answer below it
+IDLE_AFTER_S = 0.5            # a client session whose audio has played out this long ago (s) goes idle
+IDLE_MAX_BURST_FRAMES = 25    # idle clock: after a stall longer than this (frames) it re-anchors, no burst
 
 
 class SessionClosed(Exception):
@@ -79,6 +82,12 @@ class LiveSession:
         self._arrivals: collections.deque[_Arrival] = collections.deque()
         self._last_input_time = math.nan
         self.last_audio_time = 0.0           # time.time() of the last real audio chunk
+        # Idle clock (client sessions, see IdleClock): play_end is the wall time at which the input so
+        # far would have finished playing at real-time pace (each chunk starts at max(play_end, arrival)).
+        self.idle = False                    # driven by the hub's IdleClock when starved
+        self.idle_active = False             # now inside an idle stretch
+        self.input_over = False              # end/flush since the last audio: go idle without grace
+        self.play_end = time.time()          # a session opened without audio goes idle after the grace
         # Client-fed audio format (for sessions opened by a client).
         self.sample_rate, self.sample_format = SAMPLE_RATE, "pcm16"
         self.resampler = StreamResampler(SAMPLE_RATE)
@@ -112,11 +121,16 @@ class LiveSession:
         async with self.lock:
             if self.closed:
                 raise SessionClosed(self.name)
+            if self.idle_active:             # audio resumes after idle frames: it starts right after them
+                self.idle_active = False
+                self._idle_event("active", self.samples_in / SAMPLE_RATE)
             self.samples_in += len(audio_16k)
             self.audio_samples_in += len(audio_16k)
             self._arrivals.append(_Arrival(self.samples_in, t, True))
             self._last_input_time = t
             self.last_audio_time = t
+            self._played(len(audio_16k), t)
+            self.input_over = False
             for tap in self.audio_taps:
                 tap(audio_16k)
             if self.hub.batcher is not None:
@@ -145,15 +159,62 @@ class LiveSession:
         async with self.lock:
             if self.closed:
                 raise SessionClosed(self.name)
-            self.samples_in += int(n_samples)
-            self._last_input_time = time.time()
-            self._arrivals.append(_Arrival(self.samples_in, self._last_input_time, False))
+            self._push_no_audio_locked(int(n_samples))
             if self.hub.batcher is not None:
                 self.session.push_no_audio(int(n_samples))
             else:
                 frames = await asyncio.to_thread(work)
         if self.hub.batcher is not None:
             return await self._batched()
+        return self._publish(frames)
+
+    def _push_no_audio_locked(self, n_samples: int) -> None:
+        """Bookkeeping for ``n_samples`` of no-audio time (the caller holds the lock and feeds the session)."""
+        self.samples_in += n_samples
+        self._last_input_time = time.time()
+        self._arrivals.append(_Arrival(self.samples_in, self._last_input_time, False))
+        self._played(n_samples, self._last_input_time)
+
+    def _played(self, n_samples: int, arrival: float) -> None:
+        self.play_end = max(self.play_end, arrival) + n_samples / SAMPLE_RATE
+
+    def _idle_event(self, state: str, t_audio_s: float) -> None:
+        msg = P.event_json("idle", session=self.name, state=state, t_audio_s=round(t_audio_s, 6),
+                           audio_s=round(self.audio_samples_in / SAMPLE_RATE, 6))
+        for c in list(self.subscribers):
+            c.send_control(msg)
+
+    def idle_due(self, now: float) -> int:
+        """Frames of idle time the idle clock should push now (0: none). Call under the lock.
+
+        Starved = no audio has arrived for ``IDLE_AFTER_S`` past the play-out of the input so far
+        (no grace after end/flush). An idle stretch then keeps the session clock one frame ahead of
+        real time, i.e. 25 idle frames per second."""
+        if not self.idle or self.closed:
+            return 0
+        if not self.idle_active:
+            if now < self.play_end + (0.0 if self.input_over else IDLE_AFTER_S):
+                return 0
+            self.idle_active = True
+            self.play_end = now                    # idle time starts now (the grace is not made up)
+            self._idle_event("idle", self.samples_in / SAMPLE_RATE)
+        n = math.ceil((now + 1.0 / FPS - self.play_end) * FPS - 1e-6)
+        if n > IDLE_MAX_BURST_FRAMES:              # the loop stalled: re-anchor rather than burst
+            self.play_end, n = now, 1
+        return max(0, n)
+
+    async def idle_tick(self, now: float) -> list[P.WireFrame]:
+        """Unbatched idle step: push the due idle time and publish its frames."""
+        async with self.lock:
+            n = self.idle_due(now)
+            if n <= 0:
+                return []
+            self._push_no_audio_locked(n * SAMPLES_PER_FRAME)
+
+            def work():
+                self.session.push_no_audio(n * SAMPLES_PER_FRAME)
+                return self.session.poll()
+            frames = await asyncio.to_thread(work)
         return self._publish(frames)
 
     async def set_style(self, text: str, blend_s: float = 0.5, guidance: float | None = None,
@@ -177,8 +238,11 @@ class LiveSession:
             if self.closed:
                 raise SessionClosed(self.name)
             self._last_input_time = time.time()
+            n0 = self.session.n_in
             frames = await asyncio.to_thread(self.session.end)
             self._resync()
+            self._played(self.session.n_in - n0, self._last_input_time)
+            self.input_over = True
         return self._publish(frames, final=True)
 
     async def flush(self) -> list[P.WireFrame]:
@@ -187,8 +251,12 @@ class LiveSession:
             if self.closed:
                 raise SessionClosed(self.name)
             self._last_input_time = time.time()
+            n0 = self.session.n_in
             frames = await asyncio.to_thread(self.session.flush)
             self._resync()
+            # Barge-in: the dropped audio will never play, so play-out restarts now.
+            self.play_end = self._last_input_time + max(0, self.session.n_in - n0) / SAMPLE_RATE
+            self.input_over = True
         self.resampler = StreamResampler(self.sample_rate)
         return self._publish(frames)
 
@@ -359,6 +427,72 @@ class Batcher:
                     f.set_result(None)
 
 
+class IdleClock:
+    """Keeps starved client sessions moving: a real-time clock that ticks once per frame (40 ms) and
+    pushes no-audio time into every session whose :meth:`LiveSession.idle_due` says so, so that it
+    emits idle frames (breathing, blinks, current style) at 25 fps until its audio resumes.
+
+    With the batcher, the idle sessions of one tick are fed under the batcher's lock (no compute
+    there) and computed by the same batched step as any session with real audio: N idle sessions cost
+    about one batched hop per 80 ms, and a session with audio ready is stepped in the same round,
+    never queued behind them. Without the batcher each idle session steps on its own lock."""
+
+    def __init__(self, hub: "Hub"):
+        self.hub = hub
+        self._task: asyncio.Task | None = None
+        self.ticks = 0
+
+    def ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _sessions(self) -> list[LiveSession]:
+        return [s for s in self.hub.sessions.values() if s is not None and s.idle and not s.closed]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0, i = loop.time(), 0
+        while True:
+            i += 1
+            delay = t0 + i / FPS - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -1.0:                     # the loop stalled: re-anchor the tick grid
+                t0, i = loop.time(), 0
+            sessions = self._sessions()
+            if not sessions:
+                return                             # restarted by the next session that wants idle
+            try:
+                await self.tick(sessions, time.time())
+            except Exception:                      # a failing session must not stop the others' idle
+                log.exception("idle clock tick failed")
+            self.ticks += 1
+
+    async def tick(self, sessions: list[LiveSession], now: float) -> None:
+        b = self.hub.batcher
+        if b is None:
+            for r in await asyncio.gather(*(s.idle_tick(now) for s in sessions), return_exceptions=True):
+                if isinstance(r, Exception) and not isinstance(r, SessionClosed):
+                    log.error("idle step failed: %s", r)
+            return
+        fed = []
+        async with b.lock:
+            for s in sessions:
+                n = s.idle_due(now)
+                if n > 0:
+                    s._push_no_audio_locked(n * SAMPLES_PER_FRAME)
+                    s.session.push_no_audio(n * SAMPLES_PER_FRAME)
+                    fed.append(s)
+        if fed:
+            await b.step()
+            for s in fed:                          # published already; nobody awaits these returns
+                s._batched_out.clear()
+
+
 class ClientConn:
     """One connected WebSocket client: its subscriptions, its own session and a bounded outbox."""
 
@@ -449,6 +583,7 @@ class Hub:
         self.max_sessions = max_sessions
         self.send_buffer_bytes = send_buffer_bytes
         self.batcher = Batcher() if batch else None
+        self.idle_clock = IdleClock(self)
         self.sessions: dict[str, LiveSession] = {}
         self.clients: set[ClientConn] = set()
         self.dropped_total = 0
@@ -457,7 +592,10 @@ class Hub:
         self.session_listeners: list[Callable[[LiveSession, bool], None]] = []   # (session, created?)
         self.started = time.time()
 
-    async def create_session(self, name: str, style: str = "", owner: ClientConn | None = None) -> LiveSession:
+    async def create_session(self, name: str, style: str = "", owner: ClientConn | None = None,
+                             idle: bool = False) -> LiveSession:
+        """A new session. ``idle=True``: the hub's :class:`IdleClock` keeps it moving when its audio
+        stops (client sessions; sessions fed by a server source have their own clock)."""
         if name in self.sessions:
             raise P.ProtocolError(P.ErrorCode.SESSION_EXISTS, f"session {name!r} already exists; "
                                   "pick another name or omit it", "open")
@@ -471,7 +609,10 @@ class Hub:
             del self.sessions[name]
             raise
         live = LiveSession(self, name, next(self._nums), session, style, owner)
+        live.idle = idle
         self.sessions[name] = live
+        if idle:
+            self.idle_clock.ensure_running()
         if self.batcher is not None:
             self.batcher.sessions.append(live)
         for fn in list(self.session_listeners):
@@ -600,14 +741,15 @@ class Hub:
                 raise P.ProtocolError(P.ErrorCode.SESSION_EXISTS, f"this client already has session "
                                       f"{client.own.name!r}; send close first", "open")
             name = msg.session or f"s-{secrets.token_hex(4)}"
-            live = await self.create_session(name, style=msg.style, owner=client)
+            live = await self.create_session(name, style=msg.style, owner=client, idle=msg.idle)
             if msg.guidance is not None:
                 await live.set_style(msg.style, 0.0, msg.guidance)
             live.sample_rate, live.sample_format = msg.sample_rate, msg.sample_format
             live.resampler = StreamResampler(msg.sample_rate)
             client.own = live
             client.send_control(P.event_json("opened", session=live.name, session_num=live.num,
-                                             sample_rate=msg.sample_rate, sample_format=msg.sample_format))
+                                             sample_rate=msg.sample_rate, sample_format=msg.sample_format,
+                                             idle=live.idle))
             self._subscribe(client, live, msg.format)
         elif isinstance(msg, P.AudioFormat):
             live = client.own
@@ -706,5 +848,6 @@ async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         try:
             yield server
         finally:
+            hub.idle_clock.close()
             if hub.batcher is not None:
                 hub.batcher.close()

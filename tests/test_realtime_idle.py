@@ -1,0 +1,248 @@
+"""Idle motion instead of a frozen face: a client session that stops sending audio (after `end`,
+`flush`, or a pause past the grace) keeps emitting idle frames at 25 fps from the server's idle
+clock, continues without a seq gap when audio resumes, and can opt out with `open` `idle: false`.
+The server's own sources (text-only idle, wav with idle after EOF) keep the default session moving.
+Real sockets, the real StreamSession on a small random model; only loose rate checks."""
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from mm2face.realtime import sources
+from mm2face.realtime.server import Hub, serve_hub
+
+pytestmark = pytest.mark.timeout(120)
+jsonschema = pytest.importorskip("jsonschema")
+from referencing import Registry, Resource  # noqa: E402  (ships with jsonschema)
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+
+
+def validator(name):
+    docs = {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.json")}
+    reg = Registry().with_resources([(d["$id"], Resource.from_contents(d)) for d in docs.values()])
+    return jsonschema.Draft202012Validator(docs[name], registry=reg)
+
+
+@pytest.fixture(scope="module")
+def make_session():
+    import torch
+    torch.set_num_threads(1)
+    from mm2face.engine.model import MM2Face
+    from mm2face.engine.session import StreamConfig, StreamSession
+    model = MM2Face.random(seed=0, small=True).eval()
+    return lambda style: StreamSession(model, StreamConfig(), style=style)
+
+
+def speechy(seconds, rate=16000, seed=0):
+    """Noise bursts in a 4 Hz syllable envelope: speech-like energy without needing a voice."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    env = np.clip(np.sin(2 * np.pi * 4 * t), 0, None)
+    return (0.3 * env * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def pcm16(x):
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def recv_until(ws, pred, timeout=20.0):
+    """Receive messages until pred(msg) is true; returns (match, everything received before it)."""
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await ws.recv()
+            msg = raw if isinstance(raw, bytes) else json.loads(raw)
+            if pred(msg):
+                return msg, seen
+            seen.append(msg)
+
+
+def is_type(t):
+    return lambda m: isinstance(m, dict) and m.get("type") == t
+
+
+@pytest.fixture(params=[False, True], ids=["per-session", "batched"])
+async def server(make_session, request):
+    hub = Hub(make_session, batch=request.param)
+    await hub.create_session("default", style="calm")
+    async with serve_hub(hub, "127.0.0.1", 0) as srv:
+        yield hub, f"ws://127.0.0.1:{srv.port}"
+
+
+def jaw(m):
+    return np.asarray(m["jaw_pose"], np.float32)
+
+
+async def frames_for(ws, seconds, schema=None):
+    """Every message received for ``seconds`` (wall clock), validated against the server schema."""
+    got = []
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), left)
+        except asyncio.TimeoutError:
+            break
+        m = json.loads(raw)
+        if schema is not None:
+            schema.validate(m)
+        got.append(m)
+    return got
+
+
+async def test_idle_after_end_then_resume(server):
+    hub, url = server
+    schema = validator("server_message.json")
+    async with connect(url) as ws, connect(url) as watcher:
+        await ws.send(json.dumps({"type": "open", "session": "tts", "style": "happy"}))
+        opened, _ = await recv_until(ws, is_type("opened"))
+        assert opened["idle"] is True
+        schema.validate(opened)
+        await watcher.send(json.dumps({"type": "subscribe", "session": "tts"}))
+        await recv_until(watcher, is_type("subscribed"))
+        await ws.send(json.dumps({"type": "unsubscribe", "session": "tts"}))   # the watcher reads the frames
+        await recv_until(ws, is_type("unsubscribed"))
+        await ws.send(pcm16(speechy(0.6)))
+        await ws.send(json.dumps({"type": "end"}))
+        ended, before = await recv_until(watcher, is_type("ended"))
+        speech = [m for m in before if m.get("type") == "frame"]
+        assert speech[-1]["final"] and ended["last_seq"] == speech[-1]["seq"]
+
+        # After end the subscriber keeps receiving frames at about 25 fps: idle, mouth at rest.
+        got = await frames_for(watcher, 2.0, schema)
+        idle = [m for m in got if m["type"] == "frame"]
+        assert len(idle) >= 20, len(idle)
+        seqs = [m["seq"] for m in idle]
+        assert seqs == list(range(ended["last_seq"] + 1, ended["last_seq"] + 1 + len(idle)))
+        t = [m["t_audio_s"] for m in idle]
+        assert all(b > a for a, b in zip(t, t[1:])) and t[0] > speech[-1]["t_audio_s"]
+        assert all(m["audio_arrival_time"] is None for m in idle)          # they show no client audio
+        assert max(float(np.abs(jaw(m)).max()) for m in idle) < 1e-4      # the mouth rests (jaw at 0)
+        # Not frozen: blinks and breathing still move the face.
+        expr = np.array([m["expression"] for m in idle])
+        assert np.ptp(expr, axis=0).max() > 1e-3
+        ev = [m for m in got if m["type"] == "idle"]
+        assert ev and ev[0]["state"] == "idle" and ev[0]["session"] == "tts"
+
+        # New audio after idle is processed and lands right after the idle frames.
+        t_send = time.time()
+        await ws.send(pcm16(speechy(0.6, seed=3)))
+        active, between = await recv_until(watcher, lambda m: m.get("type") == "idle" and m["state"] == "active")
+        schema.validate(active)
+        assert active["audio_s"] == pytest.approx(0.6, abs=0.01)           # the client audio before it
+        await ws.send(json.dumps({"type": "end"}))
+        ended2, after = await recv_until(watcher, is_type("ended"))
+        frames = [m for m in between + after if m.get("type") == "frame"]
+        for m in frames:
+            schema.validate(m)
+        seqs2 = [m["seq"] for m in frames]
+        assert seqs2[0] == seqs[-1] + 1 and seqs2 == list(range(seqs2[0], seqs2[0] + len(seqs2)))
+        talk = [m for m in frames if m["audio_arrival_time"] is not None]
+        assert len(talk) >= 12                                             # ~0.6 s of audio frames
+        # They show the resumed audio: it arrived after we sent it, not an old chunk's time ...
+        assert all(m["audio_arrival_time"] >= t_send - 1e-3 for m in talk)
+        assert all(m["t_audio_s"] >= active["t_audio_s"] - 1e-6 for m in talk)
+        # ... and latency bookkeeping holds: sent after the input it needed was there.
+        assert all(m["server_send_time"] >= m["input_ready_time"] for m in talk)
+        assert talk[0]["t_audio_s"] == pytest.approx(active["t_audio_s"], abs=0.041)
+        assert frames[-1]["final"] and ended2["last_seq"] == seqs2[-1]
+
+
+async def test_pause_without_end_goes_idle_and_emits_the_last_audio_frames(server):
+    hub, url = server
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "open", "session": "agent"}))
+        await recv_until(ws, is_type("opened"))
+        await ws.send(pcm16(speechy(0.5)))
+        ev, seen = await recv_until(ws, lambda m: m.get("type") == "idle" and m["state"] == "idle")
+        got = [m for m in seen if m.get("type") == "frame"]
+        got += [m for m in await frames_for(ws, 2.0) if m["type"] == "frame"]
+        seqs = [m["seq"] for m in got]
+        assert seqs == list(range(len(seqs)))
+        # The audio's own frames all came out (their lookahead was filled by idle time) ...
+        assert max(m["t_audio_s"] for m in got if m["audio_arrival_time"] is not None) >= 0.44
+        # ... followed by idle frames at about 25 fps.
+        assert sum(m["audio_arrival_time"] is None for m in got) >= 20
+        assert ev["t_audio_s"] >= 0.5 - 1e-6 and ev["audio_s"] == pytest.approx(0.5, abs=0.01)
+
+
+async def test_idle_false_stops_frames_after_end(server):
+    hub, url = server
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "open", "session": "quiet", "idle": False}))
+        opened, _ = await recv_until(ws, is_type("opened"))
+        assert opened["idle"] is False
+        await ws.send(pcm16(speechy(0.5)))
+        await ws.send(json.dumps({"type": "end"}))
+        await recv_until(ws, is_type("ended"))
+        assert [m for m in await frames_for(ws, 1.0)] == []                # nothing after end
+        await ws.send(json.dumps({"type": "open", "idle": 1}))             # must be a boolean
+        e, _ = await recv_until(ws, is_type("error"))
+        assert e["code"] == "bad_message" and "idle" in e["message"]
+
+
+async def test_flush_goes_idle_at_once(server):
+    hub, url = server
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "open", "session": "barge", "sample_rate": 16000}))
+        await recv_until(ws, is_type("opened"))
+        await ws.send(pcm16(speechy(0.4)))
+        await ws.send(json.dumps({"type": "flush"}))
+        await recv_until(ws, is_type("flushed"))
+        got = await frames_for(ws, 2.0)
+        assert any(m["type"] == "idle" and m["state"] == "idle" for m in got)
+        assert sum(m["type"] == "frame" for m in got) >= 20
+
+
+async def test_idle_sessions_share_batched_steps(make_session):
+    """Four idle client sessions: every idle tick is at most one batched step for all of them."""
+    hub = Hub(make_session, batch=True)
+    async with serve_hub(hub, "127.0.0.1", 0):
+        for i in range(4):
+            await hub.create_session(f"i{i}", idle=True)
+        await asyncio.sleep(0.8)                           # past the grace: all idle
+        steps0, ticks0 = hub.batcher.steps, hub.idle_clock.ticks
+        hops0 = sum(s.session.k for s in hub.sessions.values())
+        await asyncio.sleep(2.0)
+        steps, ticks = hub.batcher.steps - steps0, hub.idle_clock.ticks - ticks0
+        hops = sum(s.session.k for s in hub.sessions.values()) - hops0
+        assert hops >= 4 * 10                              # each session ~25 frames/s = ~12 hops/s
+        assert steps <= ticks + 2 and steps < hops         # hops of several sessions in one step
+        assert all(s.frames_out > 0 and s.idle_active for s in hub.sessions.values())
+
+
+async def test_default_session_sources_keep_moving(make_session, tmp_path):
+    """The server's own sources are real-time clocks: text-only idle, and a wav that ends goes idle."""
+    import soundfile as sf
+    hub = Hub(make_session)
+    live = await hub.create_session("default", style="calm")
+    wav = tmp_path / "x.wav"
+    sf.write(wav, speechy(0.4), 16000)
+    async with serve_hub(hub, "127.0.0.1", 0) as srv, connect(f"ws://127.0.0.1:{srv.port}") as ws:
+        await ws.send(json.dumps({"type": "subscribe"}))
+        await recv_until(ws, is_type("subscribed"))
+        task = asyncio.create_task(sources.feed(live, sources.WavSource(wav), idle_after=True))
+        try:
+            final, seen = await recv_until(ws, lambda m: m.get("type") == "frame" and m.get("final"))
+            idle = [m for m in await frames_for(ws, 2.0) if m["type"] == "frame"]
+            assert len(idle) >= 20 and idle[0]["seq"] == final["seq"] + 1
+            assert [m["seq"] for m in idle] == list(range(idle[0]["seq"], idle[0]["seq"] + len(idle)))
+            assert all(m["audio_arrival_time"] is None for m in idle)
+        finally:
+            task.cancel()
+        # Text-only mode (no source): idle time from the IdleSource clock.
+        live2 = await hub.create_session("text", style="cheerful")
+        await ws.send(json.dumps({"type": "subscribe", "session": "text"}))
+        await recv_until(ws, is_type("subscribed"))
+        task = asyncio.create_task(sources.feed(live2, sources.IdleSource(), end_at_eof=False))
+        try:
+            got = [m for m in await frames_for(ws, 2.0) if m["type"] == "frame" and m["session"] == "text"]
+        finally:
+            task.cancel()
+        assert len(got) >= 20 and [m["seq"] for m in got] == list(range(len(got)))
+        assert all(math.isfinite(m["t_audio_s"]) for m in got)
