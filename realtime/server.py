@@ -434,8 +434,9 @@ class IdleClock:
 
     With the batcher, the idle sessions of one tick are fed under the batcher's lock (no compute
     there) and computed by the same batched step as any session with real audio: N idle sessions cost
-    about one batched hop per 80 ms, and a session with audio ready is stepped in the same round,
-    never queued behind them. Without the batcher each idle session steps on its own lock."""
+    about one batched hop per tick, and a session whose audio hop is ready joins the next round (it
+    waits at most for the one step already in flight, as it would for any other session). Without
+    the batcher each idle session steps on its own lock and worker thread."""
 
     def __init__(self, hub: "Hub"):
         self.hub = hub
