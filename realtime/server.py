@@ -240,7 +240,7 @@ class LiveSession:
             self._last_input_time = time.time()
             n0 = self.session.n_in
             frames = await asyncio.to_thread(self.session.end)
-            self._resync()
+            self._resync(keep_arrivals=True)
             self._played(self.session.n_in - n0, self._last_input_time)
             self.input_over = True
         return self._publish(frames, final=True)
@@ -260,12 +260,20 @@ class LiveSession:
         self.resampler = StreamResampler(self.sample_rate)
         return self._publish(frames)
 
-    def _resync(self):
-        """After end/flush the session's clock may differ from our count: follow the session."""
-        self._arrivals.clear()
+    def _resync(self, keep_arrivals: bool = False):
+        """After end/flush the session's clock may differ from our count: follow the session.
+        ``keep_arrivals`` (end: only padding was appended): the frames of the last real audio keep
+        their arrival times, and the padding counts as no-audio input that arrived now."""
         n = getattr(self.session, "n_in", None)
-        if isinstance(n, (int, np.integer)):
-            self.samples_in = int(n)
+        if not isinstance(n, (int, np.integer)):
+            self._arrivals.clear()
+            return
+        if keep_arrivals and n >= self.samples_in:
+            if n > self.samples_in:
+                self._arrivals.append(_Arrival(int(n), self._last_input_time, False))
+        else:
+            self._arrivals.clear()
+        self.samples_in = int(n)
 
     # -- frames out ---------------------------------------------------------------------------
 

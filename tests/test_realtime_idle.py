@@ -246,3 +246,25 @@ async def test_default_session_sources_keep_moving(make_session, tmp_path):
             task.cancel()
         assert len(got) >= 20 and [m["seq"] for m in got] == list(range(len(got)))
         assert all(math.isfinite(m["t_audio_s"]) for m in got)
+
+
+async def test_real_time_stream_gets_no_idle_mid_speech(make_session):
+    """A client streaming at real-time pace (40 ms chunks, a 0.3 s pause inside the grace) never
+    has idle time inserted into its speech: every frame before `end` shows its own audio."""
+    hub = Hub(make_session, batch=True)
+    async with serve_hub(hub, "127.0.0.1", 0) as srv, connect(f"ws://127.0.0.1:{srv.port}") as ws:
+        await ws.send(json.dumps({"type": "open", "session": "live", "sample_rate": 16000}))
+        await recv_until(ws, is_type("opened"))
+        loop = asyncio.get_running_loop()
+        a, step, t0 = speechy(1.6), 640, loop.time()
+        for i in range(0, len(a), step):
+            pause = 0.3 if i >= len(a) // 2 else 0.0                   # one 0.3 s gap halfway
+            await asyncio.sleep(max(0.0, t0 + pause + i / 16000 - loop.time()))
+            await ws.send(pcm16(a[i:i + step]))
+        await ws.send(json.dumps({"type": "end"}))
+        ended, seen = await recv_until(ws, is_type("ended"))
+        assert not [m for m in seen if m.get("type") == "idle"]
+        frames = [m for m in seen if m.get("type") == "frame"]
+        assert [m["seq"] for m in frames] == list(range(len(frames)))
+        talk = [m for m in frames if m["t_audio_s"] < 1.6 - 0.04]
+        assert len(talk) >= 38 and all(m["audio_arrival_time"] is not None for m in talk)
