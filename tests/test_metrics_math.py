@@ -146,6 +146,13 @@ def test_contradicting_pose_captions_are_skipped():
     assert M.style_checks(motion(10), "turns left and then turns right") == {}
 
 
+def test_moods_are_not_head_poses():
+    # "downcast" and "upset" must not read as "looks down" / "looks up"
+    assert M.style_checks(motion(10), "A person first looks downcast, then looks upset.").keys() <= {"sad"}
+    assert set(M.style_checks(motion(10), "She looks down, then looks up.")) == set()      # opposite: skipped
+    assert set(M.style_checks(motion(10), "She looks down at the floor.")) == {"down"}
+
+
 def test_aggregate_and_mean_frame_baseline():
     a = motion(10, d0=1.0)
     b = motion(30, d0=3.0)

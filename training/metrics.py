@@ -206,8 +206,9 @@ class PoseRule:
 POSE_RULES: list[PoseRule] = [
     PoseRule("turn_left", r"\b(turn\w*|rotat\w*|look\w*)\s+(?:\w+\s+){0,2}(to\s+the\s+|to\s+)?(?:its\s+|his\s+|her\s+|their\s+)?left", 1, +1),
     PoseRule("turn_right", r"\b(turn\w*|rotat\w*|look\w*)\s+(?:\w+\s+){0,2}(to\s+the\s+|to\s+)?(?:its\s+|his\s+|her\s+|their\s+)?right", 1, -1),
-    PoseRule("up", r"\b(head\s+up|looks?\s+up\w*|looking\s+up|rais\w+\s+(?:\w+\s+)?head|tilts?\s+(?:\w+\s+)?head\s+up\w*|lifts?\s+(?:\w+\s+)?head)", 0, -1),
-    PoseRule("down", r"\b(head\s+down|looks?\s+down\w*|looking\s+down|lower\w*\s+(?:\w+\s+)?head|bows?\s+(?:\w+\s+)?head|tilts?\s+(?:\w+\s+)?head\s+down\w*)", 0, +1),
+    # "up"/"down" end at a word boundary: "looks upset" and "looks downcast" are moods, not poses
+    PoseRule("up", r"\b(head\s+up|looks?\s+up|looking\s+up|rais\w+\s+(?:\w+\s+)?head|tilts?\s+(?:\w+\s+)?head\s+up|lifts?\s+(?:\w+\s+)?head)\b", 0, -1),
+    PoseRule("down", r"\b(head\s+down|looks?\s+down|looking\s+down|lower\w*\s+(?:\w+\s+)?head|bows?\s+(?:\w+\s+)?head|tilts?\s+(?:\w+\s+)?head\s+down)\b", 0, +1),
     PoseRule("tilt_left", r"\btilt\w*\s+(?:\w+\s+){0,2}(to\s+the\s+)?left", 2, -1),
     PoseRule("tilt_right", r"\btilt\w*\s+(?:\w+\s+){0,2}(to\s+the\s+)?right", 2, +1),
 ]
