@@ -238,10 +238,10 @@ class LiveSession:
             if self.closed:
                 raise SessionClosed(self.name)
             self._last_input_time = time.time()
-            n0 = self.session.n_in
+            n0 = self.samples_in
             frames = await asyncio.to_thread(self.session.end)
             self._resync(keep_arrivals=True)
-            self._played(self.session.n_in - n0, self._last_input_time)
+            self._played(max(0, self.samples_in - n0), self._last_input_time)
             self.input_over = True
         return self._publish(frames, final=True)
 
@@ -251,11 +251,11 @@ class LiveSession:
             if self.closed:
                 raise SessionClosed(self.name)
             self._last_input_time = time.time()
-            n0 = self.session.n_in
+            n0 = self.samples_in
             frames = await asyncio.to_thread(self.session.flush)
             self._resync()
             # Barge-in: the dropped audio will never play, so play-out restarts now.
-            self.play_end = self._last_input_time + max(0, self.session.n_in - n0) / SAMPLE_RATE
+            self.play_end = self._last_input_time + max(0, self.samples_in - n0) / SAMPLE_RATE
             self.input_over = True
         self.resampler = StreamResampler(self.sample_rate)
         return self._publish(frames)
@@ -361,6 +361,7 @@ class LiveSession:
             "audio_to_send_ms_p50": float(np.percentile(self._a2f_ms, 50)) if self._a2f_ms else None,
             "audio_to_send_ms_p95": float(np.percentile(self._a2f_ms, 95)) if self._a2f_ms else None,
             "subscribers": len(self.subscribers),
+            "idle": ("idle" if self.idle_active else "active") if self.idle else "off",
             "dropped_frames": sum(c.dropped for c in self.subscribers),
             "clipped_samples": self.n_clipped,
             "sample_rate": self.sample_rate, "sample_format": self.sample_format,

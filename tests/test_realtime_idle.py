@@ -197,6 +197,11 @@ async def test_flush_goes_idle_at_once(server):
         got = await frames_for(ws, 2.0)
         assert any(m["type"] == "idle" and m["state"] == "idle" for m in got)
         assert sum(m["type"] == "frame" for m in got) >= 20
+        await ws.send(json.dumps({"type": "stats"}))
+        st, _ = await recv_until(ws, is_type("stats"))
+        validator("server_message.json").validate(st)
+        assert st["session"]["idle"] == "idle" and st["session"]["audio_s"] == pytest.approx(0.4, abs=0.01)
+        assert st["session"]["time_s"] > 0.4 + 1.5                        # idle time advanced the clock
 
 
 async def test_idle_sessions_share_batched_steps(make_session):
