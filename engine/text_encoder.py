@@ -38,10 +38,12 @@ class TextEncoder:
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         self._cache: dict[str, np.ndarray] = {}
+        self.cache_max = 10_000        # memo size; cleared when full (one call may encode more)
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch: int = 64) -> np.ndarray:
-        todo = sorted((t for t in dict.fromkeys(texts) if t not in self._cache), key=len)   # less padding
+        got = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+        todo = sorted((t for t in dict.fromkeys(texts) if t not in got), key=len)   # less padding
         for i in range(0, len(todo), batch):
             chunk = todo[i:i + batch]
             enc = self.tok(chunk, padding=True, truncation=True, max_length=self.max_length,
@@ -51,10 +53,11 @@ class TextEncoder:
             emb = (out * m).sum(1) / m.sum(1).clamp(min=1.0)
             emb = torch.nn.functional.normalize(emb, dim=-1).float().cpu().numpy()
             for t, e in zip(chunk, emb):
-                if len(self._cache) > 10_000:
+                got[t] = e
+                if len(self._cache) >= self.cache_max:     # bounded memo; this call's results live in `got`
                     self._cache.clear()
                 self._cache[t] = e
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+        return np.stack([got[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
 
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode([text])[0]

@@ -124,3 +124,17 @@ def test_pretrained_audio_encoder_folder_loads_frozen_and_round_trips(tmp_path):
     x = torch.randn(1, 16000) * 0.1
     with torch.no_grad():
         torch.testing.assert_close(m2.audio.clip_tokens(x, 5), m.eval().audio.clip_tokens(x, 5))
+
+
+def test_text_encoder_returns_every_text_when_one_call_overflows_its_memo():
+    # training embeds >10k captions in one call; the memo used to be cleared mid-call (KeyError)
+    from mm2face.engine.text_encoder import TextEncoder
+    te = TextEncoder("")
+    texts = [f"A person nods {i} times." for i in range(7)]
+    ref = np.stack([te.encode_one(t) for t in texts])
+    te._cache.clear()
+    te.cache_max = 3
+    got = te.encode(texts + texts[:2], batch=2)
+    assert got.shape == (9, te.dim)
+    np.testing.assert_allclose(got[:7], ref, atol=1e-5)
+    np.testing.assert_allclose(got[7:], ref[:2], atol=1e-5)

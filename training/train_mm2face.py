@@ -39,6 +39,7 @@ class GPTTrainConfig:
     time_budget_min: float = 0.0   # > 0: also stop after this many minutes (lr schedule follows time)
     device: str = "cpu"            # torch device for training ("cuda" on a GPU machine)
     token_noise: float = 0.15      # share of input tokens replaced by random ones (less copying, more audio)
+    init: str = ""                 # MM2Face file to fine-tune: its GPT + audio weights and configs start stage 2
     gpt: dict = field(default_factory=dict)     # GPTConfig overrides
     audio: dict = field(default_factory=dict)   # AudioConfig overrides
 
@@ -96,6 +97,24 @@ def build_model(cfg: GPTTrainConfig):
     model.vq.load_state_dict(vqm.vq.state_dict())
     model.mean.copy_(vqm.mean)
     model.std.copy_(vqm.std)
+    if cfg.init:                                   # fine-tuning: start from a trained stage 2
+        from dataclasses import replace
+        init = MM2Face.load(cfg.init)
+        if init.vq.cfg != vqm.vq.cfg or not torch.equal(init.mean, vqm.mean):
+            raise SystemExit(f"--init {cfg.init} was trained on another VQ-VAE than --vq {cfg.vq}: "
+                             "pass the same file (or its stage-1 run) to both")
+        shape_keys = {"d_model", "n_layer", "n_head", "n_codes", "d_text", "ctx_tokens"}
+        if shape_keys & set(cfg.gpt) or cfg.audio or cfg.audio_encoder:
+            raise SystemExit("--init keeps the GPT/audio shapes of the file: --set may only change "
+                             "training knobs such as dropout or text_drop")
+        model = MM2Face(vqm.vq.cfg, replace(init.gpt.cfg, **cfg.gpt), init.audio.cfg, model.info)
+        model.vq.load_state_dict(vqm.vq.state_dict())
+        model.mean.copy_(vqm.mean)
+        model.std.copy_(vqm.std)
+        model.gpt.load_state_dict(init.gpt.state_dict())
+        model.audio.load_state_dict(init.audio.state_dict())
+        model.info.text_encoder = init.info.text_encoder
+        model.info.meta["init"] = str(cfg.init)
     return model
 
 
