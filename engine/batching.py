@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
-from mm2face.engine.frame import FPS, SAMPLES_PER_FRAME
+from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.gpt import KVCache, stack_caches, unstack_cache
 from mm2face.engine.session import Frame, StreamSession, step_sessions
 
@@ -336,7 +336,8 @@ def step_sessions_fast(sessions: list[StreamSession]) -> list[list[Frame]]:
     * KV caches of equal length are concatenated without padding;
     * sampling: one batched top-k/softmax and one device-to-host copy; each session still draws
       from its own generator, so a session's frames do not depend on who shares its batch;
-    * denormalisation and the device-to-host copy of all frames at once.
+    The frames themselves are made by each session's own ``_after_hop`` (mouth closing, blinks), so
+    this path follows any change there.
 
     Checked against ``step_sessions`` by ``tests/test_batching_sessions.py``.
     """
@@ -403,12 +404,11 @@ def step_sessions_fast(sessions: list[StreamSession]) -> list[list[Frame]]:
         out = model.vq.decode_last(torch.tensor([hists[i] for i in idx], device=dev))   # (n, down, 56)
         for j, i in enumerate(idx):
             frames_norm[i] = out[j]
-    params = model.denormalize(torch.stack(frames_norm)).float().cpu().numpy()          # (N, down, 56)
     t3 = time.perf_counter()
     result = []
     for i, s in enumerate(sessions):
         n0 = len(s.pending)
-        _after_hop_np(s, toks[i], params[i])
+        s._after_hop(toks[i], frames_norm[i])          # the session's own frame logic (mouth, blinks, ...)
         result.append(s.pending[n0:])
         st = s.stats
         st["audio_enc_ms"], st["g_step_ms"], st["decode_ms"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
@@ -454,32 +454,6 @@ def _sample_batch(model, logits, sessions) -> list[int]:
         for j, i in enumerate(idx):
             toks[i] = int(torch.multinomial(p[j], 1, generator=sessions[i].gen)[0])
     return toks
-
-
-def _after_hop_np(s: StreamSession, tok: int, params: np.ndarray) -> None:
-    """``StreamSession._after_hop`` on already denormalised host frames ``params (down, 56)``."""
-    m = s.model
-    s.prev = tok
-    s.hist.append(tok)
-    s.hist = s.hist[-m.vq.receptive_tokens:]
-    dims = s.mouth_dims.numpy() if hasattr(s.mouth_dims, "numpy") else np.asarray(s.mouth_dims)
-    for i in range(s.down):
-        if s.mouth_w != s.mouth_target:
-            d = s.mouth_target - s.mouth_w
-            s.mouth_w += max(-s.mouth_step, min(s.mouth_step, d))
-        row = params[i].astype(np.float32, copy=True)
-        if s.mouth_w > 0:
-            row[dims] *= np.float32(1.0 - s.mouth_w)
-        seq = s.k * s.down + i
-        s.pending.append(Frame(seq=seq, t_audio_s=seq / FPS, params=row, style=s.style))
-    s.k += 1
-    keep_from = s.spt * (s.k - 2)                                             # trim the audio ring
-    if keep_from > s.buf0:
-        cut = keep_from - s.buf0
-        s.buf, s.noaudio = s.buf[cut:], s.noaudio[cut:]
-        s.buf0 = keep_from
-    s.stats["hops"] += 1
-    s.stats["frames"] += s.down
 
 
 def _last_exc() -> BaseException:
