@@ -1,24 +1,14 @@
 """docs/schemas/*.json describe what the code actually sends and accepts."""
 import asyncio
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 jsonschema = pytest.importorskip("jsonschema")
-from referencing import Registry, Resource  # noqa: E402  (ships with jsonschema)
 
 from mm2face.realtime import protocol as P  # noqa: E402
-
-SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
-
-
-def validator(name):
-    docs = {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.json")}
-    reg = Registry().with_resources([(d["$id"], Resource.from_contents(d)) for d in docs.values()])
-    return jsonschema.Draft202012Validator(docs[name], registry=reg)
-
+from realtime_helpers import validator  # noqa: E402
 
 GOOD = ['{"type":"hello","version":1}', '{"type":"subscribe","session":"a","format":"binary"}',
         '{"type":"open","sample_rate":44100,"sample_format":"f32","style":"x","format":"json"}',

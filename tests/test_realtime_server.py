@@ -12,54 +12,20 @@ from websockets.asyncio.client import connect
 
 from mm2face.realtime import protocol as P
 from mm2face.realtime.server import Hub, serve_hub
+from realtime_helpers import is_type, pcm16, recv_until, served_hub, session_factory, speechy
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def make_session():
-    import torch
-    torch.set_num_threads(1)
-    from mm2face.engine.model import MM2Face
-    from mm2face.engine.session import StreamConfig, StreamSession
-    model = MM2Face.random(seed=0, small=True).eval()
-    return lambda style: StreamSession(model, StreamConfig(), style=style)
-
-
-def speechy(seconds, rate=16000, seed=0):
-    """Noise bursts in a 4 Hz syllable envelope: speech-like energy without needing a voice."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    env = np.clip(np.sin(2 * np.pi * 4 * t), 0, None)
-    return (0.3 * env * rng.standard_normal(len(t))).astype(np.float32)
-
-
-def pcm16(x):
-    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-
-
-async def recv_until(ws, pred, timeout=20.0):
-    """Receive messages until pred(msg) is true; returns (match, everything received before it)."""
-    seen = []
-    async with asyncio.timeout(timeout):
-        while True:
-            raw = await ws.recv()
-            msg = raw if isinstance(raw, bytes) else json.loads(raw)
-            if pred(msg):
-                return msg, seen
-            seen.append(msg)
-
-
-def is_type(t):
-    return lambda m: isinstance(m, dict) and m.get("type") == t
+    return session_factory()
 
 
 @pytest.fixture(params=[False, True], ids=["per-session", "batched"])
 async def server(make_session, request):
-    hub = Hub(make_session, batch=request.param)
-    await hub.create_session("default", style="calm")
-    async with serve_hub(hub, "127.0.0.1", 0) as srv:
-        yield hub, f"ws://127.0.0.1:{srv.port}"
+    async for hub_url in served_hub(make_session, request.param):
+        yield hub_url
 
 
 async def test_hello_subscribe_and_default_session_frames(server):
