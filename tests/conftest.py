@@ -18,3 +18,24 @@ def _isolate_torch_global_state():
     torch.set_grad_enabled(grad)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def xvfb_env():
+    """Environment for a child process with a virtual X display (Xvfb); skips where Xvfb is missing."""
+    import shutil
+    import subprocess
+    import time
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb) - the window cannot be tested headless")
+    display = f":{90 + os.getpid() % 100}"
+    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        pytest.skip(f"Xvfb could not start on {display}")
+    env = dict(os.environ, DISPLAY=display)
+    env.pop("WAYLAND_DISPLAY", None)
+    yield env
+    proc.terminate()
+    proc.wait(timeout=10)

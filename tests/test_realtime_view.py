@@ -1,8 +1,6 @@
 """`mm2face-live --view` opens the viewer window on the live stream (on a virtual X display)."""
 import asyncio
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -11,23 +9,6 @@ import time
 import pytest
 
 pytestmark = pytest.mark.timeout(150)
-
-
-@pytest.fixture(scope="module")
-def xvfb_env():
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb) - the window cannot be tested headless")
-    display = f":{190 + os.getpid() % 100}"
-    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    if proc.poll() is not None:
-        pytest.skip(f"Xvfb could not start on {display}")
-    env = dict(os.environ, DISPLAY=display)
-    env.pop("WAYLAND_DISPLAY", None)
-    yield env
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def free_port() -> int:

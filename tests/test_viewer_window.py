@@ -3,13 +3,9 @@
 Each check runs in a fresh Python process: a process that already made a headless EGL context (the
 render tests do) must not also open a GLX window - Mesa/Xlib end such a process.
 """
-import os
-import shutil
 import subprocess
 import sys
-import time
 
-import pytest
 
 WINDOW_SCRIPT = r"""
 import sys
@@ -36,23 +32,6 @@ if sys.argv[1] == "clip":
 else:
     print(run_window(Empty(), load_head("standin"), size=(64, 64), max_seconds=0.5), 0)
 """
-
-
-@pytest.fixture(scope="module")
-def xvfb_env():
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb) - the window cannot be tested headless")
-    display = f":{90 + os.getpid() % 100}"
-    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    if proc.poll() is not None:
-        pytest.skip(f"Xvfb could not start on {display}")
-    env = dict(os.environ, DISPLAY=display)
-    env.pop("WAYLAND_DISPLAY", None)
-    yield env
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def _run(env, mode):
