@@ -304,3 +304,34 @@ def check_style_changed_the_face(frames, new_style_prefix, blend_s, ckpt, captur
     assert len(before) > 50 and len(after) > 25
     assert d_before < 1e-3, "the replay does not reproduce the live stream before the style message"
     assert d_after > 0.01, "the style message did not change the expression"
+
+
+def test_mic_that_stops_delivering_gives_a_clear_error(pulse_source, monkeypatch):
+    """A capture device that goes silent at the driver level (here: PulseAudio suspends the sink whose
+    monitor we capture, as when a USB mic is pulled) ends capture with DeviceError naming the device
+    and listing the inputs, instead of hanging or a traceback from PortAudio."""
+    from mm2face.realtime.sources import DeviceError, MicSource
+    sink, env = pulse_source
+    monkeypatch.setenv("PULSE_SOURCE", env["PULSE_SOURCE"])
+
+    async def capture():
+        mic, got = MicSource("pulse", stall_s=1.0), 0
+        t0 = time.time()
+        async for ch in mic:
+            got += ch.n_samples
+            if got >= 8000 and not suspended[0]:              # 0.5 s of audio, then pull the plug
+                subprocess.run(["pactl", "suspend-sink", sink, "1"], env=env, check=True)
+                suspended[0] = time.time()
+            if time.time() - t0 > 15:
+                raise AssertionError("capture went on for 15 s after the device was suspended")
+
+    suspended = [0.0]
+    try:
+        with pytest.raises(DeviceError) as err:
+            asyncio.run(capture())
+    finally:
+        subprocess.run(["pactl", "suspend-sink", sink, "0"], env=env)
+    assert suspended[0], "the device never delivered audio before the test suspended it"
+    msg = str(err.value)
+    assert "delivered no audio" in msg and "pulse" in msg
+    assert "input devices" in msg.lower() or "--device" in msg, msg
