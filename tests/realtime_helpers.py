@@ -65,3 +65,16 @@ def validator(name):
     docs = {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.json")}
     reg = Registry().with_resources([(d["$id"], Resource.from_contents(d)) for d in docs.values()])
     return jsonschema.Draft202012Validator(docs[name], registry=reg)
+
+
+# Fixtures: a test module imports them by name (`from realtime_helpers import make_session, server`).
+@pytest.fixture(scope="module")
+def make_session():
+    return session_factory()
+
+
+@pytest.fixture(params=[False, True], ids=["per-session", "batched"])
+async def server(make_session, request):
+    """(hub, ws url) of a served Hub, once per-session and once with cross-session batching."""
+    async for hub_url in served_hub(make_session, request.param):
+        yield hub_url

@@ -14,21 +14,10 @@ from websockets.asyncio.client import connect
 
 from mm2face.realtime import sources
 from mm2face.realtime.server import Hub, serve_hub
-from realtime_helpers import is_type, pcm16, recv_until, served_hub, session_factory, speechy, validator
+from realtime_helpers import is_type, make_session, pcm16, recv_until, server, speechy, validator  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
 pytest.importorskip("jsonschema")
-
-
-@pytest.fixture(scope="module")
-def make_session():
-    return session_factory()
-
-
-@pytest.fixture(params=[False, True], ids=["per-session", "batched"])
-async def server(make_session, request):
-    async for hub_url in served_hub(make_session, request.param):
-        yield hub_url
 
 
 def jaw(m):

@@ -12,20 +12,9 @@ from websockets.asyncio.client import connect
 
 from mm2face.realtime import protocol as P
 from mm2face.realtime.server import Hub, serve_hub
-from realtime_helpers import is_type, pcm16, recv_until, served_hub, session_factory, speechy
+from realtime_helpers import is_type, make_session, pcm16, recv_until, server, speechy  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def make_session():
-    return session_factory()
-
-
-@pytest.fixture(params=[False, True], ids=["per-session", "batched"])
-async def server(make_session, request):
-    async for hub_url in served_hub(make_session, request.param):
-        yield hub_url
 
 
 async def test_hello_subscribe_and_default_session_frames(server):
