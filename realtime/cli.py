@@ -318,8 +318,11 @@ async def amain(args) -> int:
         import numpy as np
         import soundfile as sf
         audio = np.concatenate(recorded_audio) if recorded_audio else np.zeros(0, np.float32)
-        Path(args.record_audio).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(args.record_audio, audio, 16000, subtype="FLOAT")
+        out = Path(args.record_audio)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_name(out.name + ".part")          # never leave a half-written WAV behind
+        sf.write(part, audio, 16000, subtype="FLOAT", format="WAV")
+        part.replace(out)
         print(f"mm2face-live: recorded {len(audio) / 16000:.2f} s of input audio to {args.record_audio}",
               file=sys.stderr)
     if demo_headless:

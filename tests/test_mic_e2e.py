@@ -96,8 +96,8 @@ def start_live(env, port, *extra):
 def stop_live(proc) -> str:
     """Stop mm2face-live; returns its stderr (for failure messages)."""
     proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=15)
+    try:   # a loaded 2-core CI machine can take a while to drain the server and write recordings
+        _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
