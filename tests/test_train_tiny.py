@@ -1,6 +1,8 @@
 """Trainers on tiny configs and tiny in-memory data: loss falls, checkpoints round-trip, resume, DDP."""
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -103,8 +105,15 @@ def test_ddp_two_cpu_processes(vq_path, tmp_path):
     with socket.socket() as sk:                 # a free port, so parallel runs do not collide
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(port), str(script)], capture_output=True, text=True, timeout=240, env=env)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    # torchrun in its own process group, so that a hang or a failure cannot leave its workers behind
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(port), str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
     assert MM2Face.load(tmp_path / "vq" / "model.pt").info.meta["vq_steps"] == 6
     assert MM2Face.load(tmp_path / "g" / "model.pt").info.step == 4
