@@ -73,6 +73,16 @@ def write_json(path, obj) -> Path:
     return path
 
 
+def write_report(out, name: str, res: dict, markdown) -> None:
+    """Write ``out/<name>.json`` and ``out/<name>.md`` (``markdown(res)``), print the table and the paths.
+    The PNG ``out/<name>.png`` is the caller's, drawn before this."""
+    write_json(out / f"{name}.json", res)
+    table = markdown(res)
+    (out / f"{name}.md").write_text(table)
+    print(table)
+    print(f"wrote {out}/{name}.json, {name}.md, {name}.png")
+
+
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()

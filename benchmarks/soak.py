@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mm2face.benchmarks import harness
-from mm2face.benchmarks.common import machine_info, md_table, rss_mb, stats_ms, write_json
+from mm2face.benchmarks.common import machine_info, md_table, rss_mb, stats_ms, write_report
 from mm2face.benchmarks.latency import add_common_args, setup
 
 
@@ -161,10 +161,7 @@ def write_outputs(res: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "soak.png", dpi=110)
     plt.close(fig)
-    (out / "soak.md").write_text(markdown(res))
-    write_json(out / "soak.json", res)
-    print(markdown(res))
-    print(f"wrote {out}/soak.json, soak.md, soak.png")
+    write_report(out, "soak", res, markdown)
 
 
 def main(argv=None) -> int:

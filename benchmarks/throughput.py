@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mm2face.benchmarks import harness
-from mm2face.benchmarks.common import machine_info, md_table, write_json
+from mm2face.benchmarks.common import machine_info, md_table, write_json, write_report
 from mm2face.benchmarks.latency import add_common_args, setup
 
 
@@ -144,10 +144,7 @@ def write_outputs(res: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "throughput.png", dpi=110)
         plt.close(fig)
-    (out / "throughput.md").write_text(markdown(res))
-    write_json(out / "throughput.json", res)
-    print(markdown(res))
-    print(f"wrote {out}/throughput.json, throughput.md, throughput.png")
+    write_report(out, "throughput", res, markdown)
 
 
 def main(argv=None) -> int:
