@@ -303,12 +303,6 @@ async def amain(args) -> int:
             except subprocess.TimeoutExpired:
                 viewer.kill()
 
-    if failure:
-        e = failure[0]
-        if isinstance(e, sources.DeviceError):
-            print(f"mm2face-live: {e}", file=sys.stderr)
-            return 2
-        raise e
     if args.record and recorded:
         from mm2face.engine.frame import MotionClip
         from mm2face.realtime.ws_source import frames_to_motion
@@ -325,6 +319,12 @@ async def amain(args) -> int:
         part.replace(out)
         print(f"mm2face-live: recorded {len(audio) / 16000:.2f} s of input audio to {args.record_audio}",
               file=sys.stderr)
+    if failure:              # after the recordings: what was captured before a device failed is kept
+        e = failure[0]
+        if isinstance(e, sources.DeviceError):
+            print(f"mm2face-live: {e}", file=sys.stderr)
+            return 2
+        raise e
     if demo_headless:
         return write_demo_mp4(args, model, recorded)
     return 0

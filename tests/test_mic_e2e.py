@@ -233,6 +233,7 @@ def test_mic_mouth_follows_speech_and_style_blends(pulse_source, tmp_path):
     assert frames[-1]["t_recv"] - t_play > dur
     check_mouth_follows_speech(frames, t_play, DEMO_WAV)
     check_no_jump_in_blend(frames, "surprised", blend_s)
+    assert captured.exists(), f"mm2face-live wrote no --record-audio file; it said: {err}"
     check_style_changed_the_face(frames, "surprised", blend_s, ckpt, captured)
 
 
