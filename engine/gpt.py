@@ -203,11 +203,13 @@ class MotionGPT(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.n_layer, self.cfg.ctx_tokens)
 
-    def forward(self, prev_tokens, audio, text, cache: KVCache | None = None):
+    def forward(self, prev_tokens, audio, text, cache: KVCache | None = None, return_hidden: bool = False):
         """``prev_tokens: (B, T)`` long (BOS = n_codes at the stream start), ``audio: (B, T, d_model)``
         token audio vectors (use :attr:`null_audio` for none), ``text: (B, T, d_text)`` or
         ``(B, d_text)`` sentence embeddings (use :attr:`null_text` for none).
-        Returns logits ``(B, T, n_codes)``; with ``cache`` the new keys/values are appended to it."""
+        Returns logits ``(B, T, n_codes)``; with ``cache`` the new keys/values are appended to it.
+        ``return_hidden``: also return the final hidden states ``(B, T, d_model)`` and the style
+        vectors ``(B, T, d_model)`` (the trainer's auxiliary heads read them)."""
         B, T = prev_tokens.shape
         if text.dim() == 2:
             text = text[:, None, :].expand(B, T, -1)
@@ -217,4 +219,5 @@ class MotionGPT(nn.Module):
             x = blk(x, style, i, cache)
         if cache is not None:
             cache.t += T
-        return self.head(self.ln_f(x))
+        h = self.ln_f(x)
+        return (self.head(h), h, style) if return_hidden else self.head(h)

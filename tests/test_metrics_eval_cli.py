@@ -53,6 +53,29 @@ def test_eval_cli_writes_table_and_json(tmp_path, capsys):
     assert res["model"]["style_by_rule"].keys() >= {"happy", "turn_left", "sad", "down"}
     assert res["baseline_mean_frame"]["emotion_pass_rate"] == 0.0   # the mean frame carries no style
     assert len(res["per_clip"]) == 2 and res["contrast"][0]["rules"] == ["happy", "sad"]
+    # lip-sync metrics come from the one talking clip (MMHead's benchmark I); *_all also has the text-only one
+    talk = next(r for r in res["per_clip"] if r["id"] == "T2")
+    assert res["model"]["talking_clips"] == 1
+    seed0 = res["model_per_seed"][0]
+    assert seed0["lve_mm"] == talk["model"]["lve_mm"]
+    assert seed0["lve_mm_all"] == np.mean([r["model"]["lve_mm"] for r in res["per_clip"]])
+    # three sampling seeds by default: the table is their mean, each seed is in the JSON
+    assert res["seeds"] == [0, 1, 2] and len(res["model_per_seed"]) == 3
+    assert res["model"]["lve_mm"] == np.mean([a["lve_mm"] for a in res["model_per_seed"]])
+    lo, hi = res["model"]["emotion_pass_rate_seed_range"]
+    assert lo <= res["model"]["emotion_pass_rate"] <= hi
+    assert "mean of 3 sampling seeds" in printed
+
+
+def test_combine_seeds_averages_numbers_and_rule_rates():
+    a = {"clips": 4, "lve_mm": 2.0, "emotion_pass_rate": 0.5, "emotion_checks": 2,
+         "style_by_rule": {"happy": {"pass_rate": 0.5, "clips": 2}}}
+    b = {"clips": 4, "lve_mm": 4.0, "emotion_pass_rate": 1.0, "emotion_checks": 2,
+         "style_by_rule": {"happy": {"pass_rate": 1.0, "clips": 2}}}
+    c = eval_cli.combine_seeds([a, b])
+    assert c["seeds"] == 2 and c["clips"] == 4 and c["emotion_checks"] == 2
+    assert c["lve_mm"] == 3.0 and c["lve_mm_seed_range"] == [2.0, 4.0]
+    assert c["emotion_pass_rate"] == 0.75 and c["style_by_rule"]["happy"]["pass_rate"] == 0.75
 
 
 def test_eval_cli_explains_a_missing_corpus(tmp_path, capsys):

@@ -153,6 +153,15 @@ def test_moods_are_not_head_poses():
     assert set(M.style_checks(motion(10), "She looks down at the floor.")) == {"down"}
 
 
+def test_aggregate_scores_lip_sync_on_clips_with_audio_only():
+    per = [{"audio": True, "lve_mm": 2.0, "jaw_corr": 0.8}, {"audio": True, "lve_mm": 4.0, "jaw_corr": 0.6},
+           {"audio": False, "lve_mm": 9.0, "jaw_corr": 0.0}]
+    agg = M.aggregate(per)
+    assert agg["talking_clips"] == 2 and agg["clips"] == 3
+    assert agg["lve_mm"] == 3.0 and agg["jaw_corr"] == pytest.approx(0.7)
+    assert agg["lve_mm_all"] == 5.0 and agg["jaw_corr_all"] == pytest.approx(1.4 / 3)
+
+
 def test_aggregate_and_mean_frame_baseline():
     a = motion(10, d0=1.0)
     b = motion(30, d0=3.0)

@@ -83,6 +83,36 @@ def test_mm2face_loss_falls_resume_and_generate(vq_path, tmp_path):
     from mm2face.engine.generate import generate
     motion = generate(m, make_clips()[0].audio_16k, "happy and smiling", seed=0)
     assert motion.shape == (75, 56) and np.isfinite(motion).all()
+    st = torch.load(out / "last.pt", weights_only=False)      # the auxiliary heads resume too
+    assert set(st["aux"]) == {"audio.weight", "audio.bias", "hidden.weight", "hidden.bias",
+                              "text.weight", "text.bias"}
+
+
+def test_aux_regressions_add_to_the_loss_and_train_the_audio_path(vq_path):
+    """The auxiliary frame regressions are part of the loss, reach the audio encoder, and vanish at weight 0."""
+    from mm2face.training.dataset import TokenCrops, clip_texts
+    from mm2face.training.train_mm2face import _Stage2, _collate, build_model, tokenize_clips
+    torch.manual_seed(0)
+    model = build_model(GPTTrainConfig(vq=str(vq_path), gpt=TINY_GPT, audio=TINY_AUDIO)).eval()   # no dropout:
+    clips = make_clips()                                # the two passes below differ only by the aux terms
+    mean, std = model.mean.numpy(), model.std.numpy()
+    texts = sorted({t for c in clips for t in clip_texts(c)})
+    ds = TokenCrops(clips, tokenize_clips(model, clips), model.audio, model.down, model.gpt.bos, n_tokens=16,
+                    texts=texts, motions=[(c.motion - mean) / std for c in clips])
+    b = _collate([ds[i] for i in range(3)])
+    assert b["motion"].shape == (3, 16 * model.down, 56)
+    te = torch.randn(3, model.gpt.cfg.d_text)
+    args = (b["prev"], b["target"], b["audio"], b["has_audio"], te, torch.ones(3, dtype=torch.bool), b["motion"])
+    plain = _Stage2(model)
+    assert len(plain.aux) == 0
+    base = plain(*args)[0]
+    full = _Stage2(model, 1.0, 0.5, 1.0)
+    loss = full(*args)[0]
+    assert loss > base + 1e-3                           # the MSE terms are positive at init
+    w_audio = full.aux["audio"].weight
+    (full(*args)[0] - plain(*args)[0]).backward()       # only the aux terms
+    assert w_audio.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.audio.parameters())
 
 
 def test_ddp_two_cpu_processes(vq_path, tmp_path):

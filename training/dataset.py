@@ -110,11 +110,14 @@ class TokenCrops(Dataset):
     ``tokens[i]``: the VQ tokens of clip i (``(K,)`` int64). Each item is a dict:
     ``prev (L,)`` (BOS before the clip start), ``target (L,)`` (-100 past the clip end),
     ``audio (context_len,)`` float32 with ``has_audio`` (bool), ``text`` (index into ``texts``).
+    With ``motions`` (each clip's normalised motion ``(T, 56)``) also ``motion (L * down, 56)``, the
+    frames of the crop's tokens (zeros past the clip end), for the trainer's auxiliary regressions.
     """
 
     def __init__(self, clips, tokens, audio_encoder, down: int, bos: int, n_tokens: int = 64,
-                 texts: list[str] | None = None, items_per_epoch: int = 0, seed: int = 0):
-        self.clips, self.tokens = clips, tokens
+                 texts: list[str] | None = None, items_per_epoch: int = 0, seed: int = 0,
+                 motions: list[np.ndarray] | None = None):
+        self.clips, self.tokens, self.motions = clips, tokens, motions
         self.L, self.down, self.bos = n_tokens, down, bos
         self.spt = down * SAMPLES_PER_FRAME
         self.ctx = audio_encoder.context_samples
@@ -153,6 +156,12 @@ class TokenCrops(Dataset):
                 audio[lo - a0:hi - a0] = src[lo:hi]
         choices = self.clip_texts[ci]
         text = int(choices[rng.integers(len(choices))]) if choices else -1
-        return {"prev": torch.from_numpy(prev), "target": torch.from_numpy(tgt),
+        item = {"prev": torch.from_numpy(prev), "target": torch.from_numpy(tgt),
                 "audio": torch.from_numpy(audio), "has_audio": torch.tensor(has_audio),
                 "text": torch.tensor(text)}
+        if self.motions is not None:
+            mot = np.zeros((L * self.down, self.motions[ci].shape[1]), np.float32)
+            seg_m = self.motions[ci][s * self.down:(s + L) * self.down]
+            mot[:len(seg_m)] = seg_m
+            item["motion"] = torch.from_numpy(mot)
+        return item

@@ -98,10 +98,34 @@ def model_head_spec(model, override: str | None) -> str:
 
 # ----------------------------------------------------------------------------- evaluation
 
+def combine_seeds(aggs: list[dict]) -> dict:
+    """One aggregate from several sampling seeds' aggregates: numbers are averaged (pass rates too,
+    i.e. pooled over the seeds' checks), per-rule pass rates likewise; ``seeds`` says how many."""
+    if len(aggs) == 1:
+        return dict(aggs[0], seeds=1)
+    out: dict = {"seeds": len(aggs)}
+    for k, v in aggs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = [a[k] for a in aggs if k in a]
+            out[k] = float(np.mean(vals)) if not k.endswith(("checks", "clips")) else v
+            if k.endswith("pass_rate") or k in M.LIP_SYNC_KEYS:
+                out[f"{k}_seed_range"] = [float(min(vals)), float(max(vals))]
+        elif k.endswith("style_by_rule"):
+            out[k] = {r: {"pass_rate": float(np.mean([a[k][r]["pass_rate"] for a in aggs if r in a.get(k, {})])),
+                          "clips": d["clips"]} for r, d in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
 def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: int | None = None,
              seed: int = 0, guidance: float | None = None, baseline_clips: int = 2000,
-             progress: bool = True) -> dict:
-    """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results."""
+             progress: bool = True, seeds: int = 1) -> dict:
+    """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results.
+
+    ``seeds``: generate every clip with sampling seeds ``seed .. seed + seeds - 1`` and report the mean
+    (the model samples its tokens; a style check on a few dozen clips moves by several points between
+    seeds). Lip-sync metrics are averaged over the clips with audio (see :func:`metrics.aggregate`)."""
     from tqdm import tqdm
 
     train = list(corpus.clips("train") if hasattr(corpus, "clips") else corpus.split("train"))
@@ -111,7 +135,9 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
         test = test[:max_clips]
     if not test:
         raise SystemExit(f"no clips in split {split!r}; check --data and --split")
-    per_model, per_base, rows = [], [], []
+    seed_list = list(range(seed, seed + max(1, seeds)))
+    per_model: dict[int, list] = {s: [] for s in seed_list}
+    per_base, rows = [], []
     t0 = time.perf_counter()
     gen_s = 0.0
     for clip in tqdm(test, desc=f"eval {split}", disable=not progress):
@@ -122,22 +148,33 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
         row = {"id": clip.id, "subset": getattr(clip, "subset", ""), "frames": T, "text": text}
         gv = M.vertices(M.metric_head(head), gt) if head is not None else None
         if model is not None:
-            tg = time.perf_counter()
-            pred = generate_motion(model, text, clip.audio_16k if has_audio(clip) else None, T, device, seed,
-                                   guidance)
-            gen_s += time.perf_counter() - tg
-            m = M.clip_metrics(pred, gt, head=head, speech=speech, captions=clip.captions, gt_verts=gv)
-            row["model"] = m
-            per_model.append(m)
+            for s in seed_list:
+                tg = time.perf_counter()
+                pred = generate_motion(model, text, clip.audio_16k if has_audio(clip) else None, T, device, s,
+                                       guidance)
+                gen_s += time.perf_counter() - tg
+                m = M.clip_metrics(pred, gt, head=head, speech=speech, captions=clip.captions, gt_verts=gv)
+                m["audio"] = has_audio(clip)
+                per_model[s].append(m)
+                if s == seed:
+                    row["model"] = m
+                else:
+                    row.setdefault("model_other_seeds", []).append(
+                        {k: v for k, v in m.items() if k not in ("style_gt",)})
         if mean is not None:
             b = M.clip_metrics(M.mean_frame_motion(mean, T), gt, head=head, speech=speech, captions=clip.captions,
                               gt_verts=gv)
+            b["audio"] = has_audio(clip)
             row["baseline"] = b
             per_base.append(b)
         rows.append(row)
     res: dict = {"split": split, "clips": len(test), "wall_s": time.perf_counter() - t0}
-    if per_model:
-        res["model"] = M.aggregate(per_model)
+    if model is not None:
+        aggs = [M.aggregate(per_model[s]) for s in seed_list]
+        res["model"] = combine_seeds(aggs)
+        res["seeds"] = seed_list
+        if len(aggs) > 1:
+            res["model_per_seed"] = aggs
         audio_s = sum(len(c.audio_16k) / 16000 for c in test if has_audio(c))
         res["model"]["generate_s"] = gen_s
         res["model"]["audio_s"] = audio_s
@@ -185,9 +222,16 @@ def format_table(res: dict) -> str:
                "pose_pass_rate": "gt_pose_pass_rate"}
 
     def cell(d, k, fmt):
-        return fmt.format(d[k]) if k in d else "–"
+        if k not in d:
+            return "–"
+        rng = d.get(f"{k}_seed_range")
+        extra = f" ({fmt.format(rng[0])}–{fmt.format(rng[1])})" if rng and rng[0] != rng[1] else ""
+        return fmt.format(d[k]) + extra
 
-    lines = [f"split `{res['split']}`, {res['clips']} clips", "",
+    n_talk = mod.get("talking_clips", base.get("talking_clips"))
+    seeds = f", mean of {mod['seeds']} sampling seeds" if mod.get("seeds", 1) > 1 else ""
+    talk = f" (lip-sync rows: the {n_talk} clips with audio)" if n_talk else ""
+    lines = [f"split `{res['split']}`, {res['clips']} clips{talk}{seeds}", "",
              "| metric | model | mean-frame baseline | ground truth |", "|---|---:|---:|---:|"]
     for k, label, fmt in TABLE_ROWS:
         if k not in mod and k not in base:
@@ -217,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--head", default=None,
                    help="head for vertex metrics: 'standin' or a FLAME .pkl (default: the checkpoint's head)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="first sampling seed (default 0)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="sampling seeds per clip, the table shows their mean (default 3)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the model's)")
     p.add_argument("--baseline-only", action="store_true", help="skip the model; score the mean-frame baseline")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -240,7 +286,7 @@ def main(argv=None) -> int:
     model = None if args.baseline_only else load_checkpoint(args.ckpt, args.device)
     head = load_head(model_head_spec(model, args.head))
     res = evaluate(model, corpus, args.split, head, device=args.device, max_clips=args.max_clips,
-                   seed=args.seed, guidance=args.guidance)
+                   seed=args.seed, guidance=args.guidance, seeds=args.seeds)
     res["ckpt"] = args.ckpt or "default"
     res["data"] = str(data)
     print(format_table(res))

@@ -319,17 +319,31 @@ def clip_metrics(pred, gt, head=None, speech=None, captions=None, reference=None
     return out
 
 
+LIP_SYNC_KEYS = ("lve_mm", "fve_mm", "jaw_corr", "lip_open_corr")
+
+
 def aggregate(per_clip: list[dict]) -> dict:
     """Mean of scalar metrics over clips, and pass rates of the style checks.
 
-    ``pause_closed_rate`` is weighted by pause frames; style pass rates are reported per rule and per
-    kind (``emotion_pass_rate``, ``pose_pass_rate``), with the number of clips each one covers.
+    Lip-sync metrics (:data:`LIP_SYNC_KEYS`) are averaged over the clips whose row says ``"audio":
+    True`` when the rows say so (MMHead's talking-head benchmark scores subset I, the clips with
+    speech; a text-only clip has no audio for the lips to follow), else over all clips; the mean over
+    all clips is kept as ``<key>_all``. ``pause_closed_rate`` is weighted by pause frames; style pass
+    rates are reported per rule and per kind (``emotion_pass_rate``, ``pose_pass_rate``), with the
+    number of clips each one covers.
     """
     out: dict = {"clips": len(per_clip)}
-    for key in ("lve_mm", "fve_mm", "jaw_corr", "lip_open_corr"):
-        vals = [c[key] for c in per_clip if key in c]
+    talking = [c for c in per_clip if c.get("audio")]
+    lip_rows = talking if any("audio" in c for c in per_clip) else per_clip
+    if talking:
+        out["talking_clips"] = len(talking)
+    for key in LIP_SYNC_KEYS:
+        vals = [c[key] for c in lip_rows if key in c]
         if vals:
             out[key] = float(np.mean(vals))
+        every = [c[key] for c in per_clip if key in c]
+        if every and lip_rows is not per_clip:
+            out[f"{key}_all"] = float(np.mean(every))
     for key in ("pause_closed_rate", "pause_closed_rate_gt"):
         w = [(c[key], c["pause_frames"]) for c in per_clip if key in c]
         if w:

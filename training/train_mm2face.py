@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mm2face.engine.frame import FRAME_DIM
 from mm2face.training.train_vqvae import cleanup_dist, log_line, lr_at, save_state, setup_dist
 
 
@@ -40,26 +41,59 @@ class GPTTrainConfig:
     device: str = "cpu"            # torch device for training ("cuda" on a GPU machine)
     token_noise: float = 0.15      # share of input tokens replaced by random ones (less copying, more audio)
     init: str = ""                 # MM2Face file to fine-tune: its GPT + audio weights and configs start stage 2
+    # auxiliary regressions on the normalised ground-truth frames (training only, not in the model file);
+    # they give the audio encoder, the GPT and the style path a dense signal next to token cross-entropy
+    aux_audio: float = 1.0         # audio vector of token t -> its frames (lip sync from the audio path)
+    aux_hidden: float = 0.5        # GPT hidden state of token t -> its frames
+    aux_text: float = 1.0          # style vector -> the crop's mean frame (emotion/head pose from the caption)
     gpt: dict = field(default_factory=dict)     # GPTConfig overrides
     audio: dict = field(default_factory=dict)   # AudioConfig overrides
 
 
 class _Stage2(nn.Module):
-    """The trainable part (GPT + audio encoder) with the loss, so DDP wraps one module."""
+    """The trainable part (GPT + audio encoder + the auxiliary heads) with the loss, so DDP wraps one module.
 
-    def __init__(self, model):
+    Loss = token cross-entropy + ``w_audio`` * MSE(audio vector -> the token's frames, talking crops)
+    + ``w_hidden`` * MSE(GPT hidden -> the token's frames) + ``w_text`` * MSE(style vector -> the crop's
+    mean frame, crops with a caption). Frames are normalised; the heads are linear and training-only."""
+
+    def __init__(self, model, w_audio: float = 0.0, w_hidden: float = 0.0, w_text: float = 0.0):
         super().__init__()
         self.gpt, self.audio = model.gpt, model.audio
+        self.w_audio, self.w_hidden, self.w_text = w_audio, w_hidden, w_text
+        d, fd = model.gpt.cfg.d_model, model.down * FRAME_DIM
+        heads = {"audio": (w_audio, fd), "hidden": (w_hidden, fd), "text": (w_text, FRAME_DIM)}
+        self.aux = nn.ModuleDict({k: nn.Linear(d, n) for k, (w, n) in heads.items() if w > 0})
 
-    def forward(self, prev, target, audio, use_audio, text_emb, use_text):
-        L = prev.shape[1]
+    @property
+    def uses_motion(self) -> bool:
+        return self.w_audio > 0 or self.w_hidden > 0 or self.w_text > 0
+
+    def forward(self, prev, target, audio, use_audio, text_emb, use_text, motion=None):
+        B, L = prev.shape
         av = self.audio.tokens_from_context(audio, L)                            # (B, L, d)
-        av = torch.where(use_audio[:, None, None], av, self.gpt.null_audio.expand_as(av))
+        av_used = torch.where(use_audio[:, None, None], av, self.gpt.null_audio.expand_as(av))
         te = torch.where(use_text[:, None], text_emb, self.gpt.null_text.expand_as(text_emb))
-        logits = self.gpt(prev, av, te)
+        logits, hidden, style = self.gpt(prev, av_used, te, return_hidden=True)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        m = target >= 0                                                          # (B, L) valid tokens
+        if motion is not None and self.uses_motion:
+            frames = motion.view(B, L, -1)                                       # (B, L, down * 56)
+            mf = m[..., None].float()
+
+            def mse(pred, tgt, w):                                               # masked mean
+                return ((pred - tgt) ** 2 * w).sum() / (w.sum() * tgt.shape[-1]).clamp(min=1)
+
+            if self.w_audio > 0:
+                loss = loss + self.w_audio * mse(self.aux["audio"](av), frames, mf * use_audio[:, None, None])
+            if self.w_hidden > 0:
+                loss = loss + self.w_hidden * mse(self.aux["hidden"](hidden), frames, mf)
+            if self.w_text > 0:
+                fm = motion.view(B, L, -1, FRAME_DIM)
+                crop_mean = (fm * mf[..., None]).sum((1, 2)) / (mf.sum(1) * fm.shape[2]).clamp(min=1)   # (B, 56)
+                pred = self.aux["text"](style[:, 0])
+                loss = loss + self.w_text * mse(pred, crop_mean, use_text[:, None].float())
         with torch.no_grad():
-            m = target >= 0
             acc = (logits.argmax(-1)[m] == target[m]).float().mean()
         return loss, acc
 
@@ -168,14 +202,25 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
         print(f"tokenised {len(train_clips)} train / {len(val_clips or [])} val clips, "
               f"{len(texts)} captions embedded in {time.time() - t0:.1f} s")
     kw = dict(audio_encoder=model.audio, down=model.down, bos=model.gpt.bos, n_tokens=cfg.n_tokens, texts=texts)
-    ds = TokenCrops(train_clips, tr_tokens, seed=cfg.seed, **kw)
-    vds = TokenCrops(val_clips or train_clips, va_tokens, seed=cfg.seed + 999, **kw)
+    stage = _Stage2(model, cfg.aux_audio, cfg.aux_hidden, cfg.aux_text)
+    if st is not None and "aux" in st:
+        stage.aux.load_state_dict(st["aux"])
+
+    def norm_motions(clips):
+        if not stage.uses_motion:
+            return None
+        mean, std = model.mean.numpy(), model.std.numpy()
+        return [((np.asarray(c.motion, np.float32) - mean) / std).astype(np.float32) for c in clips]
+
+    ds = TokenCrops(train_clips, tr_tokens, seed=cfg.seed, motions=norm_motions(train_clips), **kw)
+    vds = TokenCrops(val_clips or train_clips, va_tokens, seed=cfg.seed + 999,
+                     motions=norm_motions(val_clips or train_clips), **kw)
     dev = torch.device(cfg.device)
     vbatches = [_collate([vds[i * cfg.batch + j] for j in range(cfg.batch)]) for i in range(4)]
     model.to(dev)
     table = table.to(dev)
 
-    stage = _Stage2(model)
+    stage.to(dev)
     params = [p for p in stage.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999))
     if st is not None:
@@ -201,7 +246,7 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
                 noise = (torch.rand(prev.shape, generator=g) < cfg.token_noise).to(dev) & (prev != model.gpt.bos)
                 rnd = torch.randint(0, gc.n_codes, prev.shape, generator=g).to(dev)
                 prev = torch.where(noise, rnd, prev)
-        return prev, b["target"], b["audio"], use_audio, te, use_text
+        return prev, b["target"], b["audio"], use_audio, te, use_text, b.get("motion")
 
     t_start = time.time()
     wall0 = st.get("wall_s", 0.0) if st else 0.0
@@ -246,10 +291,12 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
                 model.info.meta.update({"best_val_loss": best, "best_val_acc": rec["val_acc"]})
                 model.save(out / "model_best.pt")
         if d.main and (step % cfg.save_every == 0 or step == cfg.steps):
-            save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start})
+            save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start,
+                                                                          "aux": stage.aux.state_dict()})
     bar.close()
     if d.main and step % cfg.save_every != 0 and step != cfg.steps:     # stopped by the time budget
-        save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start})
+        save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start,
+                                                                          "aux": stage.aux.state_dict()})
     path = out / "model.pt"
     if d.main:
         model.info.step = step
