@@ -117,29 +117,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(c.d_model, 3 * c.d_model)
         self.out = nn.Linear(c.d_model, c.d_model)
         self.drop = c.dropout
-        self.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
 
-    def forward(self, x, layer: int, cache: KVCache | None):
+    def forward(self, x, layer: int, cache: KVCache | None, bias: torch.Tensor):
+        """``x: (B, T, D)``; ``bias: (B or 1, H, T, Tc + T)`` the ALiBi + window (+ key) mask from
+        :meth:`MotionGPT.attn_bias`, shared by all layers."""
         B, T, D = x.shape
         H = self.c.n_head
         q, k, v = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)   # (B, H, T, hd) each
-        Tc = 0
-        valid = None
         if cache is not None and cache.k[layer] is not None:
-            Tc = cache.k[layer].shape[2]
             k = torch.cat([cache.k[layer], k], 2)
             v = torch.cat([cache.v[layer], v], 2)
-            valid = cache.valid
-        # relative distance query i -> key j (key j sits at position j - Tc)
-        qi = torch.arange(T, device=x.device)[:, None]
-        kj = torch.arange(Tc + T, device=x.device)[None, :] - Tc
-        dist = (qi - kj).to(x.dtype)                                              # (T, Tc + T)
-        allowed = (dist >= 0) & (dist < self.c.ctx_tokens)
-        bias = -self.slopes.to(x.dtype)[:, None, None] * dist[None]               # (H, T, Tk)
-        bias = bias.masked_fill(~allowed[None], float("-inf"))[None]              # (1, H, T, Tk)
-        if valid is not None:
-            keymask = torch.cat([valid, torch.ones(B, T, dtype=torch.bool, device=x.device)], 1)
-            bias = bias.masked_fill(~keymask[:, None, None, :], float("-inf"))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                            dropout_p=self.drop if self.training else 0.0)
         if cache is not None:
@@ -161,9 +148,10 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, style, layer, cache):
-        s1, g1, s2, g2 = self.ada(style).chunk(4, -1)
-        x = x + self.attn(self.ln1(x) * (1 + g1) + s1, layer, cache)
+    def forward(self, x, mod, layer, cache, bias):
+        """``mod``: this block's ``ada(style)`` output ``(B, T, 4 D)`` (shift/scale before attention and MLP)."""
+        s1, g1, s2, g2 = mod.chunk(4, -1)
+        x = x + self.attn(self.ln1(x) * (1 + g1) + s1, layer, cache, bias)
         x = x + self.mlp(self.ln2(x) * (1 + g2) + s2)
         return x
 
@@ -214,10 +202,60 @@ class MotionGPT(nn.Module):
         if text.dim() == 2:
             text = text[:, None, :].expand(B, T, -1)
         x = self.drop(self.in_norm(self.tok(prev_tokens) + audio))
-        style = F.silu(self.style(text))
+        bias = self.attn_bias(T, 0 if cache is None else cache.length, x.dtype, x.device,
+                              None if cache is None else cache.valid, B)
+        style, mods = self._modulation(text)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, style, i, cache)
+            x = blk(x, mods[i], i, cache, bias)
         if cache is not None:
             cache.t += T
         h = self.ln_f(x)
         return (self.head(h), h, style) if return_hidden else self.head(h)
+
+    # ---- per-call constants, memoised in plain eager inference -----------------------------------
+    # One incremental step with a full cache is about a hundred small kernels; rebuilding the same
+    # ALiBi bias in every layer and re-running the style MLP for an unchanged style were a third of
+    # them. Both are pure functions of their inputs, so eager inference reuses them; training, tracing,
+    # ONNX export and torch.compile take the plain path (the backends see the same graph as before).
+
+    @staticmethod
+    def _can_memo() -> bool:
+        return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                    or torch.onnx.is_in_onnx_export())
+
+    def attn_bias(self, T: int, Tc: int, dtype, device, valid: torch.Tensor | None = None, B: int = 1):
+        """ALiBi bias with the sliding window for ``T`` queries after ``Tc`` cached keys:
+        ``(1, H, T, Tc + T)``, or ``(B, H, T, Tc + T)`` with ``valid: (B, Tc)`` (left padding masked)."""
+        key = (T, Tc, dtype, device)
+        memo = self.__dict__.setdefault("_bias_memo", {}) if self._can_memo() else None
+        bias = memo.get(key) if memo is not None else None
+        if bias is None:
+            qi = torch.arange(T, device=device)[:, None]
+            kj = torch.arange(Tc + T, device=device)[None, :] - Tc         # key j sits at position j - Tc
+            dist = (qi - kj).to(dtype)                                       # (T, Tc + T)
+            allowed = (dist >= 0) & (dist < self.cfg.ctx_tokens)
+            bias = -alibi_slopes(self.cfg.n_head).to(device, dtype)[:, None, None] * dist[None]
+            bias = bias.masked_fill(~allowed[None], float("-inf"))[None]    # (1, H, T, Tk)
+            if memo is not None:
+                if len(memo) > 32:                                           # bounded: a few shapes in use
+                    memo.clear()
+                memo[key] = bias
+        if valid is not None:
+            keymask = torch.cat([valid, torch.ones(B, T, dtype=torch.bool, device=device)], 1)
+            bias = bias.masked_fill(~keymask[:, None, None, :], float("-inf"))
+        return bias
+
+    def _modulation(self, text):
+        """Style vectors ``(B, T, D)`` and each block's ``ada`` output, reused while ``text`` is unchanged."""
+        can = self._can_memo()
+        if can:      # weights changed in place (optimiser step, load_state_dict) -> new versions
+            version = tuple(p._version for m in (self.style, *(b.ada for b in self.blocks)) for p in m.parameters())
+            memo = self.__dict__.get("_mod_memo")
+            if (memo is not None and memo[0] == version and memo[1].shape == text.shape
+                    and memo[1].device == text.device and torch.equal(memo[1], text)):
+                return memo[2], memo[3]
+        style = F.silu(self.style(text))
+        mods = [blk.ada(style) for blk in self.blocks]
+        if can:
+            self.__dict__["_mod_memo"] = (version, text.clone(), style, mods)
+        return style, mods

@@ -32,6 +32,28 @@ def test_kv_cache_incremental_equals_full_forward_beyond_window():
     torch.testing.assert_close(torch.cat([a, b], 1), full[:, :6], atol=1e-5, rtol=1e-5)
 
 
+def test_inference_memos_match_the_plain_path_and_follow_weight_changes():
+    """Eager inference reuses the ALiBi bias and the style modulation; results equal the grad-mode path
+    (no memo) and change as soon as the weights do."""
+    torch.manual_seed(0)
+    g = MotionGPT(GPTConfig(n_codes=32, d_model=32, n_layer=2, n_head=2, ctx_tokens=8, d_text=16)).eval()
+    for b in g.blocks:                                 # non-zero style modulation
+        torch.nn.init.normal_(b.ada.weight, std=0.2)
+    T = 12
+    prev, audio, text = torch.randint(0, 33, (2, T)), torch.randn(2, T, 32), torch.randn(2, 16)
+    full = g(prev, audio, text)                        # grad enabled: memos off
+    with torch.no_grad():
+        cache = g.new_cache()
+        steps = torch.cat([g(prev[:, t:t + 1], audio[:, t:t + 1], text, cache) for t in range(T)], 1)
+        torch.testing.assert_close(steps, full.detach(), atol=1e-5, rtol=1e-5)
+        assert g.__dict__["_bias_memo"] and g.__dict__["_mod_memo"]
+        again = g(prev[:, :1], audio[:, :1], text)
+        g.blocks[0].ada.weight.add_(0.5)               # in place, as an optimiser step would
+        changed = g(prev[:, :1], audio[:, :1], text)
+    torch.testing.assert_close(changed, g(prev[:, :1], audio[:, :1], text).detach())
+    assert (changed - again).abs().max() > 1e-6        # logits are small at init (std 0.02 head)
+
+
 def test_stacked_caches_of_different_lengths_match_single_steps():
     torch.manual_seed(1)
     g = MotionGPT(GPTConfig(n_codes=16, d_model=32, n_layer=2, n_head=2, ctx_tokens=6, d_text=8)).eval()
