@@ -37,11 +37,7 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-import torch
-
-from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
 from mm2face.engine.frame import SAMPLES_PER_FRAME
-from mm2face.engine.gpt import KVCache, stack_caches, unstack_cache
 from mm2face.engine.session import Frame, StreamSession, step_sessions
 
 
@@ -87,14 +83,13 @@ class SessionBatcher:
     ``on_frames(key, frames)``: called by the worker with each session's new :class:`TimedFrame` s;
     when None, frames collect per session and :meth:`drain` returns them.
     ``on_error(key, exc)``: a session failed and was removed.
-    ``fast``: use :func:`step_sessions_fast` (default) instead of the sessions' own ``step_sessions``.
     """
 
     def __init__(self, model, device="cpu", max_batch: int = 256,
                  on_frames: Callable[[Hashable, list[TimedFrame]], None] | None = None,
-                 on_error: Callable[[Hashable, BaseException], None] | None = None, fast: bool = True):
+                 on_error: Callable[[Hashable, BaseException], None] | None = None):
         self.model = model
-        self.step_fn = step_sessions_fast if fast else step_sessions
+        self.step_fn = step_sessions
         self.device = device
         self.max_batch = max(1, int(max_batch))
         self.on_frames = on_frames
@@ -325,135 +320,6 @@ class SessionBatcher:
 
 
 # ----------------------------------------------------------------------------- the vectorised hop
-
-@torch.no_grad()
-def step_sessions_fast(sessions: list[StreamSession]) -> list[list[Frame]]:
-    """Same contract and same frames as :func:`mm2face.engine.session.step_sessions`, with the
-    per-session work done as batch operations, which matters when hundreds of sessions share a GPU:
-
-    * the CNN feature step of all sessions whose new audio has the same length: one call, one
-      host-to-device copy (instead of one small CNN call per session);
-    * KV caches of equal length are concatenated without padding;
-    * sampling: one batched top-k/softmax and one device-to-host copy; each session still draws
-      from its own generator, so a session's frames do not depend on who shares its batch;
-    The frames themselves are made by each session's own ``_after_hop`` (mouth closing, blinks), so
-    this path follows any change there.
-
-    Checked against ``step_sessions`` by ``tests/test_batching_sessions.py``.
-    """
-    if not sessions:
-        return []
-    model = sessions[0].model
-    for s in sessions:
-        if s.model is not model:
-            raise ValueError("step_sessions_fast: all sessions must share one model")
-        if not s.hop_ready():
-            raise ValueError("step_sessions_fast: a session has no ready hop (check hop_ready() first)")
-    dev = sessions[0].device
-    N = len(sessions)
-    t0 = time.perf_counter()
-    # -- CNN features, grouped by the length of the new audio segment
-    segs, nulls, ends = [], [], []
-    for s in sessions:
-        f_end = s.fpt * (s.k + 1) + s.la
-        a0, a1 = FEAT_HOP * s.feat_next - FEAT_PAD, FEAT_HOP * f_end
-        x, _ = s._samples(a0, a1)
-        _, own = s._samples(s.spt * s.k, s.spt * (s.k + 1))
-        segs.append(x)
-        nulls.append(bool(own.all()))
-        ends.append(f_end)
-    wins: list = [None] * N
-    by_len: dict[int, list[int]] = {}
-    for i, x in enumerate(segs):
-        by_len.setdefault(len(x), []).append(i)
-    for _, idx in by_len.items():
-        x = torch.from_numpy(np.stack([segs[i] for i in idx])).to(dev)
-        new = model.audio.cnn(x)                                              # (n, F_new, C)
-        old = torch.stack([sessions[i].feats for i in idx])                   # (n, W, C)
-        W = sessions[idx[0]].W
-        w = torch.cat([old, new], 1)[:, -W:]
-        for j, i in enumerate(idx):
-            sessions[i].feats = w[j]
-            sessions[i].feat_next = ends[i]
-            wins[i] = w[j]
-    av = model.audio.encode_windows(torch.stack(wins))                        # (N, d_model)
-    null = torch.tensor(nulls, device=dev)
-    av = torch.where(null[:, None], model.gpt.null_audio.detach()[None].expand_as(av), av)
-    t1 = time.perf_counter()
-    # -- one G step
-    prev = torch.tensor([s.prev for s in sessions], device=dev)
-    text = torch.stack([s._style_emb(s.k) for s in sessions])
-    guid = torch.tensor([s.guidance for s in sessions], device=dev)
-    if N == 1:
-        logits = model.g_logits(prev, av, text, sessions[0].cache, guid)
-    else:
-        cache = _stack_equal(sessions) or stack_caches([s.cache for s in sessions], [2] * N)
-        logits = model.g_logits(prev, av, text, cache, guid)
-        for s, c in zip(sessions, unstack_cache(cache, [2] * N, [s.cache.t + 1 for s in sessions])):
-            s.cache = c
-    toks = _sample_batch(model, logits, sessions)
-    t2 = time.perf_counter()
-    # -- D on each session's last receptive_tokens tokens, grouped by history length
-    R = model.vq.receptive_tokens
-    hists = [s.hist[-(R - 1):] + [t] if R > 1 else [t] for s, t in zip(sessions, toks)]
-    frames_norm: list = [None] * N
-    groups: dict[int, list[int]] = {}
-    for i, h in enumerate(hists):
-        groups.setdefault(len(h), []).append(i)
-    for _, idx in groups.items():
-        out = model.vq.decode_last(torch.tensor([hists[i] for i in idx], device=dev))   # (n, down, 56)
-        for j, i in enumerate(idx):
-            frames_norm[i] = out[j]
-    t3 = time.perf_counter()
-    result = []
-    for i, s in enumerate(sessions):
-        n0 = len(s.pending)
-        s._after_hop(toks[i], frames_norm[i])          # the session's own frame logic (mouth, blinks, ...)
-        result.append(s.pending[n0:])
-        st = s.stats
-        st["audio_enc_ms"], st["g_step_ms"], st["decode_ms"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
-        st["audio_enc_ms_total"] += st["audio_enc_ms"]
-        st["g_step_ms_total"] += st["g_step_ms"]
-        st["decode_ms_total"] += st["decode_ms"]
-    return result
-
-
-def _stack_equal(sessions):
-    """Concatenate the sessions' KV caches when all have the same length and no padding; else None."""
-    caches = [s.cache for s in sessions]
-    L = caches[0].length
-    if L == 0 or any(c.length != L or c.valid is not None for c in caches):
-        return None
-    out = KVCache(len(caches[0].k), caches[0].ctx)
-    out.t = -1
-    for l in range(len(out.k)):
-        out.k[l] = torch.cat([c.k[l] for c in caches])
-        out.v[l] = torch.cat([c.v[l] for c in caches])
-    return out
-
-
-def _sample_batch(model, logits, sessions) -> list[int]:
-    """``model.sample`` for every row at once; the random draw stays per session (its generator)."""
-    N = len(sessions)
-    toks = [0] * N
-    cfgs: dict[tuple, list[int]] = {}
-    for i, s in enumerate(sessions):
-        cfgs.setdefault((float(s.cfg.temperature), int(s.cfg.top_k)), []).append(i)
-    for (temp, top_k), idx in cfgs.items():
-        lg = logits[idx]
-        if temp <= 0:
-            am = lg.argmax(-1).cpu().tolist()
-            for j, i in enumerate(idx):
-                toks[i] = int(am[j])
-            continue
-        lg = lg.float() / temp
-        if top_k and top_k < lg.shape[-1]:
-            v, _ = torch.topk(lg, top_k)
-            lg = lg.masked_fill(lg < v[:, -1:], float("-inf"))
-        p = torch.softmax(lg, -1).cpu()
-        for j, i in enumerate(idx):
-            toks[i] = int(torch.multinomial(p[j], 1, generator=sessions[i].gen)[0])
-    return toks
 
 
 def _last_exc() -> BaseException:

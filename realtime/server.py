@@ -400,10 +400,7 @@ class Batcher:
         await fut
 
     async def _run(self) -> None:
-        try:   # the engine's vectorised hop (same frames as step_sessions, fewer small calls)
-            from mm2face.engine.batching import step_sessions_fast as step_sessions
-        except ImportError:
-            from mm2face.engine.session import step_sessions
+        from mm2face.engine.session import step_sessions
         while True:
             await self._wake.wait()
             self._wake.clear()
