@@ -31,6 +31,7 @@ class GPTConfig:
     dropout: float = 0.1
     text_drop: float = 0.15    # training: probability to replace the text by the learned null embedding
     audio_drop: float = 0.05   # training: probability to replace a talking clip's audio by "no audio"
+    text_input: bool = True    # style vector also added to every token's input (a direct path next to adaLN)
 
 
 class KVCache:
@@ -164,12 +165,16 @@ class MotionGPT(nn.Module):
         self.null_audio = nn.Parameter(torch.zeros(c.d_model))
         self.null_text = nn.Parameter(torch.randn(c.d_text) * 0.05)
         self.style = nn.Sequential(nn.Linear(c.d_text, c.d_model), nn.SiLU(), nn.Linear(c.d_model, c.d_model))
+        self.text_in = nn.Linear(c.d_model, c.d_model) if c.text_input else None   # zero-init below
         self.in_norm = nn.LayerNorm(c.d_model)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.n_codes, bias=False)
         self.apply(self._init)
+        if self.text_in is not None:
+            nn.init.zeros_(self.text_in.weight)
+            nn.init.zeros_(self.text_in.bias)
         for b in self.blocks:
             nn.init.zeros_(b.ada.weight)
             nn.init.zeros_(b.ada.bias)
@@ -201,10 +206,13 @@ class MotionGPT(nn.Module):
         B, T = prev_tokens.shape
         if text.dim() == 2:
             text = text[:, None, :].expand(B, T, -1)
-        x = self.drop(self.in_norm(self.tok(prev_tokens) + audio))
+        style, mods, text_x = self._modulation(text)
+        x = self.tok(prev_tokens) + audio
+        if text_x is not None:
+            x = x + text_x
+        x = self.drop(self.in_norm(x))
         bias = self.attn_bias(T, 0 if cache is None else cache.length, x.dtype, x.device,
                               None if cache is None else cache.valid, B)
-        style, mods = self._modulation(text)
         for i, blk in enumerate(self.blocks):
             x = blk(x, mods[i], i, cache, bias)
         if cache is not None:
@@ -246,16 +254,19 @@ class MotionGPT(nn.Module):
         return bias
 
     def _modulation(self, text):
-        """Style vectors ``(B, T, D)`` and each block's ``ada`` output, reused while ``text`` is unchanged."""
+        """Style vectors ``(B, T, D)``, each block's ``ada`` output and the style's input term (or None),
+        reused while ``text`` is unchanged."""
         can = self._can_memo()
         if can:      # weights changed in place (optimiser step, load_state_dict) -> new versions
-            version = tuple(p._version for m in (self.style, *(b.ada for b in self.blocks)) for p in m.parameters())
+            mods_of = (self.style, *(b.ada for b in self.blocks), *([self.text_in] if self.text_in is not None else []))
+            version = tuple(p._version for m in mods_of for p in m.parameters())
             memo = self.__dict__.get("_mod_memo")
             if (memo is not None and memo[0] == version and memo[1].shape == text.shape
                     and memo[1].device == text.device and torch.equal(memo[1], text)):
-                return memo[2], memo[3]
+                return memo[2]
         style = F.silu(self.style(text))
-        mods = [blk.ada(style) for blk in self.blocks]
+        out = (style, [blk.ada(style) for blk in self.blocks],
+               self.text_in(style) if self.text_in is not None else None)
         if can:
-            self.__dict__["_mod_memo"] = (version, text.clone(), style, mods)
-        return style, mods
+            self.__dict__["_mod_memo"] = (version, text.clone(), out)
+        return out

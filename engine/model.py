@@ -184,7 +184,8 @@ class MM2Face(nn.Module):
         if ck.get("schema", 0) > SCHEMA_VERSION:
             raise ValueError(f"checkpoint schema {ck['schema']} is newer than this code ({SCHEMA_VERSION}); update mm2face")
         c = ck["configs"]
-        m = cls(VQConfig(**c["vq"]), GPTConfig(**c["gpt"]), AudioConfig(**c["audio"]), ModelInfo(**c["info"]))
+        gpt = {"text_input": False, **c["gpt"]}     # files written before the text input path existed
+        m = cls(VQConfig(**c["vq"]), GPTConfig(**gpt), AudioConfig(**c["audio"]), ModelInfo(**c["info"]))
         m.load_state_dict(ck["state_dict"])
         return m.to(device).eval()
 

@@ -70,7 +70,7 @@ def test_mm2face_loss_falls_resume_and_generate(vq_path, tmp_path):
     torch.set_num_threads(2)
     out = tmp_path / "g"
     kw = dict(out=str(out), vq=str(vq_path), batch=4, n_tokens=16, lr=2e-3, val_every=20, save_every=20,
-              gpt=TINY_GPT, audio=TINY_AUDIO)
+              gpt=TINY_GPT, audio=TINY_AUDIO, hist_drop=0.25)
     train_mm2face(GPTTrainConfig(steps=40, **kw), make_clips(), make_clips(2, seed=1), progress=False)
     l1 = _losses(out)
     p = train_mm2face(GPTTrainConfig(steps=60, resume=True, **kw), make_clips(), make_clips(2, seed=1),
@@ -147,3 +147,24 @@ def test_ddp_two_cpu_processes(vq_path, tmp_path):
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
     assert MM2Face.load(tmp_path / "vq" / "model.pt").info.meta["vq_steps"] == 6
     assert MM2Face.load(tmp_path / "g" / "model.pt").info.step == 4
+
+
+def test_init_from_a_file_without_the_text_input_path(vq_path, tmp_path):
+    """A checkpoint written before ``text_input`` existed loads (as text_input=False) and can start a
+    fine-tune that adds the path: zero-initialised, so the start behaves exactly like the file."""
+    from mm2face.engine.gpt import GPTConfig
+    from mm2face.training.train_mm2face import build_model
+    torch.manual_seed(0)
+    old = build_model(GPTTrainConfig(vq=str(vq_path), gpt={**TINY_GPT, "text_input": False}, audio=TINY_AUDIO))
+    assert old.gpt.text_in is None
+    path = old.save(tmp_path / "old.pt")
+    ck = torch.load(path, weights_only=False)
+    ck["configs"]["gpt"].pop("text_input")                 # as written by the older code
+    torch.save(ck, path)
+    loaded = MM2Face.load(path)
+    assert loaded.gpt.cfg.text_input is False
+    new = build_model(GPTTrainConfig(vq=str(vq_path), init=str(path), gpt={"text_input": True}))
+    assert new.gpt.text_in is not None and isinstance(new.gpt.cfg, GPTConfig)
+    prev, audio, text = torch.randint(0, 32, (2, 10)), torch.randn(2, 10, 48), torch.randn(2, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(new.gpt.eval()(prev, audio, text), loaded.gpt(prev, audio, text))

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="local sentence encoder folder (default: the bundled all-MiniLM-L6-v2)")
             p.add_argument("--audio-encoder", default="", metavar="DIR",
                            help="local pretrained wav2vec2 folder (e.g. wav2vec2-base-960h); its CNN is frozen")
+            p.add_argument("--hist-drop", type=float, default=0.0,
+                           help="share of training crops whose input tokens are all random, so audio and text "
+                                "alone must predict the motion (default 0)")
             p.add_argument("--aux", nargs=3, type=float, default=[1.0, 0.5, 1.0], metavar=("AUDIO", "HIDDEN", "TEXT"),
                            help="weights of the auxiliary frame regressions from the audio vector, the GPT hidden "
                                 "state and the style vector (default 1 0.5 1; 0 0 0 = token loss only)")
@@ -108,7 +111,7 @@ def main(argv=None):
                              text_encoder=args.text_encoder, audio_encoder=args.audio_encoder, gpt=gpt, audio=audio,
                              time_budget_min=args.time_budget_min, device=args.device,
                              token_noise=args.token_noise, init=args.init, aux_audio=args.aux[0],
-                             aux_hidden=args.aux[1], aux_text=args.aux[2])
+                             aux_hidden=args.aux[1], aux_text=args.aux[2], hist_drop=args.hist_drop)
         path = train_mm2face(cfg, train, val, progress=not args.no_progress)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")

@@ -40,6 +40,8 @@ class GPTTrainConfig:
     time_budget_min: float = 0.0   # > 0: also stop after this many minutes (lr schedule follows time)
     device: str = "cpu"            # torch device for training ("cuda" on a GPU machine)
     token_noise: float = 0.15      # share of input tokens replaced by random ones (less copying, more audio)
+    hist_drop: float = 0.0         # share of crops whose input tokens are all random: audio + text alone must
+                                   # predict the motion (else the history carries emotion and pose, text is ignored)
     init: str = ""                 # MM2Face file to fine-tune: its GPT + audio weights and configs start stage 2
     # auxiliary regressions on the normalised ground-truth frames (training only, not in the model file);
     # they give the audio encoder, the GPT and the style path a dense signal next to token cross-entropy
@@ -145,7 +147,10 @@ def build_model(cfg: GPTTrainConfig):
         model.vq.load_state_dict(vqm.vq.state_dict())
         model.mean.copy_(vqm.mean)
         model.std.copy_(vqm.std)
-        model.gpt.load_state_dict(init.gpt.state_dict())
+        missing, unexpected = model.gpt.load_state_dict(init.gpt.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("text_in.") for k in missing):
+            raise SystemExit(f"--init {cfg.init}: GPT weights do not fit (missing {missing}, unexpected {unexpected})")
+        # a file without the text input path (text_input=false) can start one: it is zero-initialised
         model.audio.load_state_dict(init.audio.state_dict())
         model.info.text_encoder = init.info.text_encoder
         model.info.meta["init"] = str(cfg.init)
@@ -242,8 +247,9 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
             r = torch.rand(2 * cfg.batch, generator=g).to(dev)
             use_text &= r[:cfg.batch] >= gc.text_drop
             use_audio &= r[cfg.batch:] >= gc.audio_drop
-            if cfg.token_noise > 0:
-                noise = (torch.rand(prev.shape, generator=g) < cfg.token_noise).to(dev) & (prev != model.gpt.bos)
+            if cfg.token_noise > 0 or cfg.hist_drop > 0:
+                rate = torch.where(torch.rand(prev.shape[0], generator=g) < cfg.hist_drop, 1.0, cfg.token_noise)
+                noise = (torch.rand(prev.shape, generator=g) < rate[:, None]).to(dev) & (prev != model.gpt.bos)
                 rnd = torch.randint(0, gc.n_codes, prev.shape, generator=g).to(dev)
                 prev = torch.where(noise, rnd, prev)
         return prev, b["target"], b["audio"], use_audio, te, use_text, b.get("motion")
