@@ -208,9 +208,14 @@ async def amain(args) -> int:
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            print(f"\nmm2face-live: {sig.name}, stopping", file=sys.stderr, flush=True)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
 
     def on_style_line(text: str) -> None:
         async def apply():
@@ -225,6 +230,26 @@ async def amain(args) -> int:
 
     tasks: list[asyncio.Task] = []
     failure: list[BaseException] = []
+
+    def write_recordings() -> None:
+        """--record / --record-audio files; called as soon as the stream stops, before the server closes
+        (closing waits for clients), so a slow or stuck shutdown cannot lose them."""
+        if args.record and recorded:
+            from mm2face.engine.frame import MotionClip
+            from mm2face.realtime.ws_source import frames_to_motion
+            path = MotionClip(frames_to_motion(recorded), head=model.head_name, style=args.style).save(args.record)
+            print(f"mm2face-live: recorded {len(recorded)} frames to {path}", file=sys.stderr, flush=True)
+        if args.record_audio:
+            import numpy as np
+            import soundfile as sf
+            audio = np.concatenate(recorded_audio) if recorded_audio else np.zeros(0, np.float32)
+            out = Path(args.record_audio)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            part = out.with_name(out.name + ".part")          # never leave a half-written WAV behind
+            sf.write(part, audio, 16000, subtype="FLOAT", format="WAV")
+            part.replace(out)
+            print(f"mm2face-live: recorded {len(audio) / 16000:.2f} s of input audio to {args.record_audio}",
+                  file=sys.stderr, flush=True)
 
     async def guarded(coro, name):
         try:
@@ -294,6 +319,7 @@ async def amain(args) -> int:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        write_recordings()
         if status is not None:
             status.clear()
         if viewer is not None and viewer.poll() is None:
@@ -303,22 +329,6 @@ async def amain(args) -> int:
             except subprocess.TimeoutExpired:
                 viewer.kill()
 
-    if args.record and recorded:
-        from mm2face.engine.frame import MotionClip
-        from mm2face.realtime.ws_source import frames_to_motion
-        path = MotionClip(frames_to_motion(recorded), head=model.head_name, style=args.style).save(args.record)
-        print(f"mm2face-live: recorded {len(recorded)} frames to {path}", file=sys.stderr)
-    if args.record_audio:
-        import numpy as np
-        import soundfile as sf
-        audio = np.concatenate(recorded_audio) if recorded_audio else np.zeros(0, np.float32)
-        out = Path(args.record_audio)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        part = out.with_name(out.name + ".part")          # never leave a half-written WAV behind
-        sf.write(part, audio, 16000, subtype="FLOAT", format="WAV")
-        part.replace(out)
-        print(f"mm2face-live: recorded {len(audio) / 16000:.2f} s of input audio to {args.record_audio}",
-              file=sys.stderr)
     if failure:              # after the recordings: what was captured before a device failed is kept
         e = failure[0]
         if isinstance(e, sources.DeviceError):

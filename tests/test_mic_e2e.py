@@ -101,7 +101,8 @@ def stop_live(proc) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
-    return err
+        err += "\n[killed after 60 s without exiting]"
+    return f"exit code {proc.returncode}; stderr: {err}"
 
 
 async def collect(port, play_wav, sink, env, *, actions=(), tail_s=1.5, lead_s=1.0):
