@@ -32,6 +32,9 @@ class GPTConfig:
     text_drop: float = 0.15    # training: probability to replace the text by the learned null embedding
     audio_drop: float = 0.05   # training: probability to replace a talking clip's audio by "no audio"
     text_input: bool = True    # style vector also added to every token's input (a direct path next to adaLN)
+    word_bag: int = 64         # > 0: a learned bag of the caption's word pieces (this width) is added to the
+                               # sentence embedding; mean pooling blurs "left"/"right" (MiniLM cosine 0.98)
+    vocab: int = 30522         # word-piece vocabulary of the text encoder's tokenizer (MiniLM/BERT: 30522)
 
 
 class KVCache:
@@ -166,15 +169,19 @@ class MotionGPT(nn.Module):
         self.null_text = nn.Parameter(torch.randn(c.d_text) * 0.05)
         self.style = nn.Sequential(nn.Linear(c.d_text, c.d_model), nn.SiLU(), nn.Linear(c.d_model, c.d_model))
         self.text_in = nn.Linear(c.d_model, c.d_model) if c.text_input else None   # zero-init below
+        self.words = (nn.EmbeddingBag(c.vocab + 1, c.word_bag, mode="mean", padding_idx=c.vocab)   # + padding
+                      if c.word_bag else None)
+        self.words_out = nn.Linear(c.word_bag, c.d_text) if c.word_bag else None   # zero-init below
         self.in_norm = nn.LayerNorm(c.d_model)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.n_codes, bias=False)
         self.apply(self._init)
-        if self.text_in is not None:
-            nn.init.zeros_(self.text_in.weight)
-            nn.init.zeros_(self.text_in.bias)
+        for lin in (self.text_in, self.words_out):       # new paths start silent
+            if lin is not None:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
         for b in self.blocks:
             nn.init.zeros_(b.ada.weight)
             nn.init.zeros_(b.ada.bias)
@@ -188,6 +195,15 @@ class MotionGPT(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+
+    def text_vector(self, sentence: torch.Tensor, word_ids: torch.Tensor | None) -> torch.Tensor:
+        """The style input: ``sentence: (B, d_text)`` frozen sentence embeddings plus, with a word bag,
+        the learned mean of the caption's word-piece vectors; ``word_ids: (B, L)`` long, ``-1`` = padding.
+        Returns ``(B, d_text)``."""
+        if self.words is None or word_ids is None:
+            return sentence
+        ids = torch.where((word_ids >= 0) & (word_ids < self.cfg.vocab), word_ids, self.cfg.vocab)
+        return sentence + self.words_out(self.words(ids))          # padding rows are left out of the mean
 
     @property
     def bos(self) -> int:

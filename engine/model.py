@@ -106,11 +106,18 @@ class MM2Face(nn.Module):
         return self._text_encoder
 
     def text_embed(self, text: str) -> torch.Tensor:
-        """Sentence embedding ``(d_text,)`` of a style caption; empty text -> the learned null embedding."""
+        """Style vector ``(d_text,)`` of a caption: its frozen sentence embedding (+ the learned word bag
+        when the model has one, see :meth:`MotionGPT.text_vector`); empty text -> the learned null embedding."""
         dev = self.mean.device
         if not text or not text.strip():
             return self.gpt.null_text.detach().clone()
-        return torch.from_numpy(self.text_encoder.encode_one(text.strip())).to(dev)
+        text = text.strip()
+        sentence = torch.from_numpy(self.text_encoder.encode_one(text)).to(dev)
+        if self.gpt.words is None:
+            return sentence
+        ids = torch.from_numpy(self.text_encoder.word_ids([text])).to(dev)
+        with torch.no_grad():
+            return self.gpt.text_vector(sentence[None], ids)[0]
 
     # ---- G step (shared by offline generation and streaming) --------------------------------
     @torch.no_grad()
@@ -184,7 +191,7 @@ class MM2Face(nn.Module):
         if ck.get("schema", 0) > SCHEMA_VERSION:
             raise ValueError(f"checkpoint schema {ck['schema']} is newer than this code ({SCHEMA_VERSION}); update mm2face")
         c = ck["configs"]
-        gpt = {"text_input": False, **c["gpt"]}     # files written before the text input path existed
+        gpt = {"text_input": False, "word_bag": 0, **c["gpt"]}   # files written before these paths existed
         m = cls(VQConfig(**c["vq"]), GPTConfig(**gpt), AudioConfig(**c["audio"]), ModelInfo(**c["info"]))
         m.load_state_dict(ck["state_dict"])
         return m.to(device).eval()

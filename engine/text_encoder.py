@@ -61,3 +61,16 @@ class TextEncoder:
 
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)
+
+    def word_ids(self, texts: list[str], max_words: int = 128) -> np.ndarray:
+        """Word-piece ids of each text without special tokens: ``(N, max_words)`` int64, ``-1`` = padding
+        (for the model's learned word bag, :meth:`MotionGPT.text_vector`)."""
+        out = np.full((len(texts), max_words), -1, np.int64)
+        for i, t in enumerate(texts):
+            ids = self.tok(t, add_special_tokens=False, truncation=True, max_length=max_words)["input_ids"]
+            out[i, :len(ids)] = ids
+        return out

@@ -155,16 +155,44 @@ def test_init_from_a_file_without_the_text_input_path(vq_path, tmp_path):
     from mm2face.engine.gpt import GPTConfig
     from mm2face.training.train_mm2face import build_model
     torch.manual_seed(0)
-    old = build_model(GPTTrainConfig(vq=str(vq_path), gpt={**TINY_GPT, "text_input": False}, audio=TINY_AUDIO))
-    assert old.gpt.text_in is None
+    old = build_model(GPTTrainConfig(vq=str(vq_path), gpt={**TINY_GPT, "text_input": False, "word_bag": 0},
+                                     audio=TINY_AUDIO))
+    assert old.gpt.text_in is None and old.gpt.words is None
     path = old.save(tmp_path / "old.pt")
     ck = torch.load(path, weights_only=False)
     ck["configs"]["gpt"].pop("text_input")                 # as written by the older code
+    ck["configs"]["gpt"].pop("word_bag")
     torch.save(ck, path)
     loaded = MM2Face.load(path)
-    assert loaded.gpt.cfg.text_input is False
-    new = build_model(GPTTrainConfig(vq=str(vq_path), init=str(path), gpt={"text_input": True}))
-    assert new.gpt.text_in is not None and isinstance(new.gpt.cfg, GPTConfig)
+    assert loaded.gpt.cfg.text_input is False and loaded.gpt.cfg.word_bag == 0
+    new = build_model(GPTTrainConfig(vq=str(vq_path), init=str(path), gpt={"text_input": True, "word_bag": 16}))
+    assert new.gpt.text_in is not None and new.gpt.words is not None and isinstance(new.gpt.cfg, GPTConfig)
     prev, audio, text = torch.randint(0, 32, (2, 10)), torch.randn(2, 10, 48), torch.randn(2, 384)
     with torch.no_grad():
         torch.testing.assert_close(new.gpt.eval()(prev, audio, text), loaded.gpt(prev, audio, text))
+        cap = "The person turns the head to the left."
+        torch.testing.assert_close(new.text_embed(cap), loaded.text_embed(cap))   # the bag starts silent
+
+
+def test_word_bag_tells_left_from_right():
+    """The learned word bag separates captions a mean-pooled sentence embedding barely does."""
+    from mm2face.engine.gpt import GPTConfig, MotionGPT
+    from mm2face.engine.model import MM2Face as M
+    enc = M.random(seed=0, small=True).text_encoder
+    caps = ["The person turns the head to the left.", "The person turns the head to the right."]
+    sent = torch.from_numpy(enc.encode(caps))
+    assert float(sent[0] @ sent[1]) > 0.95                 # MiniLM: nearly the same vector
+    torch.manual_seed(0)
+    g = MotionGPT(GPTConfig(n_codes=8, d_model=16, n_layer=1, n_head=2, word_bag=8, vocab=enc.vocab_size))
+    ids = torch.from_numpy(enc.word_ids(caps, max_words=16))
+    assert (ids[:, -1] == -1).all() and (ids[0] != ids[1]).any()
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    target = torch.tensor([1.0, -1.0])                     # e.g. the sign of the head's ry
+    for _ in range(60):
+        v = g.text_vector(sent, ids)
+        loss = ((v[:, :1].squeeze(1) * 10 - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    v = g.text_vector(sent, ids)[:, 0].detach()
+    assert v[0] > 0 > v[1]

@@ -71,11 +71,12 @@ class _Stage2(nn.Module):
     def uses_motion(self) -> bool:
         return self.w_audio > 0 or self.w_hidden > 0 or self.w_text > 0
 
-    def forward(self, prev, target, audio, use_audio, text_emb, use_text, motion=None):
+    def forward(self, prev, target, audio, use_audio, text_emb, use_text, motion=None, word_ids=None):
         B, L = prev.shape
         av = self.audio.tokens_from_context(audio, L)                            # (B, L, d)
         av_used = torch.where(use_audio[:, None, None], av, self.gpt.null_audio.expand_as(av))
-        te = torch.where(use_text[:, None], text_emb, self.gpt.null_text.expand_as(text_emb))
+        te = self.gpt.text_vector(text_emb, word_ids)
+        te = torch.where(use_text[:, None], te, self.gpt.null_text.expand_as(te))
         logits, hidden, style = self.gpt(prev, av_used, te, return_hidden=True)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
         m = target >= 0                                                          # (B, L) valid tokens
@@ -148,9 +149,9 @@ def build_model(cfg: GPTTrainConfig):
         model.mean.copy_(vqm.mean)
         model.std.copy_(vqm.std)
         missing, unexpected = model.gpt.load_state_dict(init.gpt.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("text_in.") for k in missing):
+        if unexpected or any(not k.startswith(("text_in.", "words.", "words_out.")) for k in missing):
             raise SystemExit(f"--init {cfg.init}: GPT weights do not fit (missing {missing}, unexpected {unexpected})")
-        # a file without the text input path (text_input=false) can start one: it is zero-initialised
+        # a file without the text input path or word bag can start them: they are zero-initialised
         model.audio.load_state_dict(init.audio.state_dict())
         model.info.text_encoder = init.info.text_encoder
         model.info.meta["init"] = str(cfg.init)
@@ -203,6 +204,12 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
         torch.distributed.barrier()
         if not d.main:
             table = text_table(model, texts, out / "text_cache.pt")
+    word_ids = None
+    if model.gpt.words is not None:
+        if model.text_encoder.vocab_size > model.gpt.cfg.vocab and d.main:
+            print(f"warning: the text encoder has {model.text_encoder.vocab_size} word pieces, the word bag "
+                  f"{model.gpt.cfg.vocab}; pass --set vocab={model.text_encoder.vocab_size} to use them all")
+        word_ids = torch.from_numpy(model.text_encoder.word_ids(texts))
     if d.main:
         print(f"tokenised {len(train_clips)} train / {len(val_clips or [])} val clips, "
               f"{len(texts)} captions embedded in {time.time() - t0:.1f} s")
@@ -224,6 +231,8 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
     vbatches = [_collate([vds[i * cfg.batch + j] for j in range(cfg.batch)]) for i in range(4)]
     model.to(dev)
     table = table.to(dev)
+    if word_ids is not None:
+        word_ids = word_ids.to(dev)
 
     stage.to(dev)
     params = [p for p in stage.parameters() if p.requires_grad]
@@ -252,7 +261,8 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
                 noise = (torch.rand(prev.shape, generator=g) < rate[:, None]).to(dev) & (prev != model.gpt.bos)
                 rnd = torch.randint(0, gc.n_codes, prev.shape, generator=g).to(dev)
                 prev = torch.where(noise, rnd, prev)
-        return prev, b["target"], b["audio"], use_audio, te, use_text, b.get("motion")
+        wi = word_ids[b["text"].clamp(min=0)] if word_ids is not None else None
+        return prev, b["target"], b["audio"], use_audio, te, use_text, b.get("motion"), wi
 
     t_start = time.time()
     wall0 = st.get("wall_s", 0.0) if st else 0.0
