@@ -23,19 +23,12 @@ import numpy as np
 from mm2face.training import metrics as M
 
 CONTRAST_PAIRS = [("A person smiles warmly.", "A person frowns sadly.", "happy", "sad")]
-CAPTION_KEYS = ("emotion", "detail_expression", "detail_head_pose", "action", "emotion_scenario")
-
-
-# ----------------------------------------------------------------------------- adapters
-
 def clip_caption(clip) -> str:
-    """The text the model is conditioned on: the clip's captions joined in a fixed order."""
+    """The text the model is conditioned on: the clip's captions joined in the training order
+    (:func:`mm2face.training.dataset.joined_caption`)."""
+    from mm2face.training.dataset import joined_caption
     caps = getattr(clip, "captions", None) or {}
-    if isinstance(caps, str):
-        return caps
-    parts = [str(caps[k]) for k in CAPTION_KEYS if caps.get(k)]
-    parts += [str(v) for k, v in sorted(caps.items()) if k not in CAPTION_KEYS and v]
-    return " ".join(parts)
+    return caps if isinstance(caps, str) else joined_caption(caps)
 
 
 def clip_speech_mask(clip, T: int):
