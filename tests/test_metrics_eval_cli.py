@@ -41,7 +41,9 @@ def test_eval_cli_writes_table_and_json(tmp_path, capsys):
     write_corpus(tmp_path / "corpus")
     ckpt = MM2Face.random(seed=0, small=True).save(tmp_path / "tiny.pt")
     out = tmp_path / "res.json"
-    rc = eval_cli.main(["--ckpt", str(ckpt), "--data", str(tmp_path / "corpus"), "--out", str(out), "--threads", "1"])
+    png = tmp_path / "eval.png"
+    rc = eval_cli.main(["--ckpt", str(ckpt), "--data", str(tmp_path / "corpus"), "--out", str(out), "--threads", "1",
+                        "--plot", str(png)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "LVE" in printed and "mean-frame baseline" in printed and "smiles" in printed
@@ -65,6 +67,8 @@ def test_eval_cli_writes_table_and_json(tmp_path, capsys):
     lo, hi = res["model"]["emotion_pass_rate_seed_range"]
     assert lo <= res["model"]["emotion_pass_rate"] <= hi
     assert "mean of 3 sampling seeds" in printed
+    assert len(talk["trace"]["jaw_gt"]) == talk["frames"] == len(talk["trace"]["jaw_model"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_combine_seeds_averages_numbers_and_rule_rates():

@@ -91,6 +91,9 @@ def model_head_spec(model, override: str | None) -> str:
 
 # ----------------------------------------------------------------------------- evaluation
 
+TRACE_CLIPS = 2     # talking clips whose jaw trajectories (GT and model, first seed) go into the JSON and plot
+
+
 def combine_seeds(aggs: list[dict]) -> dict:
     """One aggregate from several sampling seeds' aggregates: numbers are averaged (pass rates too,
     i.e. pooled over the seeds' checks), per-rule pass rates likewise; ``seeds`` says how many."""
@@ -151,6 +154,8 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
                 per_model[s].append(m)
                 if s == seed:
                     row["model"] = m
+                    if has_audio(clip) and sum(1 for r in rows if "trace" in r) < TRACE_CLIPS:
+                        row["trace"] = {"jaw_gt": gt[:, 53].round(4).tolist(), "jaw_model": pred[:T, 53].round(4).tolist()}
                 else:
                     row.setdefault("model_other_seeds", []).append(
                         {k: v for k, v in m.items() if k not in ("style_gt",)})
@@ -241,6 +246,47 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_results(res: dict, path) -> Path:
+    """PNG: jaw opening over time (ground truth vs model) for the traced talking clips, and the pass rate
+    of every style rule (model vs ground truth)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = [r for r in res["per_clip"] if "trace" in r]
+    by_rule = res.get("model", {}).get("style_by_rule", {})
+    gt_rule = res.get("model", {}).get("gt_style_by_rule", {})
+    n = len(traces) + (1 if by_rule else 0)
+    if n == 0:
+        raise ValueError("nothing to plot: no model results with talking clips or style checks")
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.4), squeeze=False)
+    for ax, r in zip(axes[0], traces):
+        t = np.arange(len(r["trace"]["jaw_gt"])) / M.FPS
+        ax.plot(t, r["trace"]["jaw_gt"], lw=1.2, label="ground truth")
+        ax.plot(t, r["trace"]["jaw_model"], lw=1.0, label="model")
+        ax.set_title(f"{r['id']}: jaw opening (corr {r['model']['jaw_corr']:.2f})", fontsize=9)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("jaw rx (rad)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if by_rule:
+        ax = axes[0, -1]
+        names = list(by_rule)
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [100 * by_rule[k]["pass_rate"] for k in names], 0.4, label="model")
+        ax.bar(x + 0.2, [100 * gt_rule.get(k, {}).get("pass_rate", 0) for k in names], 0.4, label="ground truth")
+        ax.set_xticks(x, [f"{k}\n({by_rule[k]['clips']})" for k in names], fontsize=7)
+        ax.set_ylabel("clips passing (%)")
+        ax.set_title("style checks by caption rule (clips)", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mm2face-eval",
@@ -258,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3,
                    help="sampling seeds per clip, the table shows their mean (default 3)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the model's)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw jaw opening over time (model vs ground truth) and the style pass rates")
     p.add_argument("--baseline-only", action="store_true", help="skip the model; score the mean-frame baseline")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     return p
@@ -288,6 +336,8 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1, default=float))
         print(f"wrote {out}")
+    if args.plot and model is not None:
+        print(f"wrote {plot_results(res, args.plot)}")
     return 0
 
 
