@@ -12,7 +12,6 @@ steer the face. Prints a table and writes everything (aggregate and per clip) as
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -47,29 +46,15 @@ def has_audio(clip) -> bool:
 
 
 def generate_motion(model, text: str, audio_16k, n_frames: int, device: str, seed: int,
-                    guidance: float | None = None) -> np.ndarray:
-    """Offline generation through the model engineer's API -> ``(T, 56)`` float32.
+                    guidance: float | None = None, **sampling) -> np.ndarray:
+    """Offline generation (:func:`mm2face.engine.generate.generate`) -> ``(T, 56)`` float32.
 
-    ``audio_16k``: ``(samples,)`` float32 at 16 kHz or None for text only (``n_frames`` frames).
-    """
+    ``audio_16k``: ``(samples,)`` float32 at 16 kHz or None for text only (``n_frames`` frames);
+    ``guidance`` and ``sampling`` (``temperature``, ``top_k``): None keeps generate's defaults."""
     from mm2face.engine.generate import generate
-    params = inspect.signature(generate).parameters
-    kw = {}
-    for name, val in (("text", text), ("device", device), ("seed", seed), ("n_frames", n_frames),
-                      ("num_frames", n_frames), ("guidance", guidance), ("cfg_scale", guidance)):
-        if name in params and val is not None:
-            kw[name] = val
-    audio_name = next((n for n in ("audio_16k", "audio", "wav") if n in params), None)
-    if audio_name:
-        kw[audio_name] = None if audio_16k is None else np.asarray(audio_16k, np.float32)
-    out = generate(model, **kw)
-    if isinstance(out, dict):
-        out = out.get("motion", next(iter(out.values())))
-    if hasattr(out, "motion"):
-        out = out.motion
-    if hasattr(out, "detach"):
-        out = out.detach().cpu().numpy()
-    return np.asarray(out, np.float32).reshape(-1, 56)
+    kw = {k: v for k, v in dict(guidance=guidance, **sampling).items() if v is not None}
+    audio = None if audio_16k is None else np.asarray(audio_16k, np.float32)
+    return np.asarray(generate(model, audio, text, seed=seed, n_frames=n_frames, device=device, **kw), np.float32)
 
 
 def load_checkpoint(ckpt: str | None, device: str):
@@ -116,12 +101,15 @@ def combine_seeds(aggs: list[dict]) -> dict:
 
 def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: int | None = None,
              seed: int = 0, guidance: float | None = None, baseline_clips: int = 2000,
-             progress: bool = True, seeds: int = 1) -> dict:
+             progress: bool = True, seeds: int = 1, temperature: float | None = None,
+             top_k: int | None = None) -> dict:
     """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results.
 
     ``seeds``: generate every clip with sampling seeds ``seed .. seed + seeds - 1`` and report the mean
     (the model samples its tokens; a style check on a few dozen clips moves by several points between
-    seeds). Lip-sync metrics are averaged over the clips with audio (see :func:`metrics.aggregate`)."""
+    seeds). Lip-sync metrics are averaged over the clips with audio (see :func:`metrics.aggregate`).
+    ``temperature``/``top_k``: sampling settings (None: the generator's defaults)."""
+    sampling = {"temperature": temperature, "top_k": top_k}
     from tqdm import tqdm
 
     train = list(corpus.clips("train") if hasattr(corpus, "clips") else corpus.split("train"))
@@ -147,7 +135,7 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
             for s in seed_list:
                 tg = time.perf_counter()
                 pred = generate_motion(model, text, clip.audio_16k if has_audio(clip) else None, T, device, s,
-                                       guidance)
+                                       guidance, **sampling)
                 gen_s += time.perf_counter() - tg
                 m = M.clip_metrics(pred, gt, head=head, speech=speech, captions=clip.captions, gt_verts=gv)
                 m["audio"] = has_audio(clip)
@@ -179,21 +167,22 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
     if per_base:
         res["baseline_mean_frame"] = M.aggregate(per_base)
     if model is not None:
-        res["contrast"] = text_contrast(model, device, seed, guidance)
+        res["contrast"] = text_contrast(model, device, seed, guidance, **sampling)
+        res["sampling"] = {"guidance": guidance, **sampling}
     res["per_clip"] = rows
     return res
 
 
 def text_contrast(model, device: str, seed: int, guidance: float | None, seconds: float = 4.0,
-                  seeds: int = 3) -> list[dict]:
+                  seeds: int = 3, **sampling) -> list[dict]:
     """Text-only motions for contrasting captions; ``told_apart`` when their contrast score is > 0 for every seed."""
     out = []
     n = int(seconds * M.FPS)
     for cap_a, cap_b, rule_a, rule_b in CONTRAST_PAIRS:
         scores = []
         for s in range(seeds):
-            a = generate_motion(model, cap_a, None, n, device, seed + s, guidance)
-            b = generate_motion(model, cap_b, None, n, device, seed + s, guidance)
+            a = generate_motion(model, cap_a, None, n, device, seed + s, guidance, **sampling)
+            b = generate_motion(model, cap_b, None, n, device, seed + s, guidance, **sampling)
             scores.append(M.contrast_score(a, b, rule_a, rule_b))
         out.append({"a": cap_a, "b": cap_b, "rules": [rule_a, rule_b], "scores": scores,
                     "told_apart": bool(min(scores) > 0)})
@@ -301,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default=None,
                    help="head for vertex metrics: 'standin' or a FLAME .pkl (default: the checkpoint's head)")
     p.add_argument("--seed", type=int, default=0, help="first sampling seed (default 0)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: the generator's; 0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--seeds", type=int, default=3,
                    help="sampling seeds per clip, the table shows their mean (default 3)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the model's)")
@@ -327,7 +319,8 @@ def main(argv=None) -> int:
     model = None if args.baseline_only else load_checkpoint(args.ckpt, args.device)
     head = load_head(model_head_spec(model, args.head))
     res = evaluate(model, corpus, args.split, head, device=args.device, max_clips=args.max_clips,
-                   seed=args.seed, guidance=args.guidance, seeds=args.seeds)
+                   seed=args.seed, guidance=args.guidance, seeds=args.seeds, temperature=args.temperature,
+                   top_k=args.top_k)
     res["ckpt"] = args.ckpt or "default"
     res["data"] = str(data)
     print(format_table(res))
