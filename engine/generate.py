@@ -10,11 +10,14 @@ import numpy as np
 import torch
 
 from mm2face.engine.frame import SAMPLES_PER_FRAME
+from mm2face.engine.session import StreamConfig, add_blinks
+
+_D = StreamConfig()          # one place for the sampling defaults: streaming and offline must agree
 
 
 @torch.no_grad()
-def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = 3.5,
-             temperature: float = 0.6, top_k: int = 8, n_frames: int | None = None,
+def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = _D.guidance,
+             temperature: float = _D.temperature, top_k: int = _D.top_k, n_frames: int | None = None,
              device="cpu", return_tokens: bool = False, blinks: bool = True):
     """Motion ``(T, 56) float32`` for ``audio_16k: (samples,)`` float32 16 kHz (or ``None`` for
     text only, then ``n_frames`` is required) and a style ``text``.
@@ -49,6 +52,5 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
     codes = torch.tensor(toks, device=dev)[None]
     motion = model.denormalize(model.vq.decode(codes)[0])[:n_frames].float().cpu().numpy()
     if blinks:                                       # the same procedural blinks as StreamSession
-        from mm2face.engine.session import add_blinks
         motion = add_blinks(motion, 0, seed, model.head_name)
     return (motion, toks) if return_tokens else motion

@@ -39,9 +39,13 @@ def build_parser():
     ap.add_argument("--video", help="also render an MP4 with the audio muxed in")
     ap.add_argument("--ckpt", help="MM2Face checkpoint (default: the shipped engine/assets/default.pt)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--guidance", type=float, default=3.5, help="style strength (classifier-free guidance, 1 = off)")
-    ap.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
-    ap.add_argument("--top-k", type=int, default=8)
+    from mm2face.engine.session import StreamConfig    # the sampling defaults streaming uses (imports torch)
+    d = StreamConfig()
+    ap.add_argument("--guidance", type=float, default=d.guidance,
+                    help=f"style strength (classifier-free guidance, 1 = off; default {d.guidance})")
+    ap.add_argument("--temperature", type=float, default=d.temperature,
+                    help=f"sampling temperature (0 = greedy; default {d.temperature})")
+    ap.add_argument("--top-k", type=int, default=d.top_k, help=f"sample among the k likeliest tokens (0 = all; default {d.top_k})")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     return ap
