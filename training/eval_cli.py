@@ -264,7 +264,7 @@ def plot_results(res: dict, path) -> Path:
         x = np.arange(len(names))
         ax.bar(x - 0.2, [100 * by_rule[k]["pass_rate"] for k in names], 0.4, label="model")
         ax.bar(x + 0.2, [100 * gt_rule.get(k, {}).get("pass_rate", 0) for k in names], 0.4, label="ground truth")
-        ax.set_xticks(x, [f"{k}\n({by_rule[k]['clips']})" for k in names], fontsize=7)
+        ax.set_xticks(x, [f"{k} ({by_rule[k]['clips']})" for k in names], fontsize=7, rotation=40, ha="right")
         ax.set_ylabel("clips passing (%)")
         ax.set_title("style checks by caption rule (clips)", fontsize=9)
         ax.legend(fontsize=8)
