@@ -138,15 +138,21 @@ class MM2Face(nn.Module):
         return unc + g * (cond - unc)
 
     @staticmethod
+    def token_probs(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+        """``logits: (..., n_codes)`` -> sampling probabilities (same shape) at ``temperature > 0``,
+        restricted to the ``top_k`` likeliest tokens (0 = all)."""
+        logits = logits.float() / temperature
+        if top_k and top_k < logits.shape[-1]:
+            v, _ = torch.topk(logits, top_k)
+            logits = logits.masked_fill(logits < v[..., -1:], float("-inf"))
+        return torch.softmax(logits, -1)
+
+    @staticmethod
     def sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator | None) -> torch.Tensor:
         """``logits: (n_codes,)`` -> one token (0-d long). temperature <= 0 -> greedy."""
         if temperature <= 0:
             return logits.argmax(-1)
-        logits = logits.float() / temperature
-        if top_k and top_k < logits.shape[-1]:
-            v, _ = torch.topk(logits, top_k)
-            logits = logits.masked_fill(logits < v[-1], float("-inf"))
-        p = torch.softmax(logits, -1)
+        p = MM2Face.token_probs(logits, temperature, top_k)
         return torch.multinomial(p.cpu(), 1, generator=gen)[0].to(logits.device)
 
     # ---- constructors and checkpoints --------------------------------------------------------

@@ -396,11 +396,7 @@ def _sample_batch(model, logits, sessions) -> list[int]:
             for j, i in enumerate(idx):
                 toks[i] = int(am[j])
             continue
-        lg = lg.float() / temp
-        if top_k and top_k < lg.shape[-1]:
-            v, _ = torch.topk(lg, top_k)
-            lg = lg.masked_fill(lg < v[:, -1:], float("-inf"))
-        p = torch.softmax(lg, -1).cpu()
+        p = model.token_probs(lg, temp, top_k).cpu()
         for j, i in enumerate(idx):
             toks[i] = int(torch.multinomial(p[j], 1, generator=sessions[i].gen)[0])
     return toks

@@ -266,6 +266,9 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
 
     t_start = time.time()
     wall0 = st.get("wall_s", 0.0) if st else 0.0
+
+    def state_extra() -> dict:          # what last.pt holds besides model and optimiser
+        return {"wall_s": wall0 + time.time() - t_start, "aux": stage.aux.state_dict()}
     best = float("inf")
     bar = tqdm(total=cfg.steps, initial=step, desc="mm2face", disable=not (progress and d.main), dynamic_ncols=True)
     stage.train()
@@ -307,12 +310,10 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
                 model.info.meta.update({"best_val_loss": best, "best_val_acc": rec["val_acc"]})
                 model.save(out / "model_best.pt")
         if d.main and (step % cfg.save_every == 0 or step == cfg.steps):
-            save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start,
-                                                                          "aux": stage.aux.state_dict()})
+            save_state(out / "last.pt", model, opt, step, asdict(cfg), state_extra())
     bar.close()
     if d.main and step % cfg.save_every != 0 and step != cfg.steps:     # stopped by the time budget
-        save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": wall0 + time.time() - t_start,
-                                                                          "aux": stage.aux.state_dict()})
+        save_state(out / "last.pt", model, opt, step, asdict(cfg), state_extra())
     path = out / "model.pt"
     if d.main:
         model.info.step = step
