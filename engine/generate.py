@@ -16,6 +16,15 @@ _D = StreamConfig()          # one place for the sampling defaults: streaming an
 
 
 @torch.no_grad()
+def audio_vectors(model, audio_16k: np.ndarray | None, n_tok: int, device="cpu") -> torch.Tensor:
+    """``(n_tok, d_model)`` the per-token audio vectors the GPT (and the refiner) read: the audio
+    encoder's windows of ``audio_16k: (samples,)`` float32, or the learned "no audio" vector."""
+    if audio_16k is None:
+        return model.gpt.null_audio.detach()[None].expand(n_tok, -1)
+    return model.audio.clip_tokens(torch.from_numpy(np.asarray(audio_16k, np.float32)).to(device)[None], n_tok)[0]
+
+
+@torch.no_grad()
 def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = _D.guidance,
              temperature: float = _D.temperature, top_k: int = _D.top_k, n_frames: int | None = None,
              device="cpu", return_tokens: bool = False, blinks: bool = True):
@@ -36,10 +45,7 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
         if n_frames is None:
             n_frames = -(-len(audio_16k) // SAMPLES_PER_FRAME)
     n_tok = max(1, -(-n_frames // model.down))
-    if audio_16k is None:
-        av = model.gpt.null_audio.detach()[None].expand(n_tok, -1)
-    else:
-        av = model.audio.clip_tokens(torch.from_numpy(audio_16k).to(dev)[None], n_tok)[0]
+    av = audio_vectors(model, audio_16k, n_tok, dev)
     text_emb = model.text_embed(text).to(dev)[None]
     gen = torch.Generator().manual_seed(int(seed))
     cache = model.gpt.new_cache()
@@ -50,7 +56,11 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
         prev = int(model.sample(logits[0], temperature, top_k, gen))
         toks.append(prev)
     codes = torch.tensor(toks, device=dev)[None]
-    motion = model.denormalize(model.vq.decode(codes)[0])[:n_frames].float().cpu().numpy()
+    t_tok = torch.arange(n_tok, device=dev)[None]                               # tokens since the style was set
+    code = model.refiner_style(text)
+    code = None if code is None else code[None, None].expand(1, n_tok, -1)
+    frames = model.refine(av[None], model.vq.decode(codes), code, t_tok)
+    motion = model.denormalize(frames[0])[:n_frames].float().cpu().numpy()
     if blinks:                                       # the same procedural blinks as StreamSession
         motion = add_blinks(motion, 0, seed, model.head_name)
     return (motion, toks) if return_tokens else motion

@@ -22,6 +22,7 @@ import torch.nn as nn
 from mm2face.engine.audio_encoder import AudioConfig, AudioEncoder
 from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.engine.gpt import GPTConfig, KVCache, MotionGPT
+from mm2face.engine.refiner import Refiner, RefinerConfig
 from mm2face.engine.vqvae import VQConfig, VQVAE
 
 SCHEMA_VERSION = 1
@@ -54,6 +55,7 @@ class MM2Face(nn.Module):
         self.vq = VQVAE(vq_cfg)
         self.gpt = MotionGPT(gpt_cfg)
         self.audio = AudioEncoder(audio_cfg)
+        self.refiner: Refiner | None = None        # optional stage 3, see attach_refiner()
         self.info = info or ModelInfo()
         self.register_buffer("mean", torch.zeros(FRAME_DIM))
         self.register_buffer("std", torch.ones(FRAME_DIM))
@@ -169,8 +171,37 @@ class MM2Face(nn.Module):
             m = cls(VQConfig(), GPTConfig(), AudioConfig(), ModelInfo(head=head))
         return m.eval()
 
+    def attach_refiner(self, cfg: RefinerConfig | None = None) -> Refiner:
+        """Add (or replace) the stage-3 audio refiner; a new one is the identity until trained."""
+        cfg = cfg or RefinerConfig()
+        if cfg.d_text and cfg.d_text != self.gpt.cfg.d_text:
+            raise ValueError(f"RefinerConfig.d_text={cfg.d_text} but the model's text encoder gives "
+                             f"{self.gpt.cfg.d_text}-d token states")
+        self.refiner = Refiner(cfg, self.gpt.cfg.d_model, self.down).to(self.mean.device)
+        return self.refiner
+
+    def refiner_style(self, text: str) -> torch.Tensor | None:
+        """The refiner's style code ``(width,)`` of a caption (None without a refiner or text input);
+        empty text -> the learned null code."""
+        r = self.refiner
+        if r is None or not r.cfg.d_text:
+            return None
+        if not text or not text.strip():
+            return r.null_style.detach().clone()
+        states = torch.from_numpy(self.text_encoder.token_states([text.strip()])[0]).to(self.mean.device)
+        with torch.no_grad():
+            return r.pool_text(states[None])[0]
+
+    def refine(self, audio_vec: torch.Tensor, frames_norm: torch.Tensor, style: torch.Tensor | None,
+               t_tok: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence stage 3: ``audio_vec (B, L, d)`` (the vectors the GPT saw), ``frames_norm
+        (B, L*down, 56)`` decoded, ``style (B, L, width)`` refiner style codes (:meth:`refiner_style`),
+        ``t_tok (B, L)`` tokens since the style was set -> refined frames; unchanged without a refiner."""
+        return frames_norm if self.refiner is None else self.refiner(audio_vec, frames_norm, style, t_tok)
+
     def configs(self) -> dict:
         return {"vq": asdict(self.vq.cfg), "gpt": asdict(self.gpt.cfg), "audio": asdict(self.audio.cfg),
+                "refiner": asdict(self.refiner.cfg) if self.refiner is not None else None,
                 "info": asdict(self.info)}
 
     def save(self, path, **meta) -> Path:
@@ -199,6 +230,10 @@ class MM2Face(nn.Module):
         c = ck["configs"]
         gpt = {"text_input": False, "word_bag": 0, **c["gpt"]}   # files written before these paths existed
         m = cls(VQConfig(**c["vq"]), GPTConfig(**gpt), AudioConfig(**c["audio"]), ModelInfo(**c["info"]))
+        if c.get("refiner"):                                     # absent in files written before stage 3
+            r = dict(c["refiner"])
+            r["dilations"] = tuple(r.get("dilations", RefinerConfig.dilations))
+            m.attach_refiner(RefinerConfig(**r))
         m.load_state_dict(ck["state_dict"])
         return m.to(device).eval()
 

@@ -125,6 +125,8 @@ class StreamSession:
         self.style = style
         e = m.text_embed(style).to(self.device)
         self.emb_from, self.emb_to = e, e
+        r = m.refiner_style(style)                        # the refiner's own style code (None without one)
+        self.rcode_from = self.rcode_to = None if r is None else r.to(self.device)
         self.blend_k0, self.blend_n = 0, 1
         self.guidance = float(self.cfg.guidance)
         # mouth-to-rest blend (after end/flush)
@@ -136,6 +138,8 @@ class StreamSession:
             dims += [UNIT_INDEX[u] for u in _MOUTH_UNITS]
         self.mouth_dims = torch.tensor(dims)
         self.pending: list[Frame] = []
+        self.ref_hist: list[tuple] = []               # stage-3 inputs of the last tokens, see _refine
+        self.style_k0 = 0                             # token at which the current style text was set
         self.stats = {"hops": 0, "frames": 0, "audio_enc_ms": 0.0, "g_step_ms": 0.0, "decode_ms": 0.0,
                       "audio_enc_ms_total": 0.0, "g_step_ms_total": 0.0, "decode_ms_total": 0.0}
 
@@ -174,10 +178,14 @@ class StreamSession:
         """New style text, effective from the next token, cross-faded over ``blend_s`` seconds."""
         text = "" if text is None else str(text)
         new = self.model.text_embed(text).to(self.device)
-        cur = self._style_emb(self.k)
+        r = self.model.refiner_style(text)
+        cur, cur_r = self._style_emb(self.k), self._refiner_code(self.k)
         blend_s = self.cfg.blend_s if blend_s is None else max(0.0, float(blend_s))
         self.emb_from, self.emb_to = cur, new
+        self.rcode_from, self.rcode_to = cur_r, None if r is None else r.to(self.device)
         self.blend_k0 = self.k
+        if text != self.style:                       # the refiner's "time since the style was set" restarts
+            self.style_k0 = self.k
         self.blend_n = max(1, int(round(blend_s * FPS / self.down)))
         self.style = text
 
@@ -187,9 +195,17 @@ class StreamSession:
             raise ValueError(f"guidance must be finite, got {scale}")
         self.guidance = scale
 
+    def _blend(self, k: int) -> float:
+        return min(1.0, (k - self.blend_k0 + 1) / self.blend_n)
+
     def _style_emb(self, k: int) -> torch.Tensor:
-        a = min(1.0, (k - self.blend_k0 + 1) / self.blend_n)
-        return self.emb_from + (self.emb_to - self.emb_from) * a
+        return self.emb_from + (self.emb_to - self.emb_from) * self._blend(k)
+
+    def _refiner_code(self, k: int) -> torch.Tensor | None:
+        """The refiner's style code at token ``k``, cross-faded like the GPT's style vector."""
+        if self.rcode_to is None:
+            return None
+        return self.rcode_from + (self.rcode_to - self.rcode_from) * self._blend(k)
 
     # ---- output ------------------------------------------------------------------------------
     def hop_ready(self) -> bool:
@@ -354,6 +370,8 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
         out = model.vq.decode_last(torch.tensor([hists[i] for i in idx], device=dev))   # (n, down, 56)
         for j, i in enumerate(idx):
             frames_norm[i] = out[j]
+    if model.refiner is not None:
+        frames_norm = _refine(model, sessions, av, frames_norm)
     t3 = time.perf_counter()
     result = []
     for i, s in enumerate(sessions):
@@ -366,6 +384,31 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
         st["g_step_ms_total"] += st["g_step_ms"]
         st["decode_ms_total"] += st["decode_ms"]
     return result
+
+
+def _refine(model, sessions, av, frames_norm) -> list:
+    """Stage 3 (the refiner) on each session's last ``receptive_tokens`` tokens, grouped by history
+    length. The history holds the decoded (unrefined) frames, as in the whole-clip pass."""
+    R = model.refiner.receptive_tokens
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(sessions):
+        s.ref_hist = (s.ref_hist + [(av[i], frames_norm[i], s._refiner_code(s.k), s.k - s.style_k0)])[-R:]
+        groups.setdefault(len(s.ref_hist), []).append(i)
+    out = list(frames_norm)
+    dev = frames_norm[0].device
+    for _, idx in groups.items():
+        h = [sessions[i].ref_hist for i in idx]
+        r = model.refiner.refine_last(torch.stack([torch.stack([x[0] for x in hi]) for hi in h]),   # (n, L, d)
+                                      torch.stack([torch.cat([x[1] for x in hi]) for hi in h]),     # (n, L*down, 56)
+                                      _stack_codes([[x[2] for x in hi] for hi in h]),               # (n, L, W)
+                                      torch.tensor([[x[3] for x in hi] for hi in h], device=dev))   # (n, L)
+        for j, i in enumerate(idx):
+            out[i] = r[j]
+    return out
+
+
+def _stack_codes(codes: list[list]) -> torch.Tensor | None:
+    return None if codes[0][0] is None else torch.stack([torch.stack(c) for c in codes])
 
 
 def _stack_equal(sessions):

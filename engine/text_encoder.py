@@ -59,6 +59,22 @@ class TextEncoder:
                 self._cache[t] = e
         return np.stack([got[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
 
+    @torch.no_grad()
+    def token_states(self, texts: list[str], batch: int = 64) -> list[np.ndarray]:
+        """The encoder's last hidden states per text, special tokens included: ``(L_i, dim)`` float32
+        each (the contextual token vectors that :meth:`encode` mean-pools; the refiner attends over them)."""
+        out: list = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            enc = self.tok([texts[j] for j in idx], padding=True, truncation=True, max_length=self.max_length,
+                           return_tensors="pt").to(self.device)
+            h = self.model(**enc).last_hidden_state.float().cpu().numpy()
+            n = enc["attention_mask"].sum(1).cpu().numpy()
+            for j, hj, nj in zip(idx, h, n):
+                out[j] = hj[:nj].copy()
+        return out
+
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
 

@@ -1,11 +1,12 @@
-"""``mm2face-train vqvae|mm2face``: train the two stages on an MMHead-layout corpus.
+"""``mm2face-train vqvae|mm2face|refiner``: train the stages on an MMHead-layout corpus.
 
     mm2face-train vqvae   --data data/synth --out runs/vqvae   --steps 3000
     mm2face-train mm2face --data data/synth --out runs/mm2face --vq runs/vqvae/model.pt --steps 3000
+    mm2face-train refiner --data data/synth --out runs/refiner --init runs/mm2face/model.pt   # optional stage 3
     torchrun --nproc_per_node 2 -m mm2face.training.train_cli vqvae ...     # data parallel (gloo on CPU)
 
-Each run writes ``OUT/last.pt`` (trainer state, for --resume), ``OUT/model.pt`` (an MM2Face file any
-tool loads with --ckpt) and ``OUT/log.jsonl``.
+Each run writes ``OUT/model.pt`` (an MM2Face file any tool loads with --ckpt) and ``OUT/log.jsonl``;
+stages 1-2 also ``OUT/last.pt`` (trainer state, for --resume). Stage 3 takes minutes, single process.
 """
 from __future__ import annotations
 
@@ -79,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--init", default="", metavar="CKPT",
                            help="fine-tune: start the GPT and audio encoder from this MM2Face file (its shapes "
                                 "are kept; pass the same file as --vq, e.g. engine/assets/default.pt)")
+    p = sub.add_parser("refiner", help="stage 3 (optional): the causal audio refiner on the model's own samples")
+    p.add_argument("--data", required=True, help="corpus folder (MMHead layout, real or synthetic)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--init", default="", metavar="CKPT",
+                   help="MM2Face file to refine; stages 1-2 stay frozen (default: the shipped default checkpoint)")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
+    p.add_argument("--batch", type=int, default=16, help="whole clips per step (default 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam, betas 0.5/0.999)")
+    p.add_argument("--clips", type=int, default=600,
+                   help="training clips whose motions are sampled from the model (default 600; ~1 s each on CPU)")
+    p.add_argument("--val-every", type=int, default=250, help="validate every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--limit", type=int, default=0, help="use at most N clips per split (quick runs)")
+    p.add_argument("--subsets", default="talking,t2m", help="comma list of subsets")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
+                   help="RefinerConfig overrides, e.g. width=96 dilations=[1,2,4]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     return ap
 
 
@@ -101,6 +121,12 @@ def main(argv=None):
                             head=args.head, resume=args.resume, vq=over, w_head=args.w_head,
                             device=args.device)
         path = train_vqvae(cfg, train, val, progress=not args.no_progress)
+    elif args.stage == "refiner":
+        from mm2face.training.train_refiner import RefinerTrainConfig, train_refiner
+        cfg = RefinerTrainConfig(out=args.out, init=args.init, steps=args.steps, batch=args.batch, lr=args.lr,
+                                 max_clips=args.clips, val_every=args.val_every, seed=args.seed,
+                                 device=args.device, refiner=over)
+        path = train_refiner(cfg, train, val, progress=not args.no_progress)
     else:
         from mm2face.training.train_mm2face import GPTTrainConfig, train_mm2face
         gpt = {k: v for k, v in over.items() if not k.startswith("audio.")}

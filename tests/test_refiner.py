@@ -1,0 +1,186 @@
+"""Stage 3, the causal audio refiner: exact streaming, checkpoints, and a trainer whose loss falls."""
+import numpy as np
+import pytest
+import torch
+
+from mm2face.engine.frame import HEAD
+from mm2face.engine.generate import generate
+from mm2face.engine.model import MM2Face
+from mm2face.engine.refiner import Refiner, RefinerConfig
+from mm2face.engine.session import StreamConfig, StreamSession, step_sessions
+from mm2face.training.dataset import SimpleClip
+from mm2face.training.train_refiner import RefinerTrainConfig, train_refiner
+
+
+def _scramble(module, seed=0):
+    """Random non-zero weights everywhere (a fresh refiner is the identity, which would prove nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    m = MM2Face.random(seed=0)
+    m.attach_refiner(RefinerConfig(width=32, dilations=(1, 2, 4)))
+    _scramble(m.refiner)
+    return m.eval()
+
+
+def _noise(seconds, seed=0):
+    return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def _inputs(B=2, L=12, d=8, width=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, L, d, generator=g), torch.randn(B, 2 * L, 56, generator=g),
+            torch.randn(B, L, width, generator=g), torch.arange(L)[None].expand(B, L))
+
+
+def test_new_refiner_is_identity_and_causal():
+    r = Refiner(RefinerConfig(width=16, dilations=(1, 2)), d_audio=8, down=2).eval()
+    av, fr, st, t = _inputs()
+    torch.testing.assert_close(r(av, fr, st, t), fr)               # zero-initialised output layers
+    _scramble(r)
+    full = r(av, fr, st, t)
+    assert not torch.allclose(full, fr)
+    av2, fr2, st2 = av.clone(), fr.clone(), st.clone()             # changing the future changes nothing before it
+    av2[:, 7:] += 5
+    fr2[:, 14:] += 5
+    st2[:, 7:] += 5
+    torch.testing.assert_close(r(av2, fr2, st2, t)[:, :14], full[:, :14])
+    for k in range(12):                                            # last-token refinement = whole-sequence rows
+        torch.testing.assert_close(r.refine_last(av[:, :k + 1], fr[:, :2 * k + 2], st[:, :k + 1], t[:, :k + 1]),
+                                   full[:, 2 * k:2 * k + 2])
+
+
+def test_head_offset_reads_only_style_and_time():
+    r = Refiner(RefinerConfig(width=16, dilations=(1, 2)), d_audio=8, down=2).eval()
+    _scramble(r, seed=3)
+    av, fr, st, t = _inputs()
+    out = r(av, fr, st, t)
+    av2, fr2 = torch.randn_like(av), fr.clone()
+    fr2[..., :50] += 3                                             # other audio and expressions: same head offset
+    torch.testing.assert_close((r(av2, fr2, st, t) - fr2)[..., HEAD], (out - fr)[..., HEAD])
+    assert not torch.allclose(r(av, fr, st, t + 5)[..., HEAD], out[..., HEAD])    # time matters
+    plain = Refiner(RefinerConfig(width=16, dilations=(1, 2), head=False), d_audio=8, down=2).eval()
+    _scramble(plain)
+    torch.testing.assert_close(plain(av, fr, st, t)[..., HEAD], fr[..., HEAD])    # head=False: head untouched
+
+
+def test_text_pooling_ignores_padding_and_tells_captions_apart():
+    r = Refiner(RefinerConfig(width=16, dilations=(1,)), d_audio=8, down=2).eval()
+    _scramble(r, seed=5)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(1, 7, 384, generator=g), torch.randn(1, 5, 384, generator=g)
+    padded = torch.zeros(2, 7, 384)
+    padded[0], padded[1, :5] = a[0], b[0]
+    mask = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])
+    got = r.pool_text(padded, mask)
+    torch.testing.assert_close(got[0], r.pool_text(a)[0])
+    torch.testing.assert_close(got[1], r.pool_text(b)[0])
+    assert not torch.allclose(got[0], got[1])
+
+
+def test_stream_with_refiner_equals_offline(model):
+    audio = _noise(3.3)                                            # 41 tokens > the refiner's 15-token field
+    off = generate(model, audio, "a calm speaker", seed=2)
+    s = StreamSession(model, StreamConfig(seed=2), style="a calm speaker")
+    frames = []
+    for i in range(0, len(audio), 700):
+        s.push_audio(audio[i:i + 700])
+        frames += s.poll()
+    frames += s.end()
+    got = np.stack([f.params for f in frames])[:len(off)]
+    np.testing.assert_allclose(got, off, atol=1e-4)
+    saved, model.refiner = model.refiner, None                     # and the refiner did change the motion
+    try:
+        plain = generate(model, audio, "a calm speaker", seed=2)
+    finally:
+        model.refiner = saved
+    assert np.abs(plain - off).max() > 1e-2
+
+
+def test_batched_sessions_with_refiner_match_single(model):
+    audios = [_noise(1.5, 1), _noise(2.5, 2)]
+    alone = []
+    for i, a in enumerate(audios):
+        s = StreamSession(model, StreamConfig(seed=i))
+        s.push_audio(a)
+        alone.append(np.stack([f.params for f in s.poll()]))
+    ss = [StreamSession(model, StreamConfig(seed=i)) for i in range(2)]
+    for s, a in zip(ss, audios):
+        s.push_audio(a)
+    out = [[], []]
+    while any(s.hop_ready() for s in ss):
+        ready = [s for s in ss if s.hop_ready()]
+        for s, fr in zip(ready, step_sessions(ready)):
+            out[ss.index(s)] += fr
+    for i in range(2):
+        np.testing.assert_allclose(np.stack([f.params for f in out[i]]), alone[i], atol=1e-5)
+
+
+def test_checkpoint_round_trip_keeps_refiner(model, tmp_path):
+    p = model.save(tmp_path / "m.pt")
+    m2 = MM2Face.load(p)
+    assert m2.refiner is not None and m2.refiner.cfg.dilations == (1, 2, 4)
+    audio = _noise(1.0)
+    np.testing.assert_allclose(generate(m2, audio, "x", seed=1), generate(model, audio, "x", seed=1), atol=1e-6)
+    plain = MM2Face.random(seed=0)                                 # files without stage 3 load without one
+    m3 = MM2Face.load(plain.save(tmp_path / "plain.pt"))
+    assert m3.refiner is None and m3.configs()["refiner"] is None
+
+
+def test_trainer_loss_falls_and_writes_a_model(tmp_path):
+    torch.manual_seed(0)
+    base = MM2Face.random(seed=1)
+    init = base.save(tmp_path / "init.pt")
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(8):                                             # the jaw follows the audio envelope
+        T = 50
+        env = np.abs(np.sin(np.linspace(0, 3 + i, T)))
+        audio = (rng.standard_normal(T * 640) * np.repeat(env, 640) * 0.3).astype(np.float32)
+        motion = rng.normal(0, 0.02, (T, 56)).astype(np.float32)
+        motion[:, 53] = 0.3 * env
+        clips.append(SimpleClip(id=f"c{i}", motion=motion, audio_16k=audio, captions={"action": "talks"}))
+    cfg = RefinerTrainConfig(out=str(tmp_path / "ref"), init=str(init), steps=60, batch=4, lr=3e-3,
+                             val_every=30, refiner={"width": 32, "dilations": [1, 2]})
+    path = train_refiner(cfg, clips[:6], clips[6:], progress=False)
+    m = MM2Face.load(path)
+    assert m.refiner is not None
+    meta = m.info.meta
+    assert meta["refiner_val_rec"] < meta["refiner_val_rec_unrefined"]
+    assert (tmp_path / "ref" / "inputs.pt").exists()
+    # stages 1-2 untouched: the refiner-less part of the file equals the init file
+    for k, v in base.state_dict().items():
+        torch.testing.assert_close(m.state_dict()[k], v)
+
+
+def test_new_style_text_restarts_the_refiner_clock(model):
+    s = StreamSession(model, StreamConfig(seed=0), style="calm")
+    s.push_audio(_noise(1.0))
+    s.poll()
+    k = s.k
+    assert k > 5 and s.style_k0 == 0 and s.ref_hist[-1][3] == k - 1
+    s.set_style("calm")                                            # same text: the clock keeps running
+    assert s.style_k0 == 0
+    s.set_style("turns the head to the left")
+    s.push_audio(_noise(0.5, 1))
+    s.poll()
+    assert s.style_k0 == k and s.ref_hist[-1][3] == s.k - 1 - k
+
+
+def test_head_offset_fades_in_after_the_style_is_set():
+    r = Refiner(RefinerConfig(width=16, dilations=(1,), head_fade_s=0.48), d_audio=8, down=2).eval()
+    _scramble(r, seed=4)
+    with torch.no_grad():
+        r.time.weight.zero_()                                      # same condition at every time: only the fade differs
+    av, fr, st, t = _inputs(B=1, L=10)
+    st = st[:, :1].expand(1, 10, -1)
+    head = (r(av, fr, st, t) - fr)[0, :, HEAD].view(10, 2, 3)[:, 0]   # first frame of each token
+    assert r.fade_tokens == 6
+    for k in range(10):
+        torch.testing.assert_close(head[k], head[9] * min(1.0, (k + 1) / 6))

@@ -1,0 +1,252 @@
+"""Stage 3 trainer: the audio refiner (:mod:`mm2face.engine.refiner`) on the model's own samples.
+
+1. For up to ``max_clips`` training clips, stage 2 samples a motion with the clip's audio and caption at
+   the streaming defaults (guidance, temperature, top-k of :class:`~mm2face.engine.session.StreamConfig`)
+   and D decodes it; the audio vectors, the decoded frames and the ground truth (all normalised) are
+   cached in ``OUT/inputs.pt`` (reused when the model file, clips, seed and sampling match).
+2. The refiner learns, on whole clips from their start (as a stream sees them, zero history first),
+   to map (audio vectors, decoded frames, style code, time since the style was set) to the ground truth
+   on its dimensions: weighted MSE (jaw, mouth and head weigh more, as in stage 1) + ``w_vel`` x the same
+   on frame-to-frame velocity + ``w_clip_mean`` x the squared per-clip mean error (the level a caption
+   implies: an emotion's units, a turned head). The text of a training clip is one of its captions
+   alone or all of them joined (:func:`~mm2face.training.dataset.clip_texts`, as stage 2), or none for
+   ``style_drop`` of the clips; the captions' token states are cached in ``OUT/text_states.pt``. Stages
+   1 and 2 stay frozen. Adam (betas 0.5, 0.999), warmup + cosine schedule, validation (joined captions)
+   every ``val_every`` steps; ``OUT/model.pt`` is the MM2Face file with the best-validation refiner.
+   Single process: it takes minutes on a CPU.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mm2face.engine.frame import HEAD, JAW
+from mm2face.training.dataset import clip_texts
+from mm2face.training.eval_cli import clip_caption
+from mm2face.training.train_vqvae import dim_weights, log_line, lr_at
+
+
+@dataclass
+class RefinerTrainConfig:
+    out: str = "runs/refiner"      # output folder (model.pt = MM2Face file with the refiner, inputs.pt = cache)
+    init: str = ""                 # MM2Face file whose stages 1-2 are refined ("" = the default checkpoint)
+    steps: int = 1500              # optimiser steps
+    batch: int = 16                # whole clips per step
+    lr: float = 1e-3
+    max_clips: int = 600           # training clips to sample (each costs one generation pass)
+    max_val_clips: int = 100
+    w_jaw: float = 4.0             # loss weight of the jaw dims (relative, as in stage 1)
+    w_mouth: float = 2.0           # loss weight of the mouth expression dims
+    w_head: float = 3.0            # loss weight of the head pose dims (relative, as in stage 1)
+    w_clip_mean: float = 1.0       # weight of the per-clip mean error (emotion level, head offset; normalised)
+    w_vel: float = 0.5             # velocity loss weight
+    style_drop: float = 0.15       # share of clips trained with the null style (as stage 2), for style-free streams
+    val_every: int = 250
+    seed: int = 0
+    device: str = "cpu"
+    refiner: dict = field(default_factory=dict)   # RefinerConfig overrides, e.g. {"width": 96}
+
+
+@torch.no_grad()
+def sample_inputs(model, clips, seed: int, progress: bool = True, desc: str = "sampling") -> list[dict]:
+    """Per clip: ``av (n_tok, d)``, ``frames (n_tok*down, 56)`` decoded from a stage-2 sample and
+    ``gt (n_tok*down, 56)`` (last frame repeated to fill the token), all normalised; ``n`` = real frames."""
+    from mm2face.engine.generate import audio_vectors, generate
+    from mm2face.training.eval_cli import has_audio
+
+    saved, model.refiner = model.refiner, None          # sample stage 2 alone
+    out = []
+    try:
+        for i, c in enumerate(tqdm(clips, desc=desc, disable=not progress, dynamic_ncols=True)):
+            T = len(c.motion)
+            audio = c.audio_16k if has_audio(c) else None
+            _, toks = generate(model, audio, clip_caption(c), seed=seed + i, n_frames=T, return_tokens=True,
+                               blinks=False)
+            frames = model.vq.decode(torch.tensor(toks)[None])[0]
+            gt = model.normalize(torch.from_numpy(np.asarray(c.motion, np.float32)))
+            gt = torch.cat([gt, gt[-1:].expand(len(frames) - T, -1)]) if len(frames) > T else gt[:len(frames)]
+            out.append({"av": audio_vectors(model, audio, len(toks)).clone(), "frames": frames, "gt": gt, "n": T})
+    finally:
+        model.refiner = saved
+    return out
+
+
+def _batch(items, down: int, dev, states: dict, style_drop: float = 0.0, rng=None) -> dict:
+    """Left-aligned padding of whole clips: ``av (B, L, d)``, ``frames, gt (B, L*down, 56)``, ``mask
+    (B, L*down)``, ``t_tok (B, L)``; the captions' token states ``text (B, N, d_text)`` with ``text_mask
+    (B, N)``, and ``null (B,)`` True where the clip is trained without style (no caption, or dropped)."""
+    L = max(len(it["av"]) for it in items)
+    B, d = len(items), items[0]["av"].shape[1]
+    av = torch.zeros(B, L, d)
+    fr = torch.zeros(B, L * down, items[0]["frames"].shape[1])
+    gt = torch.zeros_like(fr)
+    mask = torch.zeros(B, L * down)
+    caps = [it["texts"][int(rng.integers(len(it["texts"])))] if rng is not None else it["texts"][0] for it in items]
+    st = [states.get(c) for c in caps]
+    N = max([1] + [len(x) for x in st if x is not None])
+    text = torch.zeros(B, N, next((x.shape[1] for x in st if x is not None), 1))
+    text_mask = torch.zeros(B, N, dtype=torch.bool)
+    text_mask[:, 0] = True                                # rows without text: one dummy token (result unused)
+    null = torch.zeros(B, dtype=torch.bool)
+    for i, it in enumerate(items):
+        n = len(it["av"])
+        av[i, :n] = it["av"]
+        fr[i, :n * down] = it["frames"]
+        gt[i, :n * down] = it["gt"]
+        mask[i, :it["n"]] = 1
+        drop = rng is not None and rng.random() < style_drop
+        if st[i] is None or drop:
+            null[i] = True
+        else:
+            text[i, :len(st[i])] = st[i].float()
+            text_mask[i, :len(st[i])] = True
+    t_tok = torch.arange(L)[None].expand(B, L)
+    b = {"av": av, "frames": fr, "gt": gt, "mask": mask, "t_tok": t_tok, "text": text, "text_mask": text_mask,
+         "null": null}
+    return {k: v.to(dev) for k, v in b.items()}
+
+
+def _loss(model, w, b: dict, w_vel: float, w_clip_mean: float = 0.0):
+    r = model.refiner
+    style = None
+    if r.cfg.d_text:
+        code = r.pool_text(b["text"], b["text_mask"])                                  # (B, W)
+        code = torch.where(b["null"][:, None], r.null_style[None].expand_as(code), code)
+        style = code[:, None].expand(-1, b["av"].shape[1], -1)
+    pred = r(b["av"], b["frames"], style, b["t_tok"])
+    gt, mask = b["gt"], b["mask"]
+    d = torch.cat([r.dims, r.head_dims]) if r.head_out is not None else r.dims
+    err = (pred - gt)[..., d] ** 2 * w[d]
+    m = mask[..., None]
+    rec = (err * m).sum() / (m.sum() * len(d)).clamp(min=1)
+    vel = ((pred[:, 1:] - pred[:, :-1]) - (gt[:, 1:] - gt[:, :-1]))[..., d] ** 2 * w[d]
+    mv = (mask[:, 1:] * mask[:, :-1])[..., None]
+    vel = (vel * mv).sum() / (mv.sum() * len(d)).clamp(min=1)
+    loss = rec + w_vel * vel
+    if w_clip_mean:          # per-clip mean error: a low-noise signal for what the caption implies on average
+        e = ((pred - gt)[..., d] * m).sum(1) / m.sum(1).clamp(min=1)                    # (B, dims)
+        loss = loss + w_clip_mean * (e.pow(2) * w[d]).mean()
+    return loss, rec, pred
+
+
+def text_states(model, captions: list[str], path: Path, progress: bool = True) -> dict:
+    """Token states (float16) of every distinct non-empty caption, cached in ``path``."""
+    have = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else {}
+    todo = sorted({c for c in captions if c and c.strip() and c not in have})
+    enc = model.text_encoder
+    for i in tqdm(range(0, len(todo), 256), desc="caption token states", disable=not (progress and todo),
+                  dynamic_ncols=True):
+        chunk = todo[i:i + 256]
+        for c, h in zip(chunk, enc.token_states([c.strip() for c in chunk])):
+            have[c] = torch.from_numpy(h).half()
+    if todo:
+        torch.save(have, path)
+    return have
+
+
+def _cache(path: Path, key: dict, make):
+    if path.exists():
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        if st.get("key") == key:
+            return st["items"]
+    items = make()
+    torch.save({"key": key, "items": items}, path)
+    return items
+
+
+def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: bool = True) -> Path:
+    """Train stage 3; returns ``OUT/model.pt`` (the init model with the best-validation refiner)."""
+    from mm2face.engine.model import default_checkpoint_path, load_model
+    from mm2face.engine.refiner import RefinerConfig
+    from mm2face.engine.session import StreamConfig
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    init = cfg.init or str(default_checkpoint_path())
+    model = load_model(init)
+    sc = StreamConfig()
+    sampling = {"guidance": sc.guidance, "temperature": sc.temperature, "top_k": sc.top_k}
+    train_clips = list(train_clips)
+    if len(train_clips) > cfg.max_clips:
+        train_clips = [train_clips[i] for i in sorted(rng.choice(len(train_clips), cfg.max_clips, replace=False))]
+    val_clips = list(val_clips or [])[:cfg.max_val_clips] or train_clips[:max(1, len(train_clips) // 10)]
+    key = {"init": str(Path(init).resolve()), "init_mtime": Path(init).stat().st_mtime, "seed": cfg.seed,
+           "sampling": sampling, "train": [getattr(c, "id", i) for i, c in enumerate(train_clips)],
+           "val": [getattr(c, "id", i) for i, c in enumerate(val_clips)]}
+    t0 = time.time()
+    data = _cache(out / "inputs.pt", key, lambda: {
+        "train": sample_inputs(model, train_clips, cfg.seed, progress, "sampling train clips"),
+        "val": sample_inputs(model, val_clips, cfg.seed + 10_000, progress, "sampling val clips")})
+    t_sample = time.time() - t0
+    for it, c in zip(data["train"], train_clips):      # training texts: each caption kind alone, and joined
+        it["texts"] = clip_texts(c) or [""]
+    for it, c in zip(data["val"], val_clips):          # validation: the joined caption, as mm2face-eval
+        it["texts"] = [clip_caption(c)]
+    states = text_states(model, [t for p in data.values() for it in p for t in it["texts"]],
+                         out / "text_states.pt", progress)
+    rcfg = RefinerConfig(**{k: (tuple(v) if k == "dilations" else v) for k, v in cfg.refiner.items()})
+    dev = torch.device(cfg.device)
+    model.attach_refiner(rcfg)
+    model.to(dev).eval()
+    ref = model.refiner.train()
+    w = dim_weights(model.head_name, cfg.w_jaw, cfg.w_mouth, cfg.w_head).to(dev)
+    opt = torch.optim.Adam(ref.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    vb = _batch(data["val"], model.down, dev, states)
+    with torch.no_grad():
+        base_val = _loss(model, w, vb, cfg.w_vel)[1].item()    # refiner = identity: the sampled motions' error
+    best, best_state, t_start = float("inf"), None, time.time()
+    bar = tqdm(total=cfg.steps, desc="refiner", disable=not progress, dynamic_ncols=True)
+    tr = data["train"]
+    for step in range(1, cfg.steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step - 1, cfg.lr, cfg.steps)
+        items = [tr[i] for i in rng.integers(len(tr), size=cfg.batch)]
+        loss, rec, _ = _loss(model, w, _batch(items, model.down, dev, states, cfg.style_drop, rng), cfg.w_vel,
+                             cfg.w_clip_mean)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 50 == 0 or step == 1:
+            log_line(out, {"step": step, "loss": loss.item(), "rec": rec.item(), "t_s": time.time() - t_start})
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            ref.eval()
+            with torch.no_grad():
+                _, vrec, pred = _loss(model, w, vb, cfg.w_vel)
+                m, g, f = vb["mask"].bool(), vb["gt"], vb["frames"]
+                mae = lambda x, sl: ((x - g)[m][:, sl] * model.std[sl]).abs().mean().item()
+                jaw, jaw0, head, head0 = mae(pred, JAW), mae(f, JAW), mae(pred, HEAD), mae(f, HEAD)
+            ref.train()
+            rec_val = {"step": step, "val_rec": vrec.item(), "val_rec_unrefined": base_val,
+                       "val_jaw_mae_rad": jaw, "val_jaw_mae_rad_unrefined": jaw0,
+                       "val_head_mae_rad": head, "val_head_mae_rad_unrefined": head0}
+            log_line(out, rec_val)
+            if progress:
+                tqdm.write(json.dumps(rec_val))
+            if vrec.item() < best:
+                best = vrec.item()
+                best_state = {k: v.detach().cpu().clone() for k, v in ref.state_dict().items()}
+    bar.close()
+    ref.load_state_dict(best_state)
+    model.eval().cpu()
+    model.info.meta.update({"refiner_steps": cfg.steps, "refiner_clips": len(train_clips),
+                            "refiner_sampling": sampling, "refiner_val_rec": best,
+                            "refiner_val_rec_unrefined": base_val, "refiner_sample_s": round(t_sample, 1),
+                            "refiner_wall_s": round(time.time() - t_start, 1), "refiner_init": init,
+                            "refiner_train_cfg": asdict(cfg)})
+    path = out / "model.pt"
+    model.save(path)
+    return path
+
+
+__all__ = ["RefinerTrainConfig", "train_refiner", "sample_inputs"]
