@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -150,6 +151,17 @@ def text_states(model, captions: list[str], path: Path, progress: bool = True) -
     return have
 
 
+def stage12_digest(model) -> str:
+    """SHA-1 of the weights and normalisation that sampling depends on (everything but the refiner), so
+    the sample cache follows the model's content, not its file name."""
+    h = hashlib.sha1()
+    for k, v in sorted(model.state_dict().items()):
+        if not k.startswith("refiner."):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _cache(path: Path, key: dict, make):
     if path.exists():
         st = torch.load(path, map_location="cpu", weights_only=False)
@@ -178,7 +190,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     if len(train_clips) > cfg.max_clips:
         train_clips = [train_clips[i] for i in sorted(rng.choice(len(train_clips), cfg.max_clips, replace=False))]
     val_clips = list(val_clips or [])[:cfg.max_val_clips] or train_clips[:max(1, len(train_clips) // 10)]
-    key = {"init": str(Path(init).resolve()), "init_mtime": Path(init).stat().st_mtime, "seed": cfg.seed,
+    key = {"stages12": stage12_digest(model), "seed": cfg.seed,
            "sampling": sampling, "train": [getattr(c, "id", i) for i, c in enumerate(train_clips)],
            "val": [getattr(c, "id", i) for i, c in enumerate(val_clips)]}
     t0 = time.time()
