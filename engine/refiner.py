@@ -22,8 +22,9 @@ GPT's style vector. It is trained after stage 2 on the model's own sampled motio
 to the ground truth.
 
 Streaming is exact: the convolutions are causal (all padding on the left), so the output of token *k*
-depends on tokens ≤ *k* only, and :meth:`Refiner.refine_last` over the last ``receptive_tokens``
-tokens equals the whole-sequence :meth:`Refiner.forward` (``tests/test_refiner.py``). The output layers
+depends on tokens ≤ *k* only (the last ``receptive_tokens``), and :meth:`Refiner.step` computes one new token from
+a small per-stream state (each block's last inputs), so a hop costs one position per layer
+(``tests/test_refiner.py``). The output layers
 start at zero, so an untrained refiner is the identity.
 """
 from __future__ import annotations
@@ -71,6 +72,13 @@ class _CausalBlock(nn.Module):
         h = F.relu(self.norm(x)).transpose(1, 2)
         h = self.conv(F.pad(h, (self.pad, 0)))
         return x + h.transpose(1, 2)
+
+    def step(self, x, past):
+        """One new position: ``x (B, C)``, ``past (B, pad, C)`` this block's last normalised inputs
+        (zeros before the stream start) -> (output ``(B, C)``, updated past)."""
+        win = torch.cat([past, F.relu(self.norm(x))[:, None]], 1)              # (B, pad + 1, C)
+        y = self.conv(win.transpose(1, 2))[:, :, -1]
+        return x + y, win[:, 1:]
 
 
 class Refiner(nn.Module):
@@ -127,7 +135,18 @@ class Refiner(nn.Module):
                 t_tok: torch.Tensor | None = None) -> torch.Tensor:
         B, L, _ = audio_vec.shape
         fr = frames_norm[:, :L * self.down]
-        cond = torch.zeros(B, L, self.cfg.width, device=fr.device, dtype=fr.dtype)
+        cond = self._cond(style, t_tok, audio_vec)
+        x = self.inp(torch.cat([audio_vec, fr.reshape(B, L, self.down * FRAME_DIM)], -1)) + cond
+        for blk in self.blocks:
+            x = blk(x)
+        delta = self.out(F.relu(self.norm(x))).view(B, L * self.down, -1)
+        y = fr.index_add(2, self.dims, delta)
+        if self.head_out is not None:
+            y = y.index_add(2, self.head_dims, self._head(cond, t_tok).view(B, L * self.down, 3))
+        return y
+
+    def _cond(self, style, t_tok, like):
+        cond = torch.zeros(*like.shape[:-1], self.cfg.width, device=like.device, dtype=like.dtype)
         if self.cfg.d_text:
             if style is None:
                 raise ValueError("this refiner reads a style code: pass style (B, L, width) from pool_text")
@@ -136,28 +155,35 @@ class Refiner(nn.Module):
             if t_tok is None:
                 raise ValueError("this refiner reads the time since the style was set: pass t_tok (B, L)")
             cond = cond + self.time(t_tok.clamp(0, self.cfg.time_tokens - 1))
-        x = self.inp(torch.cat([audio_vec, fr.reshape(B, L, self.down * FRAME_DIM)], -1)) + cond
-        for blk in self.blocks:
-            x = blk(x)
-        delta = self.out(F.relu(self.norm(x))).view(B, L * self.down, -1)
-        y = fr.index_add(2, self.dims, delta)
-        if self.head_out is not None:
-            head = self.head_out(cond)                                               # (B, L, down * 3)
-            if t_tok is not None and self.fade_tokens > 0:
-                head = head * ((t_tok + 1).to(head.dtype) / self.fade_tokens).clamp(max=1.0)[..., None]
-            y = y.index_add(2, self.head_dims, head.view(B, L * self.down, 3))
-        return y
+        return cond
 
-    def refine_last(self, audio_hist: torch.Tensor, frames_hist: torch.Tensor, style_hist: torch.Tensor | None = None,
-                    t_hist: torch.Tensor | None = None) -> torch.Tensor:
-        """The last token's refined frames ``(B, down, 56)`` from the last tokens' inputs
-        (``audio_hist (B, k, d)``, ``frames_hist (B, k*down, 56)``, ``style_hist (B, k, width)``,
-        ``t_hist (B, k)``; at least ``receptive_tokens`` of them, fewer only at the stream start).
-        Equals the matching rows of :meth:`forward`."""
-        R = self.receptive_tokens
-        cut = lambda x: None if x is None else x[:, -R:]
-        return self.forward(audio_hist[:, -R:], frames_hist[:, -R * self.down:], cut(style_hist),
-                            cut(t_hist))[:, -self.down:]
+    def _head(self, cond, t_tok):
+        head = self.head_out(cond)                                                   # (..., down * 3)
+        if t_tok is not None and self.fade_tokens > 0:
+            head = head * ((t_tok + 1).to(head.dtype) / self.fade_tokens).clamp(max=1.0)[..., None]
+        return head
+
+    def initial_state(self, batch: int, device=None) -> list[torch.Tensor]:
+        """Streaming state before the first token: per block its last ``pad`` inputs, all zeros."""
+        return [torch.zeros(batch, b.pad, self.cfg.width, device=device) for b in self.blocks]
+
+    def step(self, state: list[torch.Tensor], audio_vec: torch.Tensor, frames_norm: torch.Tensor,
+             style: torch.Tensor | None, t_tok: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One token for ``B`` streams: ``audio_vec (B, d)``, ``frames_norm (B, down, 56)`` decoded,
+        ``style (B, width)``, ``t_tok (B,)`` -> (refined frames ``(B, down, 56)``, new state). Costs one
+        position per layer; equals the matching rows of :meth:`forward` (``tests/test_refiner.py``)."""
+        B = audio_vec.shape[0]
+        cond = self._cond(style, t_tok, frames_norm[:, 0])
+        x = self.inp(torch.cat([audio_vec, frames_norm.reshape(B, -1)], -1)) + cond
+        new_state = []
+        for blk, past in zip(self.blocks, state):
+            x, past = blk.step(x, past)
+            new_state.append(past)
+        delta = self.out(F.relu(self.norm(x))).view(B, self.down, -1)
+        y = frames_norm.index_add(2, self.dims, delta)
+        if self.head_out is not None:
+            y = y.index_add(2, self.head_dims, self._head(cond, t_tok).view(B, self.down, 3))
+        return y, new_state
 
 
 __all__ = ["Refiner", "RefinerConfig", "default_dims"]

@@ -138,7 +138,7 @@ class StreamSession:
             dims += [UNIT_INDEX[u] for u in _MOUTH_UNITS]
         self.mouth_dims = torch.tensor(dims)
         self.pending: list[Frame] = []
-        self.ref_hist: list[tuple] = []               # stage-3 inputs of the last tokens, see _refine
+        self.ref_state: list | None = None            # the refiner's streaming state, see _refine
         self.style_k0 = 0                             # token at which the current style text was set
         self.stats = {"hops": 0, "frames": 0, "audio_enc_ms": 0.0, "g_step_ms": 0.0, "decode_ms": 0.0,
                       "audio_enc_ms_total": 0.0, "g_step_ms_total": 0.0, "decode_ms_total": 0.0}
@@ -387,28 +387,21 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
 
 
 def _refine(model, sessions, av, frames_norm) -> list:
-    """Stage 3 (the refiner) on each session's last ``receptive_tokens`` tokens, grouped by history
-    length. The history holds the decoded (unrefined) frames, as in the whole-clip pass."""
-    R = model.refiner.receptive_tokens
-    groups: dict[int, list[int]] = {}
+    """Stage 3 (the refiner) for one token of every session: one batched :meth:`Refiner.step` over the
+    sessions' streaming states (each block's last inputs; same shapes for all, so no grouping)."""
+    r = model.refiner
+    dev = av.device
+    for s in sessions:
+        if s.ref_state is None:
+            s.ref_state = r.initial_state(1, dev)
+    codes = [s._refiner_code(s.k) for s in sessions]
+    state = [torch.cat([s.ref_state[b] for s in sessions]) for b in range(len(r.blocks))]
+    out, state = r.step(state, av, torch.stack(list(frames_norm)),
+                        None if codes[0] is None else torch.stack(codes),
+                        torch.tensor([s.k - s.style_k0 for s in sessions], device=dev))
     for i, s in enumerate(sessions):
-        s.ref_hist = (s.ref_hist + [(av[i], frames_norm[i], s._refiner_code(s.k), s.k - s.style_k0)])[-R:]
-        groups.setdefault(len(s.ref_hist), []).append(i)
-    out = list(frames_norm)
-    dev = frames_norm[0].device
-    for _, idx in groups.items():
-        h = [sessions[i].ref_hist for i in idx]
-        r = model.refiner.refine_last(torch.stack([torch.stack([x[0] for x in hi]) for hi in h]),   # (n, L, d)
-                                      torch.stack([torch.cat([x[1] for x in hi]) for hi in h]),     # (n, L*down, 56)
-                                      _stack_codes([[x[2] for x in hi] for hi in h]),               # (n, L, W)
-                                      torch.tensor([[x[3] for x in hi] for hi in h], device=dev))   # (n, L)
-        for j, i in enumerate(idx):
-            out[i] = r[j]
-    return out
-
-
-def _stack_codes(codes: list[list]) -> torch.Tensor | None:
-    return None if codes[0][0] is None else torch.stack([torch.stack(c) for c in codes])
+        s.ref_state = [st[i:i + 1] for st in state]
+    return list(out)
 
 
 def _stack_equal(sessions):

@@ -29,14 +29,10 @@ def test_default_checkpoint_rebuilds_and_generates(model):
 
 def test_default_checkpoint_streams_like_offline(model):
     from mm2face.engine.generate import generate
-    from mm2face.engine.session import StreamConfig, StreamSession
+    from stream_helpers import stream_in_chunks
     audio = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.05).astype(np.float32)
     off = generate(model, audio, "The person nods.", seed=1)
-    s = StreamSession(model, StreamConfig(seed=1), style="The person nods.")
-    frames = []
-    for i in range(0, len(audio), 512):
-        s.push_audio(audio[i:i + 512])
-        frames += s.poll()
+    s, frames = stream_in_chunks(model, audio, "The person nods.", seed=1, chunk=512)
     frames += s.end()
     np.testing.assert_allclose(np.stack([f.params for f in frames])[:len(off)], off, atol=1e-4)
     assert frames[-1].params[53] == 0.0                        # end(): the jaw is at rest

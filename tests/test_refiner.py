@@ -10,6 +10,7 @@ from mm2face.engine.refiner import Refiner, RefinerConfig
 from mm2face.engine.session import StreamConfig, StreamSession, step_sessions
 from mm2face.training.dataset import SimpleClip
 from mm2face.training.train_refiner import RefinerTrainConfig, train_refiner
+from stream_helpers import stream_in_chunks
 
 
 def _scramble(module, seed=0):
@@ -51,9 +52,10 @@ def test_new_refiner_is_identity_and_causal():
     fr2[:, 14:] += 5
     st2[:, 7:] += 5
     torch.testing.assert_close(r(av2, fr2, st2, t)[:, :14], full[:, :14])
-    for k in range(12):                                            # last-token refinement = whole-sequence rows
-        torch.testing.assert_close(r.refine_last(av[:, :k + 1], fr[:, :2 * k + 2], st[:, :k + 1], t[:, :k + 1]),
-                                   full[:, 2 * k:2 * k + 2])
+    state = r.initial_state(2)                                     # one token at a time = whole-sequence rows
+    for k in range(12):
+        y, state = r.step(state, av[:, k], fr[:, 2 * k:2 * k + 2], st[:, k], t[:, k])
+        torch.testing.assert_close(y, full[:, 2 * k:2 * k + 2])
 
 
 def test_head_offset_reads_only_style_and_time():
@@ -87,11 +89,7 @@ def test_text_pooling_ignores_padding_and_tells_captions_apart():
 def test_stream_with_refiner_equals_offline(model):
     audio = _noise(3.3)                                            # 41 tokens > the refiner's 15-token field
     off = generate(model, audio, "a calm speaker", seed=2)
-    s = StreamSession(model, StreamConfig(seed=2), style="a calm speaker")
-    frames = []
-    for i in range(0, len(audio), 700):
-        s.push_audio(audio[i:i + 700])
-        frames += s.poll()
+    s, frames = stream_in_chunks(model, audio, "a calm speaker", seed=2)
     frames += s.end()
     got = np.stack([f.params for f in frames])[:len(off)]
     np.testing.assert_allclose(got, off, atol=1e-4)
@@ -159,28 +157,26 @@ def test_trainer_loss_falls_and_writes_a_model(tmp_path):
         torch.testing.assert_close(m.state_dict()[k], v)
 
 
-def test_new_style_text_restarts_the_refiner_clock(model):
+def test_new_style_text_restarts_the_refiner_clock(model, monkeypatch):
+    seen = []
+    step = model.refiner.step
+
+    def spy(state, av, fr, style, t_tok):
+        seen.append(int(t_tok[0]))
+        return step(state, av, fr, style, t_tok)
+
+    monkeypatch.setattr(model.refiner, "step", spy)
     s = StreamSession(model, StreamConfig(seed=0), style="calm")
     s.push_audio(_noise(1.0))
     s.poll()
     k = s.k
-    assert k > 5 and s.style_k0 == 0 and s.ref_hist[-1][3] == k - 1
+    assert k > 5 and seen == list(range(k))
     s.set_style("calm")                                            # same text: the clock keeps running
-    assert s.style_k0 == 0
-    s.set_style("turns the head to the left")
-    s.push_audio(_noise(0.5, 1))
+    s.push_audio(_noise(0.16, 1))
     s.poll()
-    assert s.style_k0 == k and s.ref_hist[-1][3] == s.k - 1 - k
-
-
-def test_head_offset_fades_in_after_the_style_is_set():
-    r = Refiner(RefinerConfig(width=16, dilations=(1,), head_fade_s=0.48), d_audio=8, down=2).eval()
-    _scramble(r, seed=4)
-    with torch.no_grad():
-        r.time.weight.zero_()                                      # same condition at every time: only the fade differs
-    av, fr, st, t = _inputs(B=1, L=10)
-    st = st[:, :1].expand(1, 10, -1)
-    head = (r(av, fr, st, t) - fr)[0, :, HEAD].view(10, 2, 3)[:, 0]   # first frame of each token
-    assert r.fade_tokens == 6
-    for k in range(10):
-        torch.testing.assert_close(head[k], head[9] * min(1.0, (k + 1) / 6))
+    k2 = s.k
+    assert seen == list(range(k2))
+    s.set_style("turns the head to the left")                      # new text: it restarts at the next token
+    s.push_audio(_noise(0.5, 2))
+    s.poll()
+    assert s.style_k0 == k2 and seen[k2:] == list(range(s.k - k2))

@@ -6,6 +6,7 @@ import torch
 from mm2face.engine.generate import generate
 from mm2face.engine.model import MM2Face
 from mm2face.engine.session import AudioError, StreamConfig, StreamSession, step_sessions
+from stream_helpers import stream_in_chunks
 
 
 @pytest.fixture(scope="module")
@@ -18,13 +19,7 @@ def _noise(seconds, seed=0):
     return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
 
 
-def _stream(model, audio, style, seed, chunk=700, **cfg):
-    s = StreamSession(model, StreamConfig(seed=seed, **cfg), style=style)
-    frames = []
-    for i in range(0, len(audio), chunk):
-        s.push_audio(audio[i:i + chunk])
-        frames += s.poll()
-    return s, frames
+_stream = stream_in_chunks
 
 
 @pytest.mark.parametrize("seconds", [1.0, 3.3])   # 3.3 s = 41 tokens > the small model's 16-token window
