@@ -19,6 +19,7 @@ Backends (``BACKENDS``):
 :func:`apply_backend` patches the model *instance* (``g_logits``, ``audio.encode_windows``,
 ``vq.decode_last``) so that :class:`~mm2face.engine.session.StreamSession`, ``step_sessions`` and the
 batcher use the backend without knowing about it; weights stay shared (``int8`` works on a copy).
+The optional stage-3 refiner (``model.refiner.step``, one token per hop) runs eager under every backend.
 ``TOLERANCE`` documents how far each backend's guided logits and decoded frames may drift from eager
 (checked by ``tests/test_backends_*.py`` where the backend runs on CPU).
 """
