@@ -180,3 +180,25 @@ def test_new_style_text_restarts_the_refiner_clock(model, monkeypatch):
     s.push_audio(_noise(0.5, 2))
     s.poll()
     assert s.style_k0 == k2 and seen[k2:] == list(range(s.k - k2))
+
+
+def test_train_cli_refiner_then_eval_on_an_mmhead_folder(tmp_path, capsys):
+    """mm2face-train refiner on an MMHead-layout folder, then mm2face-eval on the file it wrote."""
+    import json
+
+    from mm2face.training import eval_cli, train_cli
+    from test_metrics_eval_cli import write_corpus
+
+    write_corpus(tmp_path / "corpus")
+    init = MM2Face.random(seed=0, small=True).save(tmp_path / "tiny.pt")
+    train_cli.main(["refiner", "--data", str(tmp_path / "corpus"), "--out", str(tmp_path / "ref"),
+                    "--init", str(init), "--steps", "12", "--batch", "2", "--val-every", "6", "--threads", "1",
+                    "--no-progress", "--set", "width=16", "dilations=[1,2]", "time_tokens=32"])
+    path = tmp_path / "ref" / "model.pt"
+    assert f"wrote {path}" in capsys.readouterr().out
+    m = MM2Face.load(path)
+    assert m.refiner is not None and m.refiner.cfg.width == 16 and m.refiner.cfg.dilations == (1, 2)
+    assert m.info.meta["refiner_steps"] == 12
+    assert eval_cli.main(["--ckpt", str(path), "--data", str(tmp_path / "corpus"), "--out", str(tmp_path / "e.json"),
+                          "--threads", "1", "--seeds", "1"]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["model"]["lve_mm"] >= 0
