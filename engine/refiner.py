@@ -157,10 +157,13 @@ class Refiner(nn.Module):
             cond = cond + self.time(t_tok.clamp(0, self.cfg.time_tokens - 1))
         return cond
 
-    def _head(self, cond, t_tok):
-        head = self.head_out(cond)                                                   # (..., down * 3)
+    def _head(self, cond, t_tok, head_from=None):
+        """Head-pose offset ``(..., down * 3)`` (normalised), faded in from ``head_from`` (the offset in
+        effect when the style was set; zeros = from rest) over ``fade_tokens`` tokens."""
+        head = self.head_out(cond)
         if t_tok is not None and self.fade_tokens > 0:
-            head = head * ((t_tok + 1).to(head.dtype) / self.fade_tokens).clamp(max=1.0)[..., None]
+            f = ((t_tok + 1).to(head.dtype) / self.fade_tokens).clamp(max=1.0)[..., None]
+            head = head * f if head_from is None else head * f + head_from * (1 - f)
         return head
 
     def initial_state(self, batch: int, device=None) -> list[torch.Tensor]:
@@ -168,10 +171,14 @@ class Refiner(nn.Module):
         return [torch.zeros(batch, b.pad, self.cfg.width, device=device) for b in self.blocks]
 
     def step(self, state: list[torch.Tensor], audio_vec: torch.Tensor, frames_norm: torch.Tensor,
-             style: torch.Tensor | None, t_tok: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+             style: torch.Tensor | None, t_tok: torch.Tensor, head_from: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         """One token for ``B`` streams: ``audio_vec (B, d)``, ``frames_norm (B, down, 56)`` decoded,
-        ``style (B, width)``, ``t_tok (B,)`` -> (refined frames ``(B, down, 56)``, new state). Costs one
-        position per layer; equals the matching rows of :meth:`forward` (``tests/test_refiner.py``)."""
+        ``style (B, width)``, ``t_tok (B,)``; ``head_from (B, down * 3)``: the head offset in effect when
+        the current style was set (None = rest), so a style change cross-fades the head instead of
+        snapping it. Returns (refined frames ``(B, down, 56)``, new state, this token's head offset or
+        None). Costs one position per layer; with ``head_from`` None it equals the matching rows of
+        :meth:`forward` (``tests/test_refiner.py``)."""
         B = audio_vec.shape[0]
         cond = self._cond(style, t_tok, frames_norm[:, 0])
         x = self.inp(torch.cat([audio_vec, frames_norm.reshape(B, -1)], -1)) + cond
@@ -181,9 +188,11 @@ class Refiner(nn.Module):
             new_state.append(past)
         delta = self.out(F.relu(self.norm(x))).view(B, self.down, -1)
         y = frames_norm.index_add(2, self.dims, delta)
+        head = None
         if self.head_out is not None:
-            y = y.index_add(2, self.head_dims, self._head(cond, t_tok).view(B, self.down, 3))
-        return y, new_state
+            head = self._head(cond, t_tok, head_from)
+            y = y.index_add(2, self.head_dims, head.view(B, self.down, 3))
+        return y, new_state, head
 
 
 __all__ = ["Refiner", "RefinerConfig", "default_dims"]

@@ -139,6 +139,8 @@ class StreamSession:
         self.mouth_dims = torch.tensor(dims)
         self.pending: list[Frame] = []
         self.ref_state: list | None = None            # the refiner's streaming state, see _refine
+        self.ref_head = None                          # its head offset of the last token (down * 3,)
+        self.ref_head_from = None                     # the offset a new style fades from (None = rest)
         self.style_k0 = 0                             # token at which the current style text was set
         self.stats = {"hops": 0, "frames": 0, "audio_enc_ms": 0.0, "g_step_ms": 0.0, "decode_ms": 0.0,
                       "audio_enc_ms_total": 0.0, "g_step_ms_total": 0.0, "decode_ms_total": 0.0}
@@ -184,8 +186,9 @@ class StreamSession:
         self.emb_from, self.emb_to = cur, new
         self.rcode_from, self.rcode_to = cur_r, None if r is None else r.to(self.device)
         self.blend_k0 = self.k
-        if text != self.style:                       # the refiner's "time since the style was set" restarts
-            self.style_k0 = self.k
+        if text != self.style:                       # the refiner's "time since the style was set" restarts,
+            self.style_k0 = self.k                   # and its head offset fades from where it is now
+            self.ref_head_from = self.ref_head
         self.blend_n = max(1, int(round(blend_s * FPS / self.down)))
         self.style = text
 
@@ -396,11 +399,16 @@ def _refine(model, sessions, av, frames_norm) -> list:
             s.ref_state = r.initial_state(1, dev)
     codes = [s._refiner_code(s.k) for s in sessions]
     state = [torch.cat([s.ref_state[b] for s in sessions]) for b in range(len(r.blocks))]
-    out, state = r.step(state, av, torch.stack(list(frames_norm)),
-                        None if codes[0] is None else torch.stack(codes),
-                        torch.tensor([s.k - s.style_k0 for s in sessions], device=dev))
+    head_from = None
+    if r.head_out is not None:
+        head_from = torch.stack([s.ref_head_from if s.ref_head_from is not None
+                                 else torch.zeros(3 * model.down, device=dev) for s in sessions])
+    out, state, head = r.step(state, av, torch.stack(list(frames_norm)),
+                              None if codes[0] is None else torch.stack(codes),
+                              torch.tensor([s.k - s.style_k0 for s in sessions], device=dev), head_from)
     for i, s in enumerate(sessions):
         s.ref_state = [st[i:i + 1] for st in state]
+        s.ref_head = None if head is None else head[i]
     return list(out)
 
 

@@ -54,7 +54,7 @@ def test_new_refiner_is_identity_and_causal():
     torch.testing.assert_close(r(av2, fr2, st2, t)[:, :14], full[:, :14])
     state = r.initial_state(2)                                     # one token at a time = whole-sequence rows
     for k in range(12):
-        y, state = r.step(state, av[:, k], fr[:, 2 * k:2 * k + 2], st[:, k], t[:, k])
+        y, state, _ = r.step(state, av[:, k], fr[:, 2 * k:2 * k + 2], st[:, k], t[:, k])
         torch.testing.assert_close(y, full[:, 2 * k:2 * k + 2])
 
 
@@ -161,9 +161,9 @@ def test_new_style_text_restarts_the_refiner_clock(model, monkeypatch):
     seen = []
     step = model.refiner.step
 
-    def spy(state, av, fr, style, t_tok):
+    def spy(state, av, fr, style, t_tok, head_from=None):
         seen.append(int(t_tok[0]))
-        return step(state, av, fr, style, t_tok)
+        return step(state, av, fr, style, t_tok, head_from)
 
     monkeypatch.setattr(model.refiner, "step", spy)
     s = StreamSession(model, StreamConfig(seed=0), style="calm")
@@ -202,3 +202,21 @@ def test_train_cli_refiner_then_eval_on_an_mmhead_folder(tmp_path, capsys):
     assert eval_cli.main(["--ckpt", str(path), "--data", str(tmp_path / "corpus"), "--out", str(tmp_path / "e.json"),
                           "--threads", "1", "--seeds", "1"]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["model"]["lve_mm"] >= 0
+
+
+def test_a_style_change_fades_the_head_from_where_it_is(model):
+    r = Refiner(RefinerConfig(width=16, dilations=(1,)), d_audio=8, down=2).eval()
+    _scramble(r, seed=6)
+    av, fr, st, t = _inputs(B=1, L=1)
+    full, _, h_full = r.step(r.initial_state(1), av[:, 0], fr[:, :2], st[:, 0], torch.tensor([50]))
+    old = torch.randn(1, 6)
+    _, _, h0 = r.step(r.initial_state(1), av[:, 0], fr[:, :2], st[:, 0], torch.tensor([0]), old)
+    with torch.no_grad():                                          # t = 0: 1/6 new, 5/6 where the head was
+        want = r.head_out(st[:, 0] + r.time(torch.tensor([0]))) / 6 + old * 5 / 6
+    torch.testing.assert_close(h0, want)
+    s = StreamSession(model, StreamConfig(seed=0), style="calm")  # the session hands its last offset over
+    s.push_audio(_noise(1.0))
+    s.poll()
+    last = s.ref_head.clone()
+    s.set_style("turns the head to the left")
+    torch.testing.assert_close(s.ref_head_from, last)
