@@ -18,14 +18,13 @@ The style code is the refiner's own reading of the caption: a few learned querie
 encoder's contextual token states (``pool_text``), so a phrase like "turns the head to the left" can be
 picked out of a long caption; the GPT's pooled sentence vector cannot (mean pooling puts "left" and
 "right" captions at cosine 0.98). A stream computes it once per style text and cross-fades it like the
-GPT's style vector. It is trained after stage 2 on the model's own sampled motions (``mm2face-train refiner``) with an L2 loss
-to the ground truth.
+GPT's style vector. It is trained after stage 2 on the model's own sampled motions (``mm2face-train
+refiner``) with an L2 loss to the ground truth.
 
 Streaming is exact: the convolutions are causal (all padding on the left), so the output of token *k*
-depends on tokens ≤ *k* only (the last ``receptive_tokens``), and :meth:`Refiner.step` computes one new token from
-a small per-stream state (each block's last inputs), so a hop costs one position per layer
-(``tests/test_refiner.py``). The output layers
-start at zero, so an untrained refiner is the identity.
+depends on the last ``receptive_tokens`` tokens only, and :meth:`Refiner.step` computes one new token
+from a small per-stream state (each block's last inputs), so a hop costs one position per layer
+(``tests/test_refiner.py``). The output layers start at zero, so an untrained refiner is the identity.
 """
 from __future__ import annotations
 
