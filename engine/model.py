@@ -231,9 +231,7 @@ class MM2Face(nn.Module):
         gpt = {"text_input": False, "word_bag": 0, **c["gpt"]}   # files written before these paths existed
         m = cls(VQConfig(**c["vq"]), GPTConfig(**gpt), AudioConfig(**c["audio"]), ModelInfo(**c["info"]))
         if c.get("refiner"):                                     # absent in files written before stage 3
-            r = dict(c["refiner"])
-            r["dilations"] = tuple(r.get("dilations", RefinerConfig.dilations))
-            m.attach_refiner(RefinerConfig(**r))
+            m.attach_refiner(RefinerConfig(**c["refiner"]))
         m.load_state_dict(ck["state_dict"])
         return m.to(device).eval()
 

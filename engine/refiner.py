@@ -57,6 +57,9 @@ class RefinerConfig:
     head_fade_s: float = 0.48                   # the head offset fades in linearly over this long after the
                                                 # style is set (a new caption never snaps the head)
 
+    def __post_init__(self):
+        self.dilations = tuple(self.dilations)      # JSON and --set give lists
+
 
 class _CausalBlock(nn.Module):
     """x + conv(relu(norm(x))), the convolution padded on the left only."""

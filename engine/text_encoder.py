@@ -39,20 +39,17 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
         self._cache: dict[str, np.ndarray] = {}
         self.cache_max = 10_000        # memo size; cleared when full (one call may encode more)
+        self._last: tuple[str, np.ndarray] | None = None    # the last single text's token states
 
-    @torch.no_grad()
     def encode(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        """Sentence embeddings ``(N, dim)``: the mean of each text's :meth:`token_states`, L2-normalised."""
         got = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
         todo = sorted((t for t in dict.fromkeys(texts) if t not in got), key=len)   # less padding
         for i in range(0, len(todo), batch):
             chunk = todo[i:i + batch]
-            enc = self.tok(chunk, padding=True, truncation=True, max_length=self.max_length,
-                           return_tensors="pt").to(self.device)
-            out = self.model(**enc).last_hidden_state                       # (B, L, D)
-            m = enc["attention_mask"].unsqueeze(-1).to(out.dtype)
-            emb = (out * m).sum(1) / m.sum(1).clamp(min=1.0)
-            emb = torch.nn.functional.normalize(emb, dim=-1).float().cpu().numpy()
-            for t, e in zip(chunk, emb):
+            for t, h in zip(chunk, self.token_states(chunk, batch)):
+                e = h.mean(0)
+                e = (e / max(float(np.linalg.norm(e)), 1e-12)).astype(np.float32)
                 got[t] = e
                 if len(self._cache) >= self.cache_max:     # bounded memo; this call's results live in `got`
                     self._cache.clear()
@@ -62,7 +59,10 @@ class TextEncoder:
     @torch.no_grad()
     def token_states(self, texts: list[str], batch: int = 64) -> list[np.ndarray]:
         """The encoder's last hidden states per text, special tokens included: ``(L_i, dim)`` float32
-        each (the contextual token vectors that :meth:`encode` mean-pools; the refiner attends over them)."""
+        each (what :meth:`encode` mean-pools; the refiner attends over them). The last single text's
+        states are kept, so a style's sentence embedding and its token states cost one encoder pass."""
+        if len(texts) == 1 and self._last is not None and self._last[0] == texts[0]:
+            return [self._last[1]]
         out: list = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for i in range(0, len(order), batch):
@@ -73,6 +73,8 @@ class TextEncoder:
             n = enc["attention_mask"].sum(1).cpu().numpy()
             for j, hj, nj in zip(idx, h, n):
                 out[j] = hj[:nj].copy()
+        if len(texts) == 1:
+            self._last = (texts[0], out[0])
         return out
 
     def encode_one(self, text: str) -> np.ndarray:

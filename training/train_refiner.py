@@ -204,7 +204,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
         it["texts"] = [clip_caption(c)]
     states = text_states(model, [t for p in data.values() for it in p for t in it["texts"]],
                          out / "text_states.pt", progress)
-    rcfg = RefinerConfig(**{k: (tuple(v) if k == "dilations" else v) for k, v in cfg.refiner.items()})
+    rcfg = RefinerConfig(**cfg.refiner)
     dev = torch.device(cfg.device)
     model.attach_refiner(rcfg)
     model.to(dev).eval()
