@@ -177,7 +177,8 @@ class MM2Face(nn.Module):
         if cfg.d_text and cfg.d_text != self.gpt.cfg.d_text:
             raise ValueError(f"RefinerConfig.d_text={cfg.d_text} but the model's text encoder gives "
                              f"{self.gpt.cfg.d_text}-d token states")
-        self.refiner = Refiner(cfg, self.gpt.cfg.d_model, self.down).to(self.mean.device)
+        self.refiner = Refiner(cfg, self.gpt.cfg.d_model, self.down, self.samples_per_token,
+                               self.lookahead_samples).to(self.mean.device)
         return self.refiner
 
     def refiner_style(self, text: str) -> torch.Tensor | None:
@@ -193,11 +194,15 @@ class MM2Face(nn.Module):
             return r.pool_text(states[None])[0]
 
     def refine(self, audio_vec: torch.Tensor, frames_norm: torch.Tensor, style: torch.Tensor | None,
-               t_tok: torch.Tensor) -> torch.Tensor:
+               t_tok: torch.Tensor, audio_16k: torch.Tensor | None = None) -> torch.Tensor:
         """Whole-sequence stage 3: ``audio_vec (B, L, d)`` (the vectors the GPT saw), ``frames_norm
         (B, L*down, 56)`` decoded, ``style (B, L, width)`` refiner style codes (:meth:`refiner_style`),
-        ``t_tok (B, L)`` tokens since the style was set -> refined frames; unchanged without a refiner."""
-        return frames_norm if self.refiner is None else self.refiner(audio_vec, frames_norm, style, t_tok)
+        ``t_tok (B, L)`` tokens since the style was set, ``audio_16k (B, samples)`` the clips' audio for
+        the refiner's own front (None = no audio) -> refined frames; unchanged without a refiner."""
+        if self.refiner is None:
+            return frames_norm
+        mel = self.refiner.clip_mel(audio_16k, audio_vec.shape[1])
+        return self.refiner(audio_vec, frames_norm, style, t_tok, mel)
 
     def configs(self) -> dict:
         return {"vq": asdict(self.vq.cfg), "gpt": asdict(self.gpt.cfg), "audio": asdict(self.audio.cfg),
@@ -231,7 +236,7 @@ class MM2Face(nn.Module):
         gpt = {"text_input": False, "word_bag": 0, **c["gpt"]}   # files written before these paths existed
         m = cls(VQConfig(**c["vq"]), GPTConfig(**gpt), AudioConfig(**c["audio"]), ModelInfo(**c["info"]))
         if c.get("refiner"):                                     # absent in files written before stage 3
-            m.attach_refiner(RefinerConfig(**c["refiner"]))
+            m.attach_refiner(RefinerConfig(**{"mel_bins": 0, **c["refiner"]}))   # no front before it existed
         m.load_state_dict(ck["state_dict"])
         return m.to(device).eval()
 

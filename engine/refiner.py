@@ -9,6 +9,10 @@ style was set, and
 
 * adds a correction to the frame dimensions it owns (``dims``; default the 50 expression units and the
   jaw) from a causal convolution over all of these;
+* with ``mel_bins > 0``, also reads the audio itself through its own small front end (:class:`MelFront`):
+  a log-mel spectrogram (10 ms hop) and a few convolutions over the token's own 80 ms plus the same
+  40 ms lookahead, so no extra latency. The GPT's audio vector was trained only to pick the next motion
+  token; the front is trained on the lips themselves and hears phone detail the vector lost;
 * with ``head``, adds a head-pose offset computed from the style and the time since it was set *only*
   (not from the audio or the sampled frames, so it cannot cancel the sampled head motion): the average
   course that the caption implies, e.g. a turn to the left over the first seconds after "turns the head
@@ -56,6 +60,11 @@ class RefinerConfig:
     head: bool = True                           # head-pose offset from style + time only
     head_fade_s: float = 0.48                   # the head offset fades in linearly over this long after the
                                                 # style is set (a new caption never snaps the head)
+    mel_bins: int = 80                          # the own audio front's log-mel bands (0 = no front: read only
+                                                # the GPT's audio vector, as files written before it)
+    mel_channels: int = 64                      # channels of its convolutions
+    mel_kernel: int = 5                         # taps per convolution (10 ms frames)
+    mel_layers: int = 3                         # convolutions (each valid, so the window is all it needs)
 
     def __post_init__(self):
         self.dilations = tuple(self.dilations)      # JSON and --set give lists
@@ -82,13 +91,95 @@ class _CausalBlock(nn.Module):
         y = self.conv(win.transpose(1, 2))[:, :, -1]
         return x + y, win[:, 1:]
 
+MEL_HOP = 160         # samples per log-mel frame (10 ms at 16 kHz)
+MEL_WIN = 400         # samples per FFT window (25 ms)
+
+
+def mel_filterbank(n_mels: int, n_fft: int = MEL_WIN, sample_rate: int = 16000) -> torch.Tensor:
+    """Triangular mel filters ``(n_fft // 2 + 1, n_mels)`` over 0..sample_rate/2 (HTK mel scale)."""
+    mel = lambda f: 2595.0 * torch.log10(1.0 + f / 700.0)
+    hz = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    edges = hz(torch.linspace(0.0, float(mel(torch.tensor(sample_rate / 2.0))), n_mels + 2, dtype=torch.float64))
+    f = torch.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1, dtype=torch.float64)[:, None]
+    lo, mid, hi = edges[:-2], edges[1:-1], edges[2:]
+    up, down = (f - lo) / (mid - lo), (hi - f) / (hi - mid)
+    return torch.clamp(torch.minimum(up, down), min=0.0).float()
+
+
+class MelFront(nn.Module):
+    """The refiner's own audio reading: log-mel frames -> ``layers`` valid convolutions -> the outputs
+    at the token's own and lookahead frames (``positions`` of them, 10 ms each), flattened and
+    projected to ``width``. Conv output ``o`` ends exactly at audio sample ``MEL_HOP * (o + 1)`` of the
+    padded timeline, so token ``k`` reads audio up to the end of its own samples + the lookahead and
+    nothing later. Its projection starts at zero (a new front changes nothing until trained)."""
+
+    def __init__(self, n_mels: int, channels: int, kernel: int, layers: int, samples_per_token: int,
+                 lookahead_samples: int, width: int):
+        super().__init__()
+        if samples_per_token % MEL_HOP or lookahead_samples % MEL_HOP:
+            raise ValueError(f"token ({samples_per_token}) and lookahead ({lookahead_samples}) samples must be "
+                             f"multiples of the {MEL_HOP}-sample log-mel hop")
+        self.samples_per_token = samples_per_token
+        self.hop_frames = samples_per_token // MEL_HOP                  # log-mel frames per token
+        self.positions = (samples_per_token + lookahead_samples) // MEL_HOP   # own + lookahead frames read
+        self.shrink = layers * (kernel - 1)                       # frames each valid conv stack eats
+        self.register_buffer("window", torch.hann_window(MEL_WIN), persistent=False)
+        self.register_buffer("fbank", mel_filterbank(n_mels), persistent=False)
+        self.register_buffer("mel_mean", torch.zeros(n_mels))     # log-mel normalisation, set by the trainer
+        self.register_buffer("mel_std", torch.ones(n_mels))
+        self.convs = nn.ModuleList(nn.Conv1d(n_mels if i == 0 else channels, channels, kernel) for i in range(layers))
+        self.out = nn.Linear(self.positions * channels, width)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def window_frames(self) -> int:
+        """Log-mel frames one token reads."""
+        return self.positions + self.shrink
+
+    @property
+    def window_samples(self) -> int:
+        """Audio samples one token reads, ending at the end of its lookahead."""
+        return MEL_HOP * (self.window_frames - 1) + MEL_WIN
+
+    def log_mel(self, audio_16k: torch.Tensor) -> torch.Tensor:
+        """``audio_16k (B, S)`` -> raw log-mel ``(B, (S - 400) // 160 + 1, n_mels)`` (frame ``i`` = samples
+        ``[160 i, 160 i + 400)``, no centring, so a window's frames equal the clip's frames there)."""
+        spec = torch.stft(audio_16k.float(), MEL_WIN, MEL_HOP, window=self.window, center=False, return_complex=True)
+        return torch.log(spec.abs().pow(2).transpose(1, 2) @ self.fbank + 1e-6)
+
+    def clip_mel(self, audio_16k: torch.Tensor, n_tok: int) -> torch.Tensor:
+        """Raw log-mel ``(B, F, n_mels)`` of whole clips ``audio_16k (B, S)`` laid out for :meth:`tokens`:
+        zeros before the start and after the end, so that token ``k``'s window (the ``window_samples``
+        ending at its own end + lookahead) starts at padded sample ``samples_per_token * k``."""
+        B, S = audio_16k.shape
+        left = self.window_samples - MEL_HOP * self.positions
+        total = self.samples_per_token * (n_tok - 1) + self.window_samples
+        x = audio_16k.new_zeros(B, total)
+        n = max(0, min(S, total - left))
+        x[:, left:left + n] = audio_16k[:, :n]
+        return self.log_mel(x)
+
+    def tokens(self, mel: torch.Tensor, n_tok: int) -> torch.Tensor:
+        """``mel (B, F, n_mels)`` raw log-mel from :meth:`clip_mel` (or one window, ``F = window_frames``
+        and ``n_tok = 1``) -> ``(B, n_tok, width)``."""
+        h = ((mel - self.mel_mean) / self.mel_std).transpose(1, 2)
+        for i, conv in enumerate(self.convs):
+            h = conv(h if i == 0 else F.relu(h))
+        h = F.relu(h)                                                             # (B, C, F - shrink)
+        h = h.unfold(2, self.positions, self.hop_frames)[:, :, :n_tok]          # (B, C, n_tok, positions)
+        return self.out(h.permute(0, 2, 3, 1).flatten(2))
+
 
 class Refiner(nn.Module):
     """``forward(audio_vec (B, L, d_audio), frames_norm (B, L*down, 56), style (B, L, width),
-    t_tok (B, L) long) -> (B, L*down, 56)``, frames normalised; ``style`` = :meth:`pool_text` codes
-    (or :attr:`null_style`), ``t_tok`` = tokens since the style was set."""
+    t_tok (B, L) long, mel, audio_null) -> (B, L*down, 56)``, frames normalised; ``style`` =
+    :meth:`pool_text` codes (or :attr:`null_style`), ``t_tok`` = tokens since the style was set, ``mel``
+    the front's raw log-mel (:meth:`clip_mel`; None = no audio), ``audio_null (B, L)`` True where a token
+    has no audio (the front adds nothing there)."""
 
-    def __init__(self, cfg: RefinerConfig, d_audio: int, down: int):
+    def __init__(self, cfg: RefinerConfig, d_audio: int, down: int, samples_per_token: int = 0,
+                 lookahead_samples: int = 0):
         super().__init__()
         self.cfg, self.down = cfg, down
         dims = [int(d) for d in cfg.dims]
@@ -109,6 +200,12 @@ class Refiner(nn.Module):
         self.blocks = nn.ModuleList(_CausalBlock(W, cfg.kernel, d) for d in cfg.dilations)
         self.norm = nn.LayerNorm(W)
         self.out = nn.Linear(W, down * len(dims))
+        self.front = None
+        if cfg.mel_bins:
+            if not samples_per_token:
+                raise ValueError("a refiner with an audio front (mel_bins > 0) needs samples_per_token")
+            self.front = MelFront(cfg.mel_bins, cfg.mel_channels, cfg.mel_kernel, cfg.mel_layers,
+                                  samples_per_token, lookahead_samples, W)
         self.head_out = nn.Sequential(nn.ReLU(), nn.Linear(W, W), nn.ReLU(), nn.Linear(W, down * 3)) if cfg.head else None
         for lin in [self.out] + ([self.head_out[-1]] if cfg.head else []):
             nn.init.zeros_(lin.weight)                         # identity at start
@@ -133,12 +230,26 @@ class Refiner(nn.Module):
         pooled = torch.einsum("bqn,bnd->bqd", att.softmax(-1), states)           # (B, Q, d_text)
         return self.text_out(pooled.reshape(B, -1))
 
+    def clip_mel(self, audio_16k: torch.Tensor | None, n_tok: int) -> torch.Tensor | None:
+        """The front's raw log-mel of whole clips ``audio_16k (B, S)`` for :meth:`forward` (None without
+        a front or audio)."""
+        return None if self.front is None or audio_16k is None else self.front.clip_mel(audio_16k, n_tok)
+
+    def _front(self, mel, audio_null, n_tok: int, like: torch.Tensor):
+        """The audio front's term ``(B, n_tok, width)`` (zero where ``audio_null``), or 0."""
+        if self.front is None or mel is None:
+            return 0.0
+        a = self.front.tokens(mel.to(like.dtype), n_tok)
+        return a if audio_null is None else a.masked_fill(audio_null[..., None], 0.0)
+
     def forward(self, audio_vec: torch.Tensor, frames_norm: torch.Tensor, style: torch.Tensor | None = None,
-                t_tok: torch.Tensor | None = None) -> torch.Tensor:
+                t_tok: torch.Tensor | None = None, mel: torch.Tensor | None = None,
+                audio_null: torch.Tensor | None = None) -> torch.Tensor:
         B, L, _ = audio_vec.shape
         fr = frames_norm[:, :L * self.down]
         cond = self._cond(style, t_tok, audio_vec)
         x = self.inp(torch.cat([audio_vec, fr.reshape(B, L, self.down * FRAME_DIM)], -1)) + cond
+        x = x + self._front(mel, audio_null, L, x)
         for blk in self.blocks:
             x = blk(x)
         delta = self.out(F.relu(self.norm(x))).view(B, L * self.down, -1)
@@ -173,17 +284,23 @@ class Refiner(nn.Module):
         return [torch.zeros(batch, b.pad, self.cfg.width, device=device) for b in self.blocks]
 
     def step(self, state: list[torch.Tensor], audio_vec: torch.Tensor, frames_norm: torch.Tensor,
-             style: torch.Tensor | None, t_tok: torch.Tensor, head_from: torch.Tensor | None = None
+             style: torch.Tensor | None, t_tok: torch.Tensor, head_from: torch.Tensor | None = None,
+             audio_window: torch.Tensor | None = None, audio_null: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         """One token for ``B`` streams: ``audio_vec (B, d)``, ``frames_norm (B, down, 56)`` decoded,
         ``style (B, width)``, ``t_tok (B,)``; ``head_from (B, down * 3)``: the head offset in effect when
         the current style was set (None = rest), so a style change cross-fades the head instead of
-        snapping it. Returns (refined frames ``(B, down, 56)``, new state, this token's head offset or
+        snapping it; ``audio_window (B, front.window_samples)`` float32, the audio that ends at the
+        token's own end + lookahead (zeros before the stream start; None = no audio), ``audio_null
+        (B,)`` True where the token has no audio. Returns (refined frames ``(B, down, 56)``, new state, this token's head offset or
         None). Costs one position per layer; with ``head_from`` None it equals the matching rows of
         :meth:`forward` (``tests/test_refiner.py``)."""
         B = audio_vec.shape[0]
         cond = self._cond(style, t_tok, frames_norm[:, 0])
         x = self.inp(torch.cat([audio_vec, frames_norm.reshape(B, -1)], -1)) + cond
+        if self.front is not None and audio_window is not None:
+            mel = self.front.log_mel(audio_window)
+            x = x + self._front(mel, None if audio_null is None else audio_null[:, None], 1, x)[:, 0]
         new_state = []
         for blk, past in zip(self.blocks, state):
             x, past = blk.step(x, past)
@@ -197,4 +314,4 @@ class Refiner(nn.Module):
         return y, new_state, head
 
 
-__all__ = ["Refiner", "RefinerConfig", "default_dims"]
+__all__ = ["MelFront", "Refiner", "RefinerConfig", "default_dims", "mel_filterbank"]

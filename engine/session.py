@@ -138,6 +138,10 @@ class StreamSession:
             dims += [UNIT_INDEX[u] for u in _MOUTH_UNITS]
         self.mouth_dims = torch.tensor(dims)
         self.pending: list[Frame] = []
+        front = m.refiner.front if m.refiner is not None else None
+        self.front_samples = front.window_samples if front is not None else 0   # audio the refiner's front reads
+        # audio kept before the next token's start: the CNN's past features need 2 tokens, the front its window
+        self.keep_back = max(2 * self.spt, self.front_samples - self.spt - self.look)
         self.ref_state: list | None = None            # the refiner's streaming state, see _refine
         self.ref_head = None                          # its head offset of the last token (down * 3,)
         self.ref_head_from = None                     # the offset a new style fades from (None = rest)
@@ -287,7 +291,7 @@ class StreamSession:
                                       params=params[i].float().cpu().numpy().astype(np.float32),
                                       style=self.style))
         self.k += 1
-        keep_from = self.spt * (self.k - 2)                                   # trim the audio ring
+        keep_from = self.spt * self.k - self.keep_back                       # trim the audio ring
         if keep_from > self.buf0:
             cut = keep_from - self.buf0
             self.buf, self.noaudio = self.buf[cut:], self.noaudio[cut:]
@@ -374,7 +378,7 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
         for j, i in enumerate(idx):
             frames_norm[i] = out[j]
     if model.refiner is not None:
-        frames_norm = _refine(model, sessions, av, frames_norm)
+        frames_norm = _refine(model, sessions, av, frames_norm, null)
     t3 = time.perf_counter()
     result = []
     for i, s in enumerate(sessions):
@@ -389,11 +393,17 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
     return result
 
 
-def _refine(model, sessions, av, frames_norm) -> list:
+def _refine(model, sessions, av, frames_norm, null) -> list:
     """Stage 3 (the refiner) for one token of every session: one batched :meth:`Refiner.step` over the
-    sessions' streaming states (each block's last inputs; same shapes for all, so no grouping)."""
+    sessions' streaming states (each block's last inputs; same shapes for all, so no grouping) and, with
+    an audio front, the audio windows that end at each token's own end + lookahead; ``null (N,)`` True
+    where the token has no audio."""
     r = model.refiner
     dev = av.device
+    window = None
+    if r.front is not None:
+        ends = [s.spt * (s.k + 1) + s.look for s in sessions]
+        window = torch.from_numpy(np.stack([s._samples(e - s.front_samples, e)[0] for s, e in zip(sessions, ends)]))
     for s in sessions:
         if s.ref_state is None:
             s.ref_state = r.initial_state(1, dev)
@@ -405,7 +415,8 @@ def _refine(model, sessions, av, frames_norm) -> list:
                                  else torch.zeros(3 * model.down, device=dev) for s in sessions])
     out, state, head = r.step(state, av, torch.stack(list(frames_norm)),
                               None if codes[0] is None else torch.stack(codes),
-                              torch.tensor([s.k - s.style_k0 for s in sessions], device=dev), head_from)
+                              torch.tensor([s.k - s.style_k0 for s in sessions], device=dev), head_from,
+                              None if window is None else window.to(dev), null)
     for i, s in enumerate(sessions):
         s.ref_state = [st[i:i + 1] for st in state]
         s.ref_head = None if head is None else head[i]

@@ -41,7 +41,7 @@ def _inputs(B=2, L=12, d=8, width=16, seed=0):
 
 
 def test_new_refiner_is_identity_and_causal():
-    r = Refiner(RefinerConfig(width=16, dilations=(1, 2)), d_audio=8, down=2).eval()
+    r = Refiner(RefinerConfig(width=16, dilations=(1, 2), mel_bins=0), d_audio=8, down=2).eval()
     av, fr, st, t = _inputs()
     torch.testing.assert_close(r(av, fr, st, t), fr)               # zero-initialised output layers
     _scramble(r)
@@ -59,7 +59,7 @@ def test_new_refiner_is_identity_and_causal():
 
 
 def test_head_offset_reads_only_style_and_time():
-    r = Refiner(RefinerConfig(width=16, dilations=(1, 2)), d_audio=8, down=2).eval()
+    r = Refiner(RefinerConfig(width=16, dilations=(1, 2), mel_bins=0), d_audio=8, down=2).eval()
     _scramble(r, seed=3)
     av, fr, st, t = _inputs()
     out = r(av, fr, st, t)
@@ -67,13 +67,13 @@ def test_head_offset_reads_only_style_and_time():
     fr2[..., :50] += 3                                             # other audio and expressions: same head offset
     torch.testing.assert_close((r(av2, fr2, st, t) - fr2)[..., HEAD], (out - fr)[..., HEAD])
     assert not torch.allclose(r(av, fr, st, t + 5)[..., HEAD], out[..., HEAD])    # time matters
-    plain = Refiner(RefinerConfig(width=16, dilations=(1, 2), head=False), d_audio=8, down=2).eval()
+    plain = Refiner(RefinerConfig(width=16, dilations=(1, 2), head=False, mel_bins=0), d_audio=8, down=2).eval()
     _scramble(plain)
     torch.testing.assert_close(plain(av, fr, st, t)[..., HEAD], fr[..., HEAD])    # head=False: head untouched
 
 
 def test_text_pooling_ignores_padding_and_tells_captions_apart():
-    r = Refiner(RefinerConfig(width=16, dilations=(1,)), d_audio=8, down=2).eval()
+    r = Refiner(RefinerConfig(width=16, dilations=(1,), mel_bins=0), d_audio=8, down=2).eval()
     _scramble(r, seed=5)
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(1, 7, 384, generator=g), torch.randn(1, 5, 384, generator=g)
@@ -155,15 +155,25 @@ def test_trainer_loss_falls_and_writes_a_model(tmp_path):
     # stages 1-2 untouched: the refiner-less part of the file equals the init file
     for k, v in base.state_dict().items():
         torch.testing.assert_close(m.state_dict()[k], v)
+    front = m.refiner.front                                        # the audio front learned and was normalised
+    assert front is not None and front.out.weight.abs().max() > 0
+    assert not torch.allclose(front.mel_std, torch.ones_like(front.mel_std))
+    # a warm start continues from that refiner (a near-zero learning rate leaves it where it was)
+    warm = RefinerTrainConfig(out=str(tmp_path / "warm"), init=str(path), steps=1, batch=4, lr=1e-12,
+                              warm_start=True, refiner={"width": 32, "dilations": [1, 2]})
+    m2 = MM2Face.load(train_refiner(warm, clips[:6], clips[6:], progress=False))
+    for k, v in m.refiner.state_dict().items():
+        torch.testing.assert_close(m2.refiner.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+    assert "refiner_val_rec_start" in m2.info.meta
 
 
 def test_new_style_text_restarts_the_refiner_clock(model, monkeypatch):
     seen = []
     step = model.refiner.step
 
-    def spy(state, av, fr, style, t_tok, head_from=None):
+    def spy(state, av, fr, style, t_tok, *rest):
         seen.append(int(t_tok[0]))
-        return step(state, av, fr, style, t_tok, head_from)
+        return step(state, av, fr, style, t_tok, *rest)
 
     monkeypatch.setattr(model.refiner, "step", spy)
     s = StreamSession(model, StreamConfig(seed=0), style="calm")
@@ -205,7 +215,7 @@ def test_train_cli_refiner_then_eval_on_an_mmhead_folder(tmp_path, capsys):
 
 
 def test_a_style_change_fades_the_head_from_where_it_is(model):
-    r = Refiner(RefinerConfig(width=16, dilations=(1,)), d_audio=8, down=2).eval()
+    r = Refiner(RefinerConfig(width=16, dilations=(1,), mel_bins=0), d_audio=8, down=2).eval()
     _scramble(r, seed=6)
     av, fr, st, t = _inputs(B=1, L=1)
     full, _, h_full = r.step(r.initial_state(1), av[:, 0], fr[:, :2], st[:, 0], torch.tensor([50]))
@@ -220,3 +230,35 @@ def test_a_style_change_fades_the_head_from_where_it_is(model):
     last = s.ref_head.clone()
     s.set_style("turns the head to the left")
     torch.testing.assert_close(s.ref_head_from, last)
+
+
+def test_audio_front_hears_its_token_and_the_lookahead_only(model):
+    """Token k's front vector reads audio up to the end of its own samples + the lookahead, no later,
+    and a window cut from the stream gives the same vector as the whole-clip pass."""
+    front = model.refiner.front
+    spt, look = model.samples_per_token, model.lookahead_samples
+    audio = torch.from_numpy(_noise(2.0, 3))[None]
+    n = 12
+    whole = front.tokens(front.clip_mel(audio, n), n)                            # (1, n, width)
+    assert whole.abs().max() > 1e-3
+    k = 5
+    end = spt * (k + 1) + look                                                    # last sample token k may hear
+    later = audio.clone()
+    later[:, end:] += 0.3
+    torch.testing.assert_close(front.tokens(front.clip_mel(later, n), n)[:, :k + 1], whole[:, :k + 1])
+    inside = audio.clone()
+    inside[:, end - 160:end] += 0.3                                               # the last 10 ms of its lookahead
+    assert (front.tokens(front.clip_mel(inside, n), n)[:, k] - whole[:, k]).abs().max() > 1e-4
+    padded = torch.cat([torch.zeros(1, front.window_samples), audio], 1)          # zeros before the stream start
+    win = padded[:, end:end + front.window_samples]                               # = audio [end - window, end)
+    one = front.tokens(front.log_mel(win), 1)[:, 0]
+    torch.testing.assert_close(one, whole[:, k], atol=1e-5, rtol=1e-4)
+
+
+def test_files_from_before_the_audio_front_load_without_one(model, tmp_path):
+    ck = model.checkpoint_dict()
+    old = {k: v for k, v in ck["configs"]["refiner"].items() if not k.startswith("mel_")}
+    ck["configs"]["refiner"] = old
+    ck["state_dict"] = {k: v for k, v in ck["state_dict"].items() if not k.startswith("refiner.front.")}
+    m = MM2Face.from_checkpoint_dict(ck)
+    assert m.refiner is not None and m.refiner.front is None

@@ -49,6 +49,7 @@ class RefinerTrainConfig:
     w_vel: float = 0.5             # velocity loss weight
     style_drop: float = 0.15       # share of clips trained with the null style (as stage 2), for style-free streams
     val_every: int = 250
+    warm_start: bool = False       # start from the init file's own refiner where shapes match (new parts fresh)
     seed: int = 0
     device: str = "cpu"
     refiner: dict = field(default_factory=dict)   # RefinerConfig overrides, e.g. {"width": 96}
@@ -78,10 +79,31 @@ def sample_inputs(model, clips, seed: int, progress: bool = True, desc: str = "s
     return out
 
 
-def _batch(items, down: int, dev, states: dict, style_drop: float = 0.0, rng=None) -> dict:
+@torch.no_grad()
+def clip_mels(front, clips, n_toks: list[int], progress: bool = True) -> list:
+    """The refiner front's raw log-mel per clip (:meth:`MelFront.clip_mel`, float16 ``(F, n_mels)``), None
+    for clips without audio."""
+    from mm2face.training.eval_cli import has_audio
+    out = []
+    for c, n in zip(tqdm(clips, desc="log-mel", disable=not progress, dynamic_ncols=True), n_toks):
+        a = torch.from_numpy(np.asarray(c.audio_16k, np.float32))[None] if has_audio(c) else None
+        out.append(None if a is None else front.clip_mel(a, n)[0].half())
+    return out
+
+
+def set_mel_stats(front, mels) -> None:
+    """Per-band mean and std of the training clips' log-mel into the front's normalisation buffers."""
+    x = torch.cat([m.float() for m in mels if m is not None])
+    front.mel_mean.copy_(x.mean(0))
+    front.mel_std.copy_(x.std(0).clamp(min=1e-3))
+
+
+def _batch(items, down: int, dev, states: dict, style_drop: float = 0.0, rng=None, front=None) -> dict:
     """Left-aligned padding of whole clips: ``av (B, L, d)``, ``frames, gt (B, L*down, 56)``, ``mask
     (B, L*down)``, ``t_tok (B, L)``; the captions' token states ``text (B, N, d_text)`` with ``text_mask
-    (B, N)``, and ``null (B,)`` True where the clip is trained without style (no caption, or dropped)."""
+    (B, N)``, and ``null (B,)`` True where the clip is trained without style (no caption, or dropped);
+    with the refiner's audio front, ``mel (B, F, n_mels)`` raw log-mel and ``audio_null (B, L)`` (True
+    for clips without audio; padding past a clip's end only reaches its masked tokens)."""
     L = max(len(it["av"]) for it in items)
     B, d = len(items), items[0]["av"].shape[1]
     av = torch.zeros(B, L, d)
@@ -110,6 +132,15 @@ def _batch(items, down: int, dev, states: dict, style_drop: float = 0.0, rng=Non
     t_tok = torch.arange(L)[None].expand(B, L)
     b = {"av": av, "frames": fr, "gt": gt, "mask": mask, "t_tok": t_tok, "text": text, "text_mask": text_mask,
          "null": null}
+    if front is not None:
+        mel = torch.zeros(B, front.hop_frames * (L - 1) + front.window_frames, front.mel_mean.shape[0])
+        anull = torch.zeros(B, L, dtype=torch.bool)
+        for i, it in enumerate(items):
+            if it["mel"] is None:
+                anull[i] = True
+            else:
+                mel[i, :len(it["mel"])] = it["mel"].float()
+        b.update(mel=mel, audio_null=anull)
     return {k: v.to(dev) for k, v in b.items()}
 
 
@@ -120,7 +151,7 @@ def _loss(model, w, b: dict, w_vel: float, w_clip_mean: float = 0.0):
         code = r.pool_text(b["text"], b["text_mask"])                                  # (B, W)
         code = torch.where(b["null"][:, None], r.null_style[None].expand_as(code), code)
         style = code[:, None].expand(-1, b["av"].shape[1], -1)
-    pred = r(b["av"], b["frames"], style, b["t_tok"])
+    pred = r(b["av"], b["frames"], style, b["t_tok"], b.get("mel"), b.get("audio_null"))
     gt, mask = b["gt"], b["mask"]
     d = torch.cat([r.dims, r.head_dims]) if r.head_out is not None else r.dims
     err = (pred - gt)[..., d] ** 2 * w[d]
@@ -206,14 +237,30 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
                          out / "text_states.pt", progress)
     rcfg = RefinerConfig(**cfg.refiner)
     dev = torch.device(cfg.device)
+    old = model.refiner.state_dict() if (cfg.warm_start and model.refiner is not None) else None
     model.attach_refiner(rcfg)
+    same = {}
+    if old is not None:
+        mine = model.refiner.state_dict()
+        same = {k: v for k, v in old.items() if k in mine and mine[k].shape == v.shape}
+        model.refiner.load_state_dict(same, strict=False)
+        print(f"warm start: {len(same)} of {len(mine)} refiner tensors from {init}")
+    front = model.refiner.front
+    if front is not None:
+        for split, clips in (("train", train_clips), ("val", val_clips)):
+            mels = clip_mels(front, clips, [len(it["av"]) for it in data[split]], progress)
+            for it, m in zip(data[split], mels):
+                it["mel"] = m
+        if "front.mel_mean" not in same:          # a warm-started front keeps the normalisation it learned with
+            set_mel_stats(front, [it["mel"] for it in data["train"]])
     model.to(dev).eval()
     ref = model.refiner.train()
     w = dim_weights(model.head_name, cfg.w_jaw, cfg.w_mouth, cfg.w_head).to(dev)
     opt = torch.optim.Adam(ref.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    vb = _batch(data["val"], model.down, dev, states)
+    vb = _batch(data["val"], model.down, dev, states, front=front)
     with torch.no_grad():
-        base_val = _loss(model, w, vb, cfg.w_vel)[1].item()    # refiner = identity: the sampled motions' error
+        base_val = _loss(model, w, vb, cfg.w_vel)[1].item()    # the sampled motions' error (identity refiner),
+    base_key = "val_rec_start" if old is not None else "val_rec_unrefined"     # or the warm start's
     best, best_state, t_start = float("inf"), None, time.time()
     bar = tqdm(total=cfg.steps, desc="refiner", disable=not progress, dynamic_ncols=True)
     tr = data["train"]
@@ -221,7 +268,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
         for g in opt.param_groups:
             g["lr"] = lr_at(step - 1, cfg.lr, cfg.steps)
         items = [tr[i] for i in rng.integers(len(tr), size=cfg.batch)]
-        loss, rec, _ = _loss(model, w, _batch(items, model.down, dev, states, cfg.style_drop, rng), cfg.w_vel,
+        loss, rec, _ = _loss(model, w, _batch(items, model.down, dev, states, cfg.style_drop, rng, front), cfg.w_vel,
                              cfg.w_clip_mean)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -239,7 +286,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
                 mae = lambda x, sl: ((x - g)[m][:, sl] * model.std[sl]).abs().mean().item()
                 jaw, jaw0, head, head0 = mae(pred, JAW), mae(f, JAW), mae(pred, HEAD), mae(f, HEAD)
             ref.train()
-            rec_val = {"step": step, "val_rec": vrec.item(), "val_rec_unrefined": base_val,
+            rec_val = {"step": step, "val_rec": vrec.item(), base_key: base_val,
                        "val_jaw_mae_rad": jaw, "val_jaw_mae_rad_unrefined": jaw0,
                        "val_head_mae_rad": head, "val_head_mae_rad_unrefined": head0}
             log_line(out, rec_val)
@@ -253,7 +300,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     model.eval().cpu()
     model.info.meta.update({"refiner_steps": cfg.steps, "refiner_clips": len(train_clips),
                             "refiner_sampling": sampling, "refiner_val_rec": best,
-                            "refiner_val_rec_unrefined": base_val, "refiner_sample_s": round(t_sample, 1),
+                            "refiner_" + base_key: base_val, "refiner_sample_s": round(t_sample, 1),
                             "refiner_wall_s": round(time.time() - t_start, 1), "refiner_init": init,
                             "refiner_train_cfg": asdict(cfg)})
     path = out / "model.pt"
