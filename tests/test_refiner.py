@@ -165,6 +165,18 @@ def test_trainer_loss_falls_and_writes_a_model(tmp_path):
     for k, v in m.refiner.state_dict().items():
         torch.testing.assert_close(m2.refiner.state_dict()[k], v, atol=1e-6, rtol=1e-5)
     assert "refiner_val_rec_start" in m2.info.meta
+    # --freeze keeps the named parts as they start while the rest trains
+    keep = ["head_out", "text_", "null_style", "time"]
+    fz = RefinerTrainConfig(out=str(tmp_path / "frozen"), init=str(path), steps=4, batch=4, lr=3e-3, val_every=2,
+                            warm_start=True, freeze=keep, refiner={"width": 32, "dilations": [1, 2]})
+    m3 = MM2Face.load(train_refiner(fz, clips[:6], clips[6:], progress=False))
+    before, after = m.refiner.state_dict(), m3.refiner.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if any(k.startswith(f) for f in keep))
+    assert not torch.equal(after["front.out.weight"], before["front.out.weight"])
+    with pytest.raises(ValueError, match="matches no refiner parameter"):
+        train_refiner(RefinerTrainConfig(out=str(tmp_path / "bad"), init=str(path), steps=1, freeze=["nope"],
+                                         refiner={"width": 32, "dilations": [1, 2]}), clips[:6], clips[6:],
+                      progress=False)
 
 
 def test_new_style_text_restarts_the_refiner_clock(model, monkeypatch):

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the per-clip mean error (emotion level, head offset; default 1)")
     p.add_argument("--warm-start", action="store_true",
                    help="start from the --init file's own refiner where shapes match (new parts start fresh)")
+    p.add_argument("--freeze", nargs="*", default=[], metavar="PREFIX",
+                   help="refiner parameters (name prefixes) to keep as they start, e.g. head_out text_ time "
+                        "to keep a warm start's head-pose path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--limit", type=int, default=0, help="use at most N clips per split (quick runs)")
@@ -129,7 +132,7 @@ def main(argv=None):
         from mm2face.training.train_refiner import RefinerTrainConfig, train_refiner
         cfg = RefinerTrainConfig(out=args.out, init=args.init, steps=args.steps, batch=args.batch, lr=args.lr,
                                  max_clips=args.clips, val_every=args.val_every, seed=args.seed,
-                                 w_clip_mean=args.w_clip_mean, warm_start=args.warm_start,
+                                 w_clip_mean=args.w_clip_mean, warm_start=args.warm_start, freeze=args.freeze,
                                  device=args.device, refiner=over)
         path = train_refiner(cfg, train, val, progress=not args.no_progress)
     else:

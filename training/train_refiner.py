@@ -50,6 +50,8 @@ class RefinerTrainConfig:
     style_drop: float = 0.15       # share of clips trained with the null style (as stage 2), for style-free streams
     val_every: int = 250
     warm_start: bool = False       # start from the init file's own refiner where shapes match (new parts fresh)
+    freeze: list = field(default_factory=list)   # refiner parameter name prefixes kept as they start, e.g.
+                                                 # ["head_out", "text_", "time"] keeps a warm start's head path
     seed: int = 0
     device: str = "cpu"
     refiner: dict = field(default_factory=dict)   # RefinerConfig overrides, e.g. {"width": 96}
@@ -256,7 +258,13 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     model.to(dev).eval()
     ref = model.refiner.train()
     w = dim_weights(model.head_name, cfg.w_jaw, cfg.w_mouth, cfg.w_head).to(dev)
-    opt = torch.optim.Adam(ref.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    frozen = [n for n, p in ref.named_parameters() if any(n.startswith(f) for f in cfg.freeze)]
+    if cfg.freeze and not frozen:
+        raise ValueError(f"--freeze {cfg.freeze} matches no refiner parameter; names: "
+                         f"{sorted({n.split('.')[0] for n, _ in ref.named_parameters()})}")
+    for n, p in ref.named_parameters():
+        p.requires_grad_(n not in frozen)
+    opt = torch.optim.Adam([p for p in ref.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.999))
     vb = _batch(data["val"], model.down, dev, states, front=front)
     with torch.no_grad():
         base_val = _loss(model, w, vb, cfg.w_vel)[1].item()    # the sampled motions' error (identity refiner),
