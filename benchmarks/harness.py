@@ -276,7 +276,8 @@ def run_ws(model, audio: np.ndarray, sessions: int = 1, chunk_s: float = 0.02, d
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await ws.send(audio[i:i + n].astype("<f4").tobytes())
-            await asyncio.sleep(0.5)
+            # end at once, as a client whose speech is over would: the last token's frames wait for its
+            # lookahead audio or for end(), so any pause here would be counted as their latency
             await ws.send(P._dumps({"type": "end"}))
             try:
                 await asyncio.wait_for(got_final.wait(), 10)
