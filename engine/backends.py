@@ -90,6 +90,7 @@ class GStep(nn.Module):
     def __init__(self, gpt):
         super().__init__()
         self.gpt = gpt
+        self.eval()      # exporters restore the wrapper's mode afterwards, recursively: it must be eval
 
     def forward(self, prev, audio, text, k, v, valid):
         n_layer = k.shape[0]
@@ -106,6 +107,7 @@ class AudioStep(nn.Module):
     def __init__(self, audio):
         super().__init__()
         self.audio = audio
+        self.eval()
         self._encode = type(audio).encode_windows
 
     def forward(self, wins):
@@ -118,6 +120,7 @@ class DecodeStep(nn.Module):
     def __init__(self, vq):
         super().__init__()
         self.vq = vq
+        self.eval()
         self._decode_last = type(vq).decode_last
 
     def forward(self, codes):
@@ -292,6 +295,7 @@ def apply_backend(model, name: str = "eager", device="cpu", **opts):
         _install_onnx(model, dev, **opts)
     elif name == "tensorrt":
         _install_tensorrt(model, dev, **opts)
+    model.eval()         # whatever a build toggled: inference only (eager fallbacks would run dropout)
     model.backend = name
     return model
 
