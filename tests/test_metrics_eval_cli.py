@@ -55,6 +55,8 @@ def test_eval_cli_writes_table_and_json(tmp_path, capsys):
     assert res["model"]["style_by_rule"].keys() >= {"happy", "turn_left", "sad", "down"}
     assert res["baseline_mean_frame"]["emotion_pass_rate"] == 0.0   # the mean frame carries no style
     assert len(res["per_clip"]) == 2 and res["contrast"][0]["rules"] == ["happy", "sad"]
+    assert set(res["head_rest"]["per_caption_rad"]) == set(eval_cli.HEAD_REST_CAPTIONS)
+    assert "head at rest for captions naming no head movement" in printed
     # lip-sync metrics come from the one talking clip (MMHead's benchmark I); *_all also has the text-only one
     talk = next(r for r in res["per_clip"] if r["id"] == "T2")
     assert res["model"]["talking_clips"] == 1
@@ -85,3 +87,17 @@ def test_combine_seeds_averages_numbers_and_rule_rates():
 def test_eval_cli_explains_a_missing_corpus(tmp_path, capsys):
     assert eval_cli.main(["--data", str(tmp_path / "nope"), "--baseline-only"]) == 2
     assert "mm2face-data synth" in capsys.readouterr().err
+
+
+def test_head_rest_probe_flags_a_lean(monkeypatch):
+    """A caption that names no head movement but comes out as a held forward lean fails the probe."""
+    def fake(model, text, audio, n, device, seed, guidance, **kw):
+        m = np.zeros((n, 56), np.float32)
+        if "smiles" in text:
+            m[n // 2:, 50] = 0.2 + 0.01 * seed                    # head down, held in the second half
+        return m
+    monkeypatch.setattr(eval_cli, "generate_motion", fake)
+    r = eval_cli.head_rest_probe(None, "cpu", 0, None)
+    assert r["worst_caption"] == "A person smiles." and abs(r["worst_rad"] - 0.21) < 1e-6 and not r["at_rest"]
+    monkeypatch.setattr(eval_cli, "generate_motion", lambda model, text, audio, n, *a, **k: np.zeros((n, 56), np.float32))
+    assert eval_cli.head_rest_probe(None, "cpu", 0, None)["at_rest"]

@@ -7,7 +7,7 @@ For every clip of the split it generates motion from the clip's audio (or from t
 text-only clips) and its caption, offline (the whole clip at once), then computes the metrics of
 :mod:`mm2face.training.metrics` against the ground truth. The baseline predicts the training split's
 mean frame for every frame. A text-only contrast ("smiles" vs "frowns") checks that captions alone
-steer the face. Prints a table and writes everything (aggregate and per clip) as JSON.
+steer the face, and a head-rest probe that captions naming no head movement leave the head near rest. Prints a table and writes everything (aggregate and per clip) as JSON.
 """
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ import numpy as np
 from mm2face.training import metrics as M
 
 CONTRAST_PAIRS = [("A person smiles warmly.", "A person frowns sadly.", "happy", "sad")]
+# Captions that name no head movement: a text-only motion should keep the head near rest (an emotion
+# must not come out as a lean). On the synthetic corpus the clips whose captions mention a smile hold the
+# head at +0.00 rad on average.
+HEAD_REST_CAPTIONS = ["A person smiles.", "A person frowns sadly.", "The person looks surprised.",
+                      "A person talks calmly."]
+HEAD_REST_LIMIT_RAD = 0.1      # about 6 degrees: the largest held head offset the probe accepts
 def clip_caption(clip) -> str:
     """The text the model is conditioned on: the clip's captions joined in the training order
     (:func:`mm2face.training.dataset.joined_caption`)."""
@@ -168,6 +174,7 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
         res["baseline_mean_frame"] = M.aggregate(per_base)
     if model is not None:
         res["contrast"] = text_contrast(model, device, seed, guidance, **sampling)
+        res["head_rest"] = head_rest_probe(model, device, seed, guidance, **sampling)
         res["sampling"] = {"guidance": guidance, **sampling}
     res["per_clip"] = rows
     return res
@@ -187,6 +194,23 @@ def text_contrast(model, device: str, seed: int, guidance: float | None, seconds
         out.append({"a": cap_a, "b": cap_b, "rules": [rule_a, rule_b], "scores": scores,
                     "told_apart": bool(min(scores) > 0)})
     return out
+
+
+def head_rest_probe(model, device: str, seed: int, guidance: float | None, seconds: float = 4.0,
+                    seeds: int = 3, **sampling) -> dict:
+    """Text-only motions for :data:`HEAD_REST_CAPTIONS`: per caption the head pose averaged over the
+    second half and over ``seeds`` seeds ``(3,)`` rad (rx, ry, rz); ``worst_rad`` = the largest absolute
+    axis value, ``at_rest`` when it stays under :data:`HEAD_REST_LIMIT_RAD`."""
+    n = int(seconds * M.FPS)
+    per = {}
+    for cap in HEAD_REST_CAPTIONS:
+        poses = [generate_motion(model, cap, None, n, device, seed + s, guidance, **sampling)[n // 2:, M.HEAD].mean(0)
+                 for s in range(seeds)]
+        per[cap] = [float(x) for x in np.mean(poses, 0)]
+    worst_cap = max(per, key=lambda c: max(abs(x) for x in per[c]))
+    worst = max(abs(x) for x in per[worst_cap])
+    return {"per_caption_rad": per, "worst_caption": worst_cap, "worst_rad": worst,
+            "limit_rad": HEAD_REST_LIMIT_RAD, "at_rest": bool(worst < HEAD_REST_LIMIT_RAD)}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -228,6 +252,11 @@ def format_table(res: dict) -> str:
     for c in res.get("contrast", []):
         lines.append(f"| text-only contrast \"{c['a']}\" vs \"{c['b']}\" | "
                      f"{'told apart' if c['told_apart'] else 'NOT told apart'} (min {min(c['scores']):.3f}) | – | – |")
+    hr = res.get("head_rest")
+    if hr:
+        lines.append(f"| head at rest for captions naming no head movement (text only, limit "
+                     f"{hr['limit_rad']:.2f} rad) | {'at rest' if hr['at_rest'] else 'NOT at rest'} (largest "
+                     f"{hr['worst_rad']:.3f} rad, \"{hr['worst_caption']}\") | – | – |")
     by_rule = mod.get("style_by_rule", {})
     if by_rule:
         lines += ["", "| style rule | clips | pass rate |", "|---|---:|---:|"]
