@@ -91,6 +91,7 @@ class _CausalBlock(nn.Module):
         y = self.conv(win.transpose(1, 2))[:, :, -1]
         return x + y, win[:, 1:]
 
+
 MEL_HOP = 160         # samples per log-mel frame (10 ms at 16 kHz)
 MEL_WIN = 400         # samples per FFT window (25 ms)
 
@@ -292,9 +293,9 @@ class Refiner(nn.Module):
         the current style was set (None = rest), so a style change cross-fades the head instead of
         snapping it; ``audio_window (B, front.window_samples)`` float32, the audio that ends at the
         token's own end + lookahead (zeros before the stream start; None = no audio), ``audio_null
-        (B,)`` True where the token has no audio. Returns (refined frames ``(B, down, 56)``, new state, this token's head offset or
-        None). Costs one position per layer; with ``head_from`` None it equals the matching rows of
-        :meth:`forward` (``tests/test_refiner.py``)."""
+        (B,)`` True where the token has no audio. Returns (refined frames ``(B, down, 56)``, new state,
+        this token's head offset or None). Costs one position per layer (and one short log-mel window);
+        with ``head_from`` None it equals the matching rows of :meth:`forward` (``tests/test_refiner.py``)."""
         B = audio_vec.shape[0]
         cond = self._cond(style, t_tok, frames_norm[:, 0])
         x = self.inp(torch.cat([audio_vec, frames_norm.reshape(B, -1)], -1)) + cond

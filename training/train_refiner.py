@@ -14,6 +14,10 @@
    1 and 2 stay frozen. Adam (betas 0.5, 0.999), warmup + cosine schedule, validation (joined captions)
    every ``val_every`` steps; ``OUT/model.pt`` is the MM2Face file with the best-validation refiner.
    Single process: it takes minutes on a CPU.
+3. With the refiner's audio front (``RefinerConfig.mel_bins``), every clip's log-mel is computed once
+   (:func:`clip_mels`) and the front's normalisation is set from the training clips. ``warm_start``
+   continues from the init file's own refiner (new parts start fresh, a warm front keeps its
+   normalisation); ``freeze`` keeps named parts as they start (e.g. the head-pose path).
 """
 from __future__ import annotations
 
@@ -267,8 +271,9 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     opt = torch.optim.Adam([p for p in ref.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.999))
     vb = _batch(data["val"], model.down, dev, states, front=front)
     with torch.no_grad():
-        base_val = _loss(model, w, vb, cfg.w_vel)[1].item()    # the sampled motions' error (identity refiner),
-    base_key = "val_rec_start" if old is not None else "val_rec_unrefined"     # or the warm start's
+        base_val = _loss(model, w, vb, cfg.w_vel)[1].item()
+    # the error at step 0: of the sampled motions (a new refiner is the identity) or of the warm start
+    base_key = "val_rec_start" if old is not None else "val_rec_unrefined"
     best, best_state, t_start = float("inf"), None, time.time()
     bar = tqdm(total=cfg.steps, desc="refiner", disable=not progress, dynamic_ncols=True)
     tr = data["train"]
@@ -276,8 +281,8 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
         for g in opt.param_groups:
             g["lr"] = lr_at(step - 1, cfg.lr, cfg.steps)
         items = [tr[i] for i in rng.integers(len(tr), size=cfg.batch)]
-        loss, rec, _ = _loss(model, w, _batch(items, model.down, dev, states, cfg.style_drop, rng, front), cfg.w_vel,
-                             cfg.w_clip_mean)
+        b = _batch(items, model.down, dev, states, cfg.style_drop, rng, front)
+        loss, rec, _ = _loss(model, w, b, cfg.w_vel, cfg.w_clip_mean)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
