@@ -81,24 +81,36 @@ def bucket(n: int) -> int:
 # ----------------------------------------------------------------------------- static-shape parts
 
 class GStep(nn.Module):
-    """One G step on a static cache.
+    """One G step on a static cache, with the style's modulation computed outside (it changes only when
+    the style text does, so re-running the style MLP inside every compiled step is wasted work).
 
-    ``prev (R,) long, audio (R, d_model), text (R, d_text), k/v (n_layer, R, H, L, hd), valid (R, L) bool``
-    with ``L = ctx_tokens - 1`` -> ``logits (R, n_codes), k_new, v_new, valid_new`` (same shapes).
-    R counts rows (2 per stream with classifier-free guidance)."""
+    ``prev (R,) long, audio (R, d_model), mods (n_layer, R, 4 d_model), text_x (R, d_model), k/v
+    (n_layer, R, H, L, hd), valid (R, L) bool`` with ``L = ctx_tokens - 1`` -> ``logits (R, n_codes),
+    k_new, v_new, valid_new`` (same shapes). R counts rows (2 per stream with classifier-free guidance);
+    ``mods``/``text_x`` from :func:`step_modulation`."""
 
     def __init__(self, gpt):
         super().__init__()
         self.gpt = gpt
         self.eval()      # exporters restore the wrapper's mode afterwards, recursively: it must be eval
 
-    def forward(self, prev, audio, text, k, v, valid):
+    def forward(self, prev, audio, mods, text_x, k, v, valid):
         n_layer = k.shape[0]
         cache = KVCache(n_layer, self.gpt.cfg.ctx_tokens)
         cache.k, cache.v, cache.valid = list(k.unbind(0)), list(v.unbind(0)), valid
-        logits = self.gpt(prev[:, None], audio[:, None], text[:, None], cache)[:, -1]
+        modulation = (None, [m[:, None] for m in mods.unbind(0)], text_x[:, None])
+        logits = self.gpt(prev[:, None], audio[:, None], None, cache, modulation=modulation)[:, -1]
         valid_new = torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], 1)
         return logits, torch.stack(cache.k), torch.stack(cache.v), valid_new
+
+
+def step_modulation(gpt, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``text (R, d_text)`` -> ``mods (n_layer, R, 4 d_model)``, ``text_x (R, d_model)`` (zeros for a
+    model without the style input term): :class:`GStep`'s style inputs (memoised while the text stays)."""
+    _, mods, text_x = gpt.modulation(text[:, None])
+    mods = torch.stack([m[:, 0] for m in mods])
+    text_x = text_x[:, 0] if text_x is not None else text.new_zeros(text.shape[0], gpt.cfg.d_model)
+    return mods, text_x
 
 
 class AudioStep(nn.Module):
@@ -136,8 +148,13 @@ def static_cache(cache: KVCache, rows: int, L: int, H: int, hd: int, n_layer: in
         return k, k.clone(), torch.zeros(rows, L, dtype=torch.bool, device=like.device)
     if Tc > L:
         raise ValueError(f"cache holds {Tc} tokens, more than the static length {L}")
-    k = torch.stack(cache.k)
-    v = torch.stack(cache.v)
+    packed = getattr(cache, "packed", None)         # the last static step's outputs, if the lists are its views
+    if packed is not None and rows == packed[0].shape[1] and all(
+            a is b for a, b in zip(cache.k + cache.v, packed[2] + packed[3])):
+        k, v = packed[0], packed[1]
+    else:
+        k = torch.stack(cache.k)
+        v = torch.stack(cache.v)
     valid = cache.valid if cache.valid is not None else torch.ones(rows, Tc, dtype=torch.bool, device=like.device)
     if Tc < L:
         k = F.pad(k, (0, 0, L - Tc, 0))
@@ -162,6 +179,7 @@ class StaticRunner:
         self.R = model.vq.receptive_tokens
         self.make_g, self.make_a, self.make_d = make_g, make_a, make_d
         self._g, self._a, self._d = {}, {}, {}
+        self._style = None              # (text_emb, mods, text_x) of the last G step
         self._eager_encode = model.audio.encode_windows
         self._eager_decode = model.vq.decode_last
 
@@ -177,28 +195,39 @@ class StaticRunner:
         m = self.model
         B = prev.shape[0]
         rows = 2 * B
-        null = m.gpt.null_text.detach()[None].expand(B, -1)
-        two = lambda a, b: torch.stack([a, b], 1).reshape(2 * B, *a.shape[1:])
-        p, a, t = two(prev, prev), two(audio_vec, audio_vec), two(text_emb, null)
+        p, a = prev.repeat_interleave(2), audio_vec.repeat_interleave(2, 0)    # rows: b cond, b uncond
+        last = self._style
+        if last is not None and last[0].shape == text_emb.shape and torch.equal(last[0], text_emb):
+            mods, tx = last[1], last[2]                  # the styles did not change: same modulation
+        else:
+            null = m.gpt.null_text.detach()[None].expand(B, -1)
+            t = torch.stack([text_emb, null], 1).reshape(2 * B, -1)
+            mods, tx = step_modulation(m.gpt, t)
+            self._style = (text_emb.clone(), mods, tx)
         k, v, valid = static_cache(cache, rows, self.L, self.H, self.hd, self.n_layer, a)
         bb = bucket(rows)
         if bb > rows:                                    # pad the batch to its bucket with dummy rows
             pad = bb - rows
             p = torch.cat([p, p.new_zeros(pad)])
             a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
-            t = torch.cat([t, t.new_zeros(pad, t.shape[1])])
+            mods = torch.cat([mods, mods.new_zeros(mods.shape[0], pad, mods.shape[2])], 1)
+            tx = torch.cat([tx, tx.new_zeros(pad, tx.shape[1])])
             k = torch.cat([k, k.new_zeros(k.shape[0], pad, *k.shape[2:])], 1)
             v = torch.cat([v, v.new_zeros(v.shape[0], pad, *v.shape[2:])], 1)
             valid = torch.cat([valid, valid.new_zeros(pad, valid.shape[1])])
         fn = self._get(self._g, self.make_g, bb)
-        logits, k2, v2, valid2 = fn(p, a, t, k.contiguous(), v.contiguous(), valid)
-        logits, k2, v2, valid2 = logits[:rows], k2[:, :rows], v2[:, :rows], valid2[:rows]
+        logits, k2, v2, valid2 = fn(p, a, mods.contiguous(), tx.contiguous(), k.contiguous(), v.contiguous(),
+                                    valid)
+        if bb > rows:
+            logits, k2, v2, valid2 = logits[:rows], k2[:, :rows], v2[:, :rows], valid2[:rows]
         cache.k, cache.v, cache.valid = list(k2.unbind(0)), list(v2.unbind(0)), valid2
+        cache.packed = (k2, v2, list(cache.k), list(cache.v))     # the next step reuses k2/v2 unstacked
         cache.t += 1
         logits = logits.view(B, 2, -1)
         cond, unc = logits[:, 0], logits[:, 1]
-        g = torch.as_tensor(guidance, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
-        return unc + g * (cond - unc)
+        if not isinstance(guidance, float):
+            guidance = torch.as_tensor(guidance, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+        return unc + guidance * (cond - unc)
 
     @torch.no_grad()
     def encode_windows(self, wins):
@@ -239,7 +268,8 @@ def _example_inputs(model, rows: int, device):
     L, hd = g.ctx_tokens - 1, g.d_model // g.n_head
     dev = torch.device(device)
     return (torch.zeros(rows, dtype=torch.long, device=dev), torch.zeros(rows, g.d_model, device=dev),
-            torch.zeros(rows, g.d_text, device=dev), torch.zeros(g.n_layer, rows, g.n_head, L, hd, device=dev),
+            torch.zeros(g.n_layer, rows, 4 * g.d_model, device=dev), torch.zeros(rows, g.d_model, device=dev),
+            torch.zeros(g.n_layer, rows, g.n_head, L, hd, device=dev),
             torch.zeros(g.n_layer, rows, g.n_head, L, hd, device=dev),
             torch.zeros(rows, L, dtype=torch.bool, device=dev))
 
@@ -368,30 +398,43 @@ def _install_onnx(model, dev, workdir: str | None = None, threads: int | None = 
         mod.to(dev)
         return ort.InferenceSession(str(path), so, providers=providers)
 
+    on_cpu = dev.type == "cpu"
+
     def runner(sess, names_in):
-        def call(*args):
-            feeds = {n: a.detach().cpu().numpy() for n, a in zip(names_in, args)}
-            outs = sess.run(None, feeds)
-            res = tuple(torch.from_numpy(o).to(dev) for o in outs)
+        def call(*args):        # per call overhead matters here: a G step is ~0.35 ms inside ONNX Runtime
+            feeds = {n: (a.numpy() if on_cpu else a.detach().cpu().numpy()) for n, a in zip(names_in, args)}
+            outs = [torch.from_numpy(o) for o in sess.run(None, feeds)]
+            res = tuple(outs) if on_cpu else tuple(o.to(dev) for o in outs)
             return res if len(res) > 1 else res[0]
         return call
 
-    gi = ["prev", "audio", "text", "k", "v", "valid"]
-    g_sess = export(GStep(model.gpt), _example_inputs(model, 2, cpu), gi, ["logits", "k_new", "v_new", "valid_new"],
-                    {"prev": {0: "R"}, "audio": {0: "R"}, "text": {0: "R"}, "k": {1: "R"}, "v": {1: "R"},
-                     "valid": {0: "R"}, "logits": {0: "R"}, "k_new": {1: "R"}, "v_new": {1: "R"},
-                     "valid_new": {0: "R"}}, "g_step.onnx")
+    gi = ["prev", "audio", "mods", "text_x", "k", "v", "valid"]
+    go = ["logits", "k_new", "v_new", "valid_new"]
+
+    def g_step(rows: int | None):
+        """The G step exported for ``rows`` rows with static shapes (the shape arithmetic of a dynamic
+        batch axis is a quarter of the graph: 499 -> 379 nodes, ~10 % of its time), or for any batch."""
+        dyn = None if rows else {n: {1 if n in ("mods", "k", "v", "k_new", "v_new") else 0: "R"} for n in gi + go}
+        sess = export(GStep(model.gpt), _example_inputs(model, rows or 2, cpu), gi, go, dyn,
+                      f"g_step_{rows or 'any'}.onnx")
+        fn = runner(sess, gi)
+
+        def g_call(*args):
+            logits, k2, v2, valid2 = fn(*args)
+            return logits, k2, v2, valid2.bool()
+        return g_call
+
+    # one stream (2 rows) gets its own static graph; batches share one dynamic graph, built now, so that
+    # a new batch size never stalls serving with an export
+    single, batched = g_step(2), g_step(None)
+    make_g = lambda rows: single if rows == 2 else batched
+
     a_sess = export(AudioStep(model.audio), (_audio_example(model, 2, cpu),), ["wins"], ["vec"],
                     {"wins": {0: "N"}, "vec": {0: "N"}}, "audio.onnx")
     d_sess = export(DecodeStep(model.vq), (_decode_example(model, 2, cpu),), ["codes"], ["frames"],
                     {"codes": {0: "N"}, "frames": {0: "N"}}, "decode.onnx")
-    g_fn, a_fn, d_fn = runner(g_sess, gi), runner(a_sess, ["wins"]), runner(d_sess, ["codes"])
-
-    def g_call(p, a, t, k, v, valid):
-        logits, k2, v2, valid2 = g_fn(p, a, t, k, v, valid)
-        return logits, k2, v2, valid2.bool()
-
-    StaticRunner(model, lambda b: g_call, lambda b: a_fn, lambda b: d_fn).install()
+    a_fn, d_fn = runner(a_sess, ["wins"]), runner(d_sess, ["codes"])
+    StaticRunner(model, make_g, lambda b: a_fn, lambda b: d_fn).install()
     model.onnx_dir = str(wd)
 
 

@@ -212,17 +212,23 @@ class MotionGPT(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.n_layer, self.cfg.ctx_tokens)
 
-    def forward(self, prev_tokens, audio, text, cache: KVCache | None = None, return_hidden: bool = False):
+    def forward(self, prev_tokens, audio, text, cache: KVCache | None = None, return_hidden: bool = False,
+                modulation: tuple | None = None):
         """``prev_tokens: (B, T)`` long (BOS = n_codes at the stream start), ``audio: (B, T, d_model)``
         token audio vectors (use :attr:`null_audio` for none), ``text: (B, T, d_text)`` or
         ``(B, d_text)`` sentence embeddings (use :attr:`null_text` for none).
         Returns logits ``(B, T, n_codes)``; with ``cache`` the new keys/values are appended to it.
         ``return_hidden``: also return the final hidden states ``(B, T, d_model)`` and the style
-        vectors ``(B, T, d_model)`` (the trainer's auxiliary heads read them)."""
+        vectors ``(B, T, d_model)`` (the trainer's auxiliary heads read them).
+        ``modulation``: :meth:`modulation`'s output for ``text`` computed beforehand (then ``text`` is not
+        read): a compiled step takes it as an input instead of re-running the style MLP every token."""
         B, T = prev_tokens.shape
-        if text.dim() == 2:
-            text = text[:, None, :].expand(B, T, -1)
-        style, mods, text_x = self._modulation(text)
+        if modulation is not None:
+            style, mods, text_x = modulation
+        else:
+            if text.dim() == 2:
+                text = text[:, None, :].expand(B, T, -1)
+            style, mods, text_x = self._modulation(text)
         x = self.tok(prev_tokens) + audio
         if text_x is not None:
             x = x + text_x
@@ -268,6 +274,11 @@ class MotionGPT(nn.Module):
             keymask = torch.cat([valid, torch.ones(B, T, dtype=torch.bool, device=device)], 1)
             bias = bias.masked_fill(~keymask[:, None, None, :], float("-inf"))
         return bias
+
+    def modulation(self, text):
+        """``text (B, T, d_text)`` -> (style vectors ``(B, T, D)``, each block's ``ada`` output ``(B, T,
+        4 D)``, the style's input term ``(B, T, D)`` or None); reused while ``text`` is unchanged."""
+        return self._modulation(text)
 
     def _modulation(self, text):
         """Style vectors ``(B, T, D)``, each block's ``ada`` output and the style's input term (or None),

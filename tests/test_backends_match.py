@@ -69,10 +69,14 @@ def test_int8_stays_close_and_is_a_copy(ref):
     assert np.isfinite(stream(q)).all()
 
 
-def test_static_backend_under_the_batcher_matches_solo_eager():
-    m = apply_backend(MM2Face.random(seed=0, small=True), "static")
+@pytest.mark.parametrize("name", ["static", "onnx"])
+def test_backend_under_the_batcher_matches_solo_eager(name):
+    """Batches of changing size and style mix (ONNX: the one-stream static graph and the shared batch
+    graph, and the runner's style cache) give each session the frames it gets alone in eager."""
+    m = apply_backend(MM2Face.random(seed=0, small=True), name)
     b = SessionBatcher(m)
-    keys = [b.add(StreamSession(m, StreamConfig(temperature=0.0, seed=i))) for i in range(3)]
+    keys = [b.add(StreamSession(m, StreamConfig(temperature=0.0, seed=i), style="calm" if i else ""))
+            for i in range(3)]
     for i, k in enumerate(keys):
         b.push_audio(k, audio(0.6 + 0.3 * i, seed=i))
     b.run_until_idle()
@@ -80,7 +84,7 @@ def test_static_backend_under_the_batcher_matches_solo_eager():
     eager = MM2Face.random(seed=0, small=True)
     for i, k in enumerate(keys):
         got = np.stack([tf.frame.params for tf in b.drain(k)])
-        s = StreamSession(eager, StreamConfig(temperature=0.0, seed=i))
+        s = StreamSession(eager, StreamConfig(temperature=0.0, seed=i), style="calm" if i else "")
         s.push_audio(audio(0.6 + 0.3 * i, seed=i))
         np.testing.assert_allclose(got, np.stack([f.params for f in s.poll()]), atol=1e-4)
 

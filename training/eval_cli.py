@@ -7,7 +7,8 @@ For every clip of the split it generates motion from the clip's audio (or from t
 text-only clips) and its caption, offline (the whole clip at once), then computes the metrics of
 :mod:`mm2face.training.metrics` against the ground truth. The baseline predicts the training split's
 mean frame for every frame. A text-only contrast ("smiles" vs "frowns") checks that captions alone
-steer the face, and a head-rest probe that captions naming no head movement leave the head near rest. Prints a table and writes everything (aggregate and per clip) as JSON.
+steer the face, and a head-rest probe that captions naming no head movement leave the head near
+rest. Prints a table and writes everything (aggregate and per clip) as JSON.
 """
 from __future__ import annotations
 
