@@ -148,7 +148,7 @@ def static_cache(cache: KVCache, rows: int, L: int, H: int, hd: int, n_layer: in
         return k, k.clone(), torch.zeros(rows, L, dtype=torch.bool, device=like.device)
     if Tc > L:
         raise ValueError(f"cache holds {Tc} tokens, more than the static length {L}")
-    packed = getattr(cache, "packed", None)         # the last static step's outputs, if the lists are its views
+    packed = cache.packed                           # the last static step's outputs, if the lists are its views
     if packed is not None and rows == packed[0].shape[1] and all(
             a is b for a, b in zip(cache.k + cache.v, packed[2] + packed[3])):
         k, v = packed[0], packed[1]

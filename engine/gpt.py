@@ -47,6 +47,7 @@ class KVCache:
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self.valid: torch.Tensor | None = None
+        self.packed: tuple | None = None     # a static-shape backend's last outputs (k, v) the lists view
         self.ctx = ctx_tokens
         self.t = 0
 
@@ -228,7 +229,7 @@ class MotionGPT(nn.Module):
         else:
             if text.dim() == 2:
                 text = text[:, None, :].expand(B, T, -1)
-            style, mods, text_x = self._modulation(text)
+            style, mods, text_x = self.modulation(text)
         x = self.tok(prev_tokens) + audio
         if text_x is not None:
             x = x + text_x
@@ -278,11 +279,6 @@ class MotionGPT(nn.Module):
     def modulation(self, text):
         """``text (B, T, d_text)`` -> (style vectors ``(B, T, D)``, each block's ``ada`` output ``(B, T,
         4 D)``, the style's input term ``(B, T, D)`` or None); reused while ``text`` is unchanged."""
-        return self._modulation(text)
-
-    def _modulation(self, text):
-        """Style vectors ``(B, T, D)``, each block's ``ada`` output and the style's input term (or None),
-        reused while ``text`` is unchanged."""
         can = self._can_memo()
         if can:      # weights changed in place (optimiser step, load_state_dict) -> new versions
             mods_of = (self.style, *(b.ada for b in self.blocks), *([self.text_in] if self.text_in is not None else []))

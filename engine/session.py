@@ -215,8 +215,13 @@ class StreamSession:
         return self.rcode_from + (self.rcode_to - self.rcode_from) * self._blend(k)
 
     # ---- output ------------------------------------------------------------------------------
+    @property
+    def heard_end(self) -> int:
+        """Timeline sample up to which the next token reads audio: its own end + the lookahead."""
+        return self.spt * (self.k + 1) + self.look
+
     def hop_ready(self) -> bool:
-        return self.n_in >= self.spt * (self.k + 1) + self.look
+        return self.n_in >= self.heard_end
 
     def poll(self) -> list[Frame]:
         """Frames that became ready since the last call (in order)."""
@@ -402,8 +407,8 @@ def _refine(model, sessions, av, frames_norm, null) -> list:
     dev = av.device
     window = None
     if r.front is not None:
-        ends = [s.spt * (s.k + 1) + s.look for s in sessions]
-        window = torch.from_numpy(np.stack([s._samples(e - s.front_samples, e)[0] for s, e in zip(sessions, ends)]))
+        window = torch.from_numpy(np.stack([s._samples(s.heard_end - s.front_samples, s.heard_end)[0]
+                                            for s in sessions]))
     for s in sessions:
         if s.ref_state is None:
             s.ref_state = r.initial_state(1, dev)

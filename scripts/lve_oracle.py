@@ -78,9 +78,10 @@ def main(argv=None) -> int:
             m[:, SF.JAW_RX] = SF.mouth_curves(phones, T, _NoJitter(), art)["jaw"]
             rows.setdefault(f"all phones, {art_name}", []).append(lve_fve_mm(vertices(head, m), gt, lips, face)[0])
             m = c.motion.copy()
-            for f in range(T):
-                heard = heard_phones(phones, (f // model.down + 1) * token_s + look_s)
-                m[f, SF.JAW_RX] = SF.mouth_curves(heard, T, _NoJitter(), art)["jaw"][f] if heard else 0.0
+            for k in range(-(-T // model.down)):        # the frames of one token have heard the same audio
+                heard = heard_phones(phones, (k + 1) * token_s + look_s)
+                fr = slice(k * model.down, min(T, (k + 1) * model.down))
+                m[fr, SF.JAW_RX] = SF.mouth_curves(heard, T, _NoJitter(), art)["jaw"][fr] if heard else 0.0
             rows.setdefault(f"heard so far, {art_name}", []).append(lve_fve_mm(vertices(head, m), gt, lips, face)[0])
     print(f"{len(clips)} talking {args.split} clips of {root}; token {token_s * 1e3:.0f} ms, "
           f"lookahead {look_s * 1e3:.0f} ms, {FPS} fps")
