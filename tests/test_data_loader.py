@@ -96,3 +96,22 @@ def test_strict_raises_with_file_name(tiny):
 def test_not_a_corpus(tmp_path):
     with pytest.raises(CorpusError, match="talking_subset.json"):
         MMHeadCorpus(tmp_path)
+
+
+def test_subset_lists_the_first_clips_of_a_split_and_links_the_rest(tiny, tmp_path):
+    from mm2face.training.data_cli import main
+    (tiny / "talking_subset.json").write_text(json.dumps({"train": ["A", "B"], "val": ["C", "E"], "test": ["D"]}))
+    out = tmp_path / "sub"
+    assert main(["subset", "--in", str(tiny), "--out", str(out), "--split", "train", "--as", "test",
+                 "--talking", "1", "--t2m", "0"]) == 0
+    assert (out / "audio").is_symlink() and (out / "audio.zip").is_symlink()     # nothing copied
+    talk = json.loads((out / "talking_subset.json").read_text())
+    assert talk == {"train": ["B"], "val": ["C", "E"], "test": ["A"]}           # A moved to test, others kept
+    assert json.loads((out / "t2m_subset.json").read_text())["test"] == []
+    c = MMHeadCorpus(out)
+    assert c.ids("test") == ["A"] and c.get("A").audio_16k.shape == (32000,)
+    assert "B" in c.ids("train")                                                 # read through the zip link
+    with pytest.raises(CorpusError, match="not empty"):
+        main(["subset", "--in", str(tiny), "--out", str(out)])
+    with pytest.raises(CorpusError, match="only 1 t2m clips, 5 asked"):
+        main(["subset", "--in", str(tiny), "--out", str(tmp_path / "s2"), "--t2m", "5", "--talking", "0"])

@@ -4,6 +4,7 @@
     mm2face-data clean    --in data/synth --out data/synth_clean        # outlier removal + smoothing
     mm2face-data annotate --data data/synth --out runs/annot            # frame lists, prompts, captions
     mm2face-data info     --data data/synth                             # counts, durations, load errors
+    mm2face-data subset   --in data/synth5 --out data/synth5_eval --talking 64 --t2m 16   # fixed eval subset
 """
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ def cmd_compress(a) -> int:
     return 0
 
 
+def cmd_subset(a) -> int:
+    from .mmhead import subset_corpus
+    r = subset_corpus(a.inp, a.out, split=a.split, talking=a.talking, t2m=a.t2m, as_split=a.as_split,
+                      overwrite=a.overwrite)
+    print(json.dumps(r, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm2face-data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--codec", choices=["opus", "flac"], default="opus",
                    help="opus: lossy, ~12x smaller; flac: lossless, ~2x smaller (default: opus)")
     z.set_defaults(fn=cmd_compress)
+
+    u = sub.add_parser("subset", help="a folder that links a corpus's clips and lists the first N of one split "
+                                      "(a fixed evaluation set without copying files)")
+    u.add_argument("--in", dest="inp", required=True, type=Path, help="MMHead-layout corpus folder")
+    u.add_argument("--out", required=True, type=Path, help="new folder (links + cut-down split files)")
+    u.add_argument("--split", default="test", help="which split to take clips from [test]")
+    u.add_argument("--talking", type=int, default=64, help="first N talking clips of that split, in the "
+                                                          "split file's order (0 = none) [64]")
+    u.add_argument("--t2m", type=int, default=16, help="first N text-to-motion clips, likewise [16]")
+    u.add_argument("--as", dest="as_split", default=None,
+                   help="list them under this split name instead, e.g. --split val --as test so that "
+                        "`mm2face-eval --split test` scores validation clips [same as --split]")
+    u.add_argument("--overwrite", action="store_true", help="replace the split files of an existing subset")
+    u.set_defaults(fn=cmd_subset)
 
     i = sub.add_parser("info", help="counts, hours and load errors of a corpus")
     i.add_argument("--data", required=True, type=Path, help="MMHead-layout folder")

@@ -306,3 +306,44 @@ class MMHeadCorpus:
         out["hours"] = {k: round(v, 4) for k, v in hours.items()}
         out["errors"] = len(self.errors)
         return out
+
+
+def subset_corpus(src, dst, split: str = "test", talking: int = 64, t2m: int = 16, as_split: str | None = None,
+                  overwrite: bool = False) -> dict:
+    """Make ``dst`` an MMHead-layout folder whose ``as_split`` (default ``split``) lists only the first
+    ``talking`` talking and ``t2m`` text-to-motion clips of ``src``'s ``split`` (in the split files'
+    order); the other splits keep their clips (the evaluator's mean-frame baseline reads the train split),
+    except that the chosen clips leave ``split`` when they are listed under another name. Clip folders
+    are symbolic links to ``src``'s, so nothing is copied. Returns the counts and ids."""
+    src, dst = Path(src).resolve(), Path(dst)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    as_split = as_split or split
+    if as_split not in SPLITS:
+        raise ValueError(f"unknown split name {as_split!r} for --as; use one of {', '.join(SPLITS)}")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise CorpusError(f"{dst} exists and is not empty; pass overwrite=True (--overwrite) to replace its split files")
+    wanted = {"talking": talking, "t2m": t2m}
+    dst.mkdir(parents=True, exist_ok=True)
+    out = {"source": str(src), "split": split, "listed_as": as_split}
+    for subset, n in wanted.items():
+        f = src / SUBSET_FILES[subset]
+        if not f.is_file():
+            if n > 0:
+                raise CorpusError(f"{f}: missing; {src} has no {subset} subset to take {n} clips from")
+            continue
+        table = read_split_file(f)
+        ids = [cid for cid, sp in table.items() if sp == split][:max(n, 0)]
+        if len(ids) < n:
+            raise CorpusError(f"{f}: the {split} split has only {len(ids)} {subset} clips, {n} asked for")
+        lists = {s: [cid for cid, sp in table.items() if sp == s and s != as_split and cid not in ids] for s in SPLITS}
+        lists[as_split] = ids
+        (dst / SUBSET_FILES[subset]).write_text(json.dumps(lists, indent=1))
+        out[subset] = len(ids)
+        out[f"{subset}_ids"] = ids
+    for name in ("audio", "facial_motion", "text_annotations", "audio.zip", "facial_motion.zip"):
+        link, target = dst / name, src / name
+        if target.exists() and not link.exists():
+            link.symlink_to(target, target_is_directory=target.is_dir())
+    return out
+
