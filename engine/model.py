@@ -181,6 +181,25 @@ class MM2Face(nn.Module):
                                self.lookahead_samples).to(self.mean.device)
         return self.refiner
 
+    def reconfigure_refiner(self, **changes) -> Refiner:
+        """Rebuild the stage-3 refiner with some :class:`RefinerConfig` fields changed and its trained
+        weights kept, e.g. ``silent_dims``; a change that alters the weights' shapes raises ValueError."""
+        if self.refiner is None:
+            raise ValueError("this model has no stage-3 refiner to reconfigure (train one with mm2face-train refiner)")
+        old = self.refiner
+        unknown = sorted(set(changes) - set(old.cfg.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown RefinerConfig fields {unknown}; known: {', '.join(old.cfg.__dataclass_fields__)}")
+        new = self.attach_refiner(RefinerConfig(**{**asdict(old.cfg), **changes}))
+        try:
+            new.load_state_dict(old.state_dict())
+        except RuntimeError as e:
+            self.refiner = old
+            raise ValueError(f"these changes alter the refiner's weights ({str(e)[:200]}); retrain it with "
+                             "mm2face-train refiner --set instead") from None
+        new.train(old.training)
+        return new
+
     def refiner_style(self, text: str) -> torch.Tensor | None:
         """The refiner's style code ``(width,)`` of a caption (None without a refiner or text input);
         empty text -> the learned null code."""
@@ -202,7 +221,9 @@ class MM2Face(nn.Module):
         if self.refiner is None:
             return frames_norm
         mel = self.refiner.clip_mel(audio_16k, audio_vec.shape[1])
-        return self.refiner(audio_vec, frames_norm, style, t_tok, mel)
+        null = None if audio_16k is not None else torch.ones(audio_vec.shape[:2], dtype=torch.bool,
+                                                               device=audio_vec.device)
+        return self.refiner(audio_vec, frames_norm, style, t_tok, mel, null)
 
     def configs(self) -> dict:
         return {"vq": asdict(self.vq.cfg), "gpt": asdict(self.gpt.cfg), "audio": asdict(self.audio.cfg),

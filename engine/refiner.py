@@ -65,6 +65,9 @@ class RefinerConfig:
     mel_channels: int = 64                      # channels of its convolutions
     mel_kernel: int = 5                         # taps per convolution (10 ms frames)
     mel_layers: int = 3                         # convolutions (each valid, so the window is all it needs)
+    silent_dims: list | None = None             # on tokens without audio the correction changes only these of
+                                                # ``dims`` (None = all of them). Without audio it is a regression
+                                                # to the caption's average and tames the sampled expression
 
     def __post_init__(self):
         self.dilations = tuple(self.dilations)      # JSON and --set give lists
@@ -189,6 +192,14 @@ class Refiner(nn.Module):
         if cfg.head and not (cfg.d_text or cfg.time_tokens):
             raise ValueError("RefinerConfig.head needs a text or time input (d_text > 0 or time_tokens > 0)")
         self.register_buffer("dims", torch.tensor(dims), persistent=False)
+        silent = None
+        if cfg.silent_dims is not None:
+            extra = sorted(set(int(d) for d in cfg.silent_dims) - set(dims))
+            if extra:
+                raise ValueError(f"RefinerConfig.silent_dims must be a subset of dims; {extra} are not in dims")
+            silent = torch.tensor([float(d in set(int(x) for x in cfg.silent_dims)) for d in dims])
+        # (len(dims),) 1 where the correction also applies to tokens without audio; None = everywhere
+        self.register_buffer("silent_keep", silent, persistent=False)
         self.register_buffer("head_dims", torch.arange(HEAD.start, HEAD.stop), persistent=False)
         W = cfg.width
         self.inp = nn.Linear(d_audio + down * FRAME_DIM, W)
@@ -253,11 +264,19 @@ class Refiner(nn.Module):
         x = x + self._front(mel, audio_null, L, x)
         for blk in self.blocks:
             x = blk(x)
-        delta = self.out(F.relu(self.norm(x))).view(B, L * self.down, -1)
-        y = fr.index_add(2, self.dims, delta)
+        delta = self._silence(self.out(F.relu(self.norm(x))).view(B, L, self.down, -1), audio_null)
+        y = fr.index_add(2, self.dims, delta.view(B, L * self.down, -1))
         if self.head_out is not None:
             y = y.index_add(2, self.head_dims, self._head(cond, t_tok).view(B, L * self.down, 3))
         return y
+
+    def _silence(self, delta, audio_null):
+        """``delta (B, L, down, len(dims))`` with the dims outside ``silent_dims`` zeroed on the tokens
+        where ``audio_null (B, L)`` is True (unchanged without ``silent_dims`` or ``audio_null``)."""
+        if self.silent_keep is None or audio_null is None:
+            return delta
+        keep = torch.where(audio_null[..., None, None], self.silent_keep.to(delta.dtype), delta.new_ones(()))
+        return delta * keep
 
     def _cond(self, style, t_tok, like):
         cond = torch.zeros(*like.shape[:-1], self.cfg.width, device=like.device, dtype=like.dtype)
@@ -307,6 +326,8 @@ class Refiner(nn.Module):
             x, past = blk.step(x, past)
             new_state.append(past)
         delta = self.out(F.relu(self.norm(x))).view(B, self.down, -1)
+        if audio_null is not None:
+            delta = self._silence(delta[:, None], audio_null[:, None])[:, 0]
         y = frames_norm.index_add(2, self.dims, delta)
         head = None
         if self.head_out is not None:

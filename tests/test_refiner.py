@@ -274,3 +274,55 @@ def test_files_from_before_the_audio_front_load_without_one(model, tmp_path):
     ck["state_dict"] = {k: v for k, v in ck["state_dict"].items() if not k.startswith("refiner.front.")}
     m = MM2Face.from_checkpoint_dict(ck)
     assert m.refiner is not None and m.refiner.front is None
+
+
+def test_silent_dims_limit_the_correction_on_tokens_without_audio(model, tmp_path):
+    cfg = RefinerConfig(width=16, dilations=(1, 2), mel_bins=0, silent_dims=[53, 54, 55])
+    r = Refiner(cfg, d_audio=8, down=2).eval()
+    _scramble(r, seed=7)
+    av, fr, st, t = _inputs()
+    null = torch.zeros(2, 12, dtype=torch.bool)
+    null[0, 5:] = True                                             # stream 0 loses its audio at token 5
+    out = r(av, fr, st, t, None, null)
+    delta = (out - fr)[..., :50]                                   # expression units: not in silent_dims
+    assert delta[0, 10:].abs().max() == 0 and delta[0, :10].abs().min() > 0 and delta[1].abs().min() > 0
+    assert (out - fr)[0, 10:, 53:56].abs().min() > 0               # the jaw is still corrected there
+    assert not torch.equal((out - fr)[..., HEAD][0, 10:], torch.zeros_like(fr[0, 10:, HEAD]))  # head offset stays
+    state = r.initial_state(2)                                     # per token = whole sequence, mixed rows
+    for k in range(12):
+        y, state, _ = r.step(state, av[:, k], fr[:, 2 * k:2 * k + 2], st[:, k], t[:, k], audio_null=null[:, k])
+        torch.testing.assert_close(y, out[:, 2 * k:2 * k + 2])
+    with pytest.raises(ValueError, match="subset of dims"):
+        Refiner(RefinerConfig(width=16, dilations=(1,), mel_bins=0, dims=[53], silent_dims=[0]), d_audio=8, down=2)
+    # in a model: text-only streaming equals offline, and the setting survives a checkpoint round trip
+    m = MM2Face.random(seed=0)
+    m.attach_refiner(RefinerConfig(width=32, dilations=(1, 2, 4), silent_dims=[53, 54, 55]))
+    m.refiner.load_state_dict(model.refiner.state_dict())
+    m2 = MM2Face.load(m.eval().save(tmp_path / "silent.pt"))
+    assert m2.refiner.cfg.silent_dims == [53, 54, 55]
+    off = generate(m2, None, "a calm face", seed=3, n_frames=40)
+    s = StreamSession(m2, StreamConfig(seed=3), style="a calm face")
+    s.push_no_audio(48 * 640)
+    got = np.stack([f.params for f in s.poll()])[:40]
+    np.testing.assert_allclose(got, off, atol=1e-4)
+    every = generate(model, None, "a calm face", seed=3, n_frames=40)    # same weights, all dims corrected
+    assert np.abs(every[:, :50] - off[:, :50]).max() > 1e-3
+    np.testing.assert_allclose(every[:, 53:56], off[:, 53:56], atol=1e-6)
+
+
+def test_refiner_config_cli_keeps_the_weights_and_refuses_shape_changes(model, tmp_path, capsys):
+    from mm2face.training.train_cli import main
+    src = model.save(tmp_path / "src.pt")
+    main(["refiner-config", "--ckpt", str(src), "--out", str(tmp_path / "quiet.pt"), "--set", "silent_dims=[53,54,55]"])
+    assert "wrote" in capsys.readouterr().out
+    m = MM2Face.load(tmp_path / "quiet.pt")
+    assert m.refiner.cfg.silent_dims == [53, 54, 55] and m.info.meta["refiner_config_changes"][-1] == {"silent_dims": [53, 54, 55]}
+    for k, v in model.refiner.state_dict().items():
+        torch.testing.assert_close(m.refiner.state_dict()[k], v)
+    audio = _noise(1.0)                                            # with audio nothing changes
+    np.testing.assert_allclose(generate(m, audio, "x", seed=1), generate(model, audio, "x", seed=1), atol=1e-6)
+    with pytest.raises(SystemExit, match="alter the refiner's weights"):
+        main(["refiner-config", "--ckpt", str(src), "--out", str(tmp_path / "bad.pt"), "--set", "width=8"])
+    with pytest.raises(SystemExit, match="unknown RefinerConfig fields"):
+        main(["refiner-config", "--ckpt", str(src), "--out", str(tmp_path / "bad.pt"), "--set", "colour=1"])
+    assert not (tmp_path / "bad.pt").exists()

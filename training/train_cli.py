@@ -3,6 +3,7 @@
     mm2face-train vqvae   --data data/synth --out runs/vqvae   --steps 3000
     mm2face-train mm2face --data data/synth --out runs/mm2face --vq runs/vqvae/model.pt --steps 3000
     mm2face-train refiner --data data/synth --out runs/refiner --init runs/mm2face/model.pt   # optional stage 3
+    mm2face-train refiner-config --ckpt runs/refiner/model.pt --out model.pt --set silent_dims=[53,54,55]
     torchrun --nproc_per_node 2 -m mm2face.training.train_cli vqvae ...     # data parallel (gloo on CPU)
 
 Each run writes ``OUT/model.pt`` (an MM2Face file any tool loads with --ckpt) and ``OUT/log.jsonl``;
@@ -106,11 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RefinerConfig overrides, e.g. width=96 dilations=[1,2,4]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    c = sub.add_parser("refiner-config", help="change settings of a trained refiner that keep its weights "
+                                              "(e.g. silent_dims) and write a new model file; no training")
+    c.add_argument("--ckpt", required=True, help="MM2Face file with a stage-3 refiner")
+    c.add_argument("--out", required=True, help="model file to write")
+    c.add_argument("--set", nargs="+", metavar="KEY=VALUE", required=True,
+                   help="RefinerConfig fields, e.g. silent_dims=[8,13,15,16,17,19,20,26,53,54,55] (the stand-in "
+                        "head's speech mouth units and the jaw: what the correction may still change on tokens "
+                        "without audio) or silent_dims=null (all of dims)")
     return ap
+
+
+def refiner_config(args) -> str:
+    from mm2face.engine.model import MM2Face
+    model = MM2Face.load(args.ckpt)
+    changes = _kv(args.set)
+    try:
+        model.reconfigure_refiner(**changes)
+    except ValueError as e:
+        raise SystemExit(f"mm2face-train refiner-config: {e}") from None
+    model.info.meta.setdefault("refiner_config_changes", []).append(changes)
+    return str(model.save(args.out))
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.stage == "refiner-config":
+        print(f"wrote {refiner_config(args)}")
+        return
     torch.set_num_threads(max(1, args.threads))
     from mm2face.training.dataset import load_clips
     subsets = tuple(s for s in args.subsets.split(",") if s)
