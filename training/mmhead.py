@@ -314,7 +314,8 @@ def subset_corpus(src, dst, split: str = "test", talking: int = 64, t2m: int = 1
     ``talking`` talking and ``t2m`` text-to-motion clips of ``src``'s ``split`` (in the split files'
     order); the other splits keep their clips (the evaluator's mean-frame baseline reads the train split),
     except that the chosen clips leave ``split`` when they are listed under another name. Clip folders
-    are symbolic links to ``src``'s, so nothing is copied. Returns the counts and ids."""
+    (and the synthetic corpus's ``synth_meta``) are symbolic links to ``src``'s, so nothing is copied.
+    Returns the counts and ids."""
     src, dst = Path(src).resolve(), Path(dst)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -341,7 +342,7 @@ def subset_corpus(src, dst, split: str = "test", talking: int = 64, t2m: int = 1
         (dst / SUBSET_FILES[subset]).write_text(json.dumps(lists, indent=1))
         out[subset] = len(ids)
         out[f"{subset}_ids"] = ids
-    for name in ("audio", "facial_motion", "text_annotations", "audio.zip", "facial_motion.zip"):
+    for name in ("audio", "facial_motion", "text_annotations", "audio.zip", "facial_motion.zip", "synth_meta"):
         link, target = dst / name, src / name
         if target.exists() and not link.exists():
             link.symlink_to(target, target_is_directory=target.is_dir())
