@@ -56,6 +56,7 @@ def test_eval_cli_writes_table_and_json(tmp_path, capsys):
     assert res["baseline_mean_frame"]["emotion_pass_rate"] == 0.0   # the mean frame carries no style
     assert len(res["per_clip"]) == 2 and res["contrast"][0]["rules"] == ["happy", "sad"]
     assert set(res["head_rest"]["per_caption_rad"]) == set(eval_cli.HEAD_REST_CAPTIONS)
+    assert set(res["emotion_rest"]["per_caption"]) == set(eval_cli.EMOTION_REST_CAPTIONS)
     assert "head at rest for captions naming no head movement" in printed
     # lip-sync metrics come from the one talking clip (MMHead's benchmark I); *_all also has the text-only one
     talk = next(r for r in res["per_clip"] if r["id"] == "T2")
@@ -101,3 +102,22 @@ def test_head_rest_probe_flags_a_lean(monkeypatch):
     assert r["worst_caption"] == "A person smiles." and abs(r["worst_rad"] - 0.21) < 1e-6 and not r["at_rest"]
     monkeypatch.setattr(eval_cli, "generate_motion", lambda model, text, audio, n, *a, **k: np.zeros((n, 56), np.float32))
     assert eval_cli.head_rest_probe(None, "cpu", 0, None)["at_rest"]
+
+
+def test_emotion_rest_probe_flags_a_favourite_smile(monkeypatch):
+    """A caption that names no emotion but comes out smiling fails the probe; a resting face passes."""
+    from mm2face.engine.units import unit
+    def fake(model, text, audio, n, device, seed, guidance, **kw):
+        m = np.zeros((n, 56), np.float32)
+        if "calmly" in text:
+            m[:, [unit("lip_corner_puller_left"), unit("lip_corner_puller_right")]] = 0.6
+        return m
+    monkeypatch.setattr(eval_cli, "generate_motion", fake)
+    r = eval_cli.emotion_rest_probe(None, "cpu", 0, None)
+    assert (r["worst_caption"], r["worst_rule"]) == ("A person talks calmly.", "happy")
+    assert abs(r["worst_score"] - 0.6) < 1e-6 and not r["at_rest"]
+    assert "NOT at rest (largest happy 0.600" in eval_cli.format_table(
+        {"split": "test", "clips": 0, "model": {}, "emotion_rest": r})
+    monkeypatch.setattr(eval_cli, "generate_motion", lambda model, text, audio, n, *a, **k: np.zeros((n, 56), np.float32))
+    assert eval_cli.emotion_rest_probe(None, "cpu", 0, None)["at_rest"]
+

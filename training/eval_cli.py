@@ -29,6 +29,10 @@ CONTRAST_PAIRS = [("A person smiles warmly.", "A person frowns sadly.", "happy",
 HEAD_REST_CAPTIONS = ["A person smiles.", "A person frowns sadly.", "The person looks surprised.",
                       "A person talks calmly."]
 HEAD_REST_LIMIT_RAD = 0.1      # about 6 degrees: the largest held head offset the probe accepts
+# Captions that name no emotion (and the empty style of an idle stream): no emotion check may fire on
+# their text-only motion. A sampled model can have a favourite expression (a smile) that only shows here,
+# since the emotion checks score captions that ask for one.
+EMOTION_REST_CAPTIONS = ["", "A person talks calmly.", "The person nods.", "The person turns the head to the left."]
 def clip_caption(clip) -> str:
     """The text the model is conditioned on: the clip's captions joined in the training order
     (:func:`mm2face.training.dataset.joined_caption`)."""
@@ -176,6 +180,7 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
     if model is not None:
         res["contrast"] = text_contrast(model, device, seed, guidance, **sampling)
         res["head_rest"] = head_rest_probe(model, device, seed, guidance, **sampling)
+        res["emotion_rest"] = emotion_rest_probe(model, device, seed, guidance, **sampling)
         res["sampling"] = {"guidance": guidance, **sampling}
     res["per_clip"] = rows
     return res
@@ -212,6 +217,24 @@ def head_rest_probe(model, device: str, seed: int, guidance: float | None, secon
     worst = max(abs(x) for x in per[worst_cap])
     return {"per_caption_rad": per, "worst_caption": worst_cap, "worst_rad": worst,
             "limit_rad": HEAD_REST_LIMIT_RAD, "at_rest": bool(worst < HEAD_REST_LIMIT_RAD)}
+
+
+def emotion_rest_probe(model, device: str, seed: int, guidance: float | None, seconds: float = 4.0,
+                       seeds: int = 3, **sampling) -> dict:
+    """Text-only motions for :data:`EMOTION_REST_CAPTIONS`: per caption and emotion rule the rule's score
+    (:meth:`metrics.StyleRule.score`) averaged over ``seeds`` seeds; ``at_rest`` when every one stays under
+    its rule's margin, i.e. no emotion check would pass on a caption that names no emotion."""
+    n = int(seconds * M.FPS)
+    per = {}
+    for cap in EMOTION_REST_CAPTIONS:
+        motions = [generate_motion(model, cap, None, n, device, seed + s, guidance, **sampling) for s in range(seeds)]
+        per[cap] = {r.name: float(np.mean([r.score(x) for x in motions])) for r in M.STYLE_RULES}
+    ratio = {(c, r.name): per[c][r.name] / r.margin for c in per for r in M.STYLE_RULES}
+    worst_cap, worst_rule = max(ratio, key=ratio.get)
+    return {"per_caption": per, "worst_caption": worst_cap, "worst_rule": worst_rule,
+            "worst_score": per[worst_cap][worst_rule], "margin": next(r.margin for r in M.STYLE_RULES
+                                                                   if r.name == worst_rule),
+            "at_rest": bool(ratio[(worst_cap, worst_rule)] < 1.0)}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -258,6 +281,11 @@ def format_table(res: dict) -> str:
         lines.append(f"| head at rest for captions naming no head movement (text only, limit "
                      f"{hr['limit_rad']:.2f} rad) | {'at rest' if hr['at_rest'] else 'NOT at rest'} (largest "
                      f"{hr['worst_rad']:.3f} rad, \"{hr['worst_caption']}\") | – | – |")
+    er = res.get("emotion_rest")
+    if er:
+        lines.append(f"| no emotion for captions naming none (text only, the rules' margins) | "
+                     f"{'at rest' if er['at_rest'] else 'NOT at rest'} (largest {er['worst_rule']} "
+                     f"{er['worst_score']:.3f} of {er['margin']:.2f}, \"{er['worst_caption']}\") | – | – |")
     by_rule = mod.get("style_by_rule", {})
     if by_rule:
         lines += ["", "| style rule | clips | pass rate |", "|---|---:|---:|"]
