@@ -326,3 +326,32 @@ def test_refiner_config_cli_keeps_the_weights_and_refuses_shape_changes(model, t
     with pytest.raises(SystemExit, match="unknown RefinerConfig fields"):
         main(["refiner-config", "--ckpt", str(src), "--out", str(tmp_path / "bad.pt"), "--set", "colour=1"])
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_text_only_loss_compares_sorted_values_and_trains(tmp_path):
+    from mm2face.training.train_refiner import _sorted_sq
+    T = 20
+    gt = torch.zeros(2, T, 3)
+    gt[:, 4:8, 0] = 1.0                                            # an expression early in the clip ...
+    pred = torch.roll(gt, 6, dims=1)                               # ... shown later: the same, timing aside
+    m = torch.ones(2, T, 1)
+    m[1, 15:] = 0                                                  # clip 1 is 15 frames long (padding)
+    assert (pred - gt).pow(2).sum() > 0
+    assert _sorted_sq(pred, gt, m).mul(m).sum() == 0
+    assert _sorted_sq(pred * 0.5, gt, m).mul(m).sum() > 0          # a tamer one is not
+    rng = np.random.default_rng(1)                                 # the trainer on talking + text-only clips
+    clips = [SimpleClip(id=f"a{i}", motion=rng.normal(0, 0.02, (40, 56)).astype(np.float32),
+                        audio_16k=(rng.standard_normal(40 * 640) * 0.1).astype(np.float32),
+                        captions={"action": "talks"}) for i in range(3)]
+    clips += [SimpleClip(id=f"t{i}", motion=rng.normal(0, 0.02, (40, 56)).astype(np.float32), audio_16k=None,
+                         captions={"action": "smiles"}) for i in range(3)]
+    cfg = RefinerTrainConfig(out=str(tmp_path / "ref"), init=str(MM2Face.random(seed=2).save(tmp_path / "i.pt")),
+                             steps=6, batch=4, val_every=3, text_only_loss="sorted",
+                             refiner={"width": 16, "dilations": [1]})
+    m = MM2Face.load(train_refiner(cfg, clips[:2] + clips[3:5], [clips[2], clips[5]], progress=False))
+    assert m.info.meta["refiner_train_cfg"]["text_only_loss"] == "sorted"
+    assert np.isfinite(m.info.meta["refiner_val_rec"])
+    with pytest.raises(ValueError, match="text_only_loss"):
+        train_refiner(RefinerTrainConfig(out=str(tmp_path / "bad"), init=cfg.init, steps=1, text_only_loss="mean",
+                                         refiner={"width": 16, "dilations": [1]}), clips[:2], clips[2:3],
+                      progress=False)

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=250, help="validate every N steps")
     p.add_argument("--w-clip-mean", type=float, default=1.0,
                    help="weight of the per-clip mean error (emotion level, head offset; default 1)")
+    p.add_argument("--text-only-loss", choices=["frames", "sorted"], default="frames",
+                   help="clips without audio: compare frame by frame (default), or each dimension's sorted "
+                        "values over the clip, so a sampled emotion is not averaged away for being at "
+                        "another moment than the ground truth's")
     p.add_argument("--warm-start", action="store_true",
                    help="start from the --init file's own refiner where shapes match (new parts start fresh)")
     p.add_argument("--freeze", nargs="*", default=[], metavar="PREFIX",
@@ -157,6 +161,7 @@ def main(argv=None):
         cfg = RefinerTrainConfig(out=args.out, init=args.init, steps=args.steps, batch=args.batch, lr=args.lr,
                                  max_clips=args.clips, val_every=args.val_every, seed=args.seed,
                                  w_clip_mean=args.w_clip_mean, warm_start=args.warm_start, freeze=args.freeze,
+                                 text_only_loss=args.text_only_loss,
                                  device=args.device, refiner=over)
         path = train_refiner(cfg, train, val, progress=not args.no_progress)
     else:

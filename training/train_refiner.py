@@ -8,7 +8,11 @@
    to map (audio vectors, decoded frames, style code, time since the style was set) to the ground truth
    on its dimensions: weighted MSE (jaw, mouth and head weigh more, as in stage 1) + ``w_vel`` x the same
    on frame-to-frame velocity + ``w_clip_mean`` x the squared per-clip mean error (the level a caption
-   implies: an emotion's units, a turned head). The text of a training clip is one of its captions
+   implies: an emotion's units, a turned head). On clips without audio (``text_only_loss="sorted"``)
+   the frame and velocity terms compare each dimension's *sorted* values over the clip instead of frame
+   by frame: a caption fixes which movements appear and how strongly, but not when, and a sample's
+   timing is independent of the ground truth's, so a frame-by-frame error is lowest for a motion that
+   shows every possible timing a little (a tame average) rather than one timing fully. The text of a training clip is one of its captions
    alone or all of them joined (:func:`~mm2face.training.dataset.clip_texts`, as stage 2), or none for
    ``style_drop`` of the clips; the captions' token states are cached in ``OUT/text_states.pt``. Stages
    1 and 2 stay frozen. Adam (betas 0.5, 0.999), warmup + cosine schedule, validation (joined captions)
@@ -51,6 +55,8 @@ class RefinerTrainConfig:
     w_head: float = 3.0            # loss weight of the head pose dims (relative, as in stage 1)
     w_clip_mean: float = 1.0       # weight of the per-clip mean error (emotion level, head offset; normalised)
     w_vel: float = 0.5             # velocity loss weight
+    text_only_loss: str = "frames"  # clips without audio: "frames" (frame by frame, as talking clips) or
+                                    # "sorted" (each dimension's sorted values over the clip: timing-free)
     style_drop: float = 0.15       # share of clips trained with the null style (as stage 2), for style-free streams
     val_every: int = 250
     warm_start: bool = False       # start from the init file's own refiner where shapes match (new parts fresh)
@@ -79,7 +85,8 @@ def sample_inputs(model, clips, seed: int, progress: bool = True, desc: str = "s
             frames = model.vq.decode(torch.tensor(toks)[None])[0]
             gt = model.normalize(torch.from_numpy(np.asarray(c.motion, np.float32)))
             gt = torch.cat([gt, gt[-1:].expand(len(frames) - T, -1)]) if len(frames) > T else gt[:len(frames)]
-            out.append({"av": audio_vectors(model, audio, len(toks)).clone(), "frames": frames, "gt": gt, "n": T})
+            out.append({"av": audio_vectors(model, audio, len(toks)).clone(), "frames": frames, "gt": gt, "n": T,
+                        "audio": audio is not None})
     finally:
         model.refiner = saved
     return out
@@ -123,6 +130,8 @@ def _batch(items, down: int, dev, states: dict, style_drop: float = 0.0, rng=Non
     text_mask = torch.zeros(B, N, dtype=torch.bool)
     text_mask[:, 0] = True                                # rows without text: one dummy token (result unused)
     null = torch.zeros(B, dtype=torch.bool)
+    no_audio = torch.tensor([not it.get("audio", it.get("mel", 0) is not None) for it in items])   # caches
+                                                                        # written before "audio": the log-mel tells
     for i, it in enumerate(items):
         n = len(it["av"])
         av[i, :n] = it["av"]
@@ -137,7 +146,7 @@ def _batch(items, down: int, dev, states: dict, style_drop: float = 0.0, rng=Non
             text_mask[i, :len(st[i])] = True
     t_tok = torch.arange(L)[None].expand(B, L)
     b = {"av": av, "frames": fr, "gt": gt, "mask": mask, "t_tok": t_tok, "text": text, "text_mask": text_mask,
-         "null": null}
+         "null": null, "no_audio": no_audio}
     if front is not None:
         mel = torch.zeros(B, front.hop_frames * (L - 1) + front.window_frames, front.mel_mean.shape[0])
         anull = torch.zeros(B, L, dtype=torch.bool)
@@ -150,7 +159,16 @@ def _batch(items, down: int, dev, states: dict, style_drop: float = 0.0, rng=Non
     return {k: v.to(dev) for k, v in b.items()}
 
 
-def _loss(model, w, b: dict, w_vel: float, w_clip_mean: float = 0.0):
+def _sorted_sq(pred, gt, m):
+    """Squared difference of ``pred`` and ``gt (B, T, D)`` after sorting each clip's values of every
+    dimension over time; ``m (B, T, 1)`` marks real frames (padding sorts last in both and cancels)."""
+    big = torch.tensor(1e4, dtype=pred.dtype, device=pred.device)
+    ps = torch.where(m > 0, pred, big).sort(1).values
+    gs = torch.where(m > 0, gt, big).sort(1).values
+    return (ps - gs) ** 2
+
+
+def _loss(model, w, b: dict, w_vel: float, w_clip_mean: float = 0.0, text_only_loss: str = "frames"):
     r = model.refiner
     style = None
     if r.cfg.d_text:
@@ -160,11 +178,19 @@ def _loss(model, w, b: dict, w_vel: float, w_clip_mean: float = 0.0):
     pred = r(b["av"], b["frames"], style, b["t_tok"], b.get("mel"), b.get("audio_null"))
     gt, mask = b["gt"], b["mask"]
     d = torch.cat([r.dims, r.head_dims]) if r.head_out is not None else r.dims
-    err = (pred - gt)[..., d] ** 2 * w[d]
+    if text_only_loss not in ("frames", "sorted"):
+        raise ValueError(f"text_only_loss must be 'frames' or 'sorted', got {text_only_loss!r}")
+    sort = b["no_audio"][:, None, None] if text_only_loss == "sorted" and bool(b["no_audio"].any()) else None
     m = mask[..., None]
-    rec = (err * m).sum() / (m.sum() * len(d)).clamp(min=1)
-    vel = ((pred[:, 1:] - pred[:, :-1]) - (gt[:, 1:] - gt[:, :-1]))[..., d] ** 2 * w[d]
     mv = (mask[:, 1:] * mask[:, :-1])[..., None]
+
+    def sq(p, g, mk):                           # (B, T, len(d)) squared error, timing-free on text-only clips
+        e = (p - g) ** 2
+        return e if sort is None else torch.where(sort, _sorted_sq(p, g, mk), e)
+
+    err = sq(pred[..., d], gt[..., d], m) * w[d]
+    rec = (err * m).sum() / (m.sum() * len(d)).clamp(min=1)
+    vel = sq((pred[:, 1:] - pred[:, :-1])[..., d], (gt[:, 1:] - gt[:, :-1])[..., d], mv) * w[d]
     vel = (vel * mv).sum() / (mv.sum() * len(d)).clamp(min=1)
     loss = rec + w_vel * vel
     if w_clip_mean:          # per-clip mean error: a low-noise signal for what the caption implies on average
@@ -271,7 +297,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     opt = torch.optim.Adam([p for p in ref.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.999))
     vb = _batch(data["val"], model.down, dev, states, front=front)
     with torch.no_grad():
-        base_val = _loss(model, w, vb, cfg.w_vel)[1].item()
+        base_val = _loss(model, w, vb, cfg.w_vel, text_only_loss=cfg.text_only_loss)[1].item()
     # the error at step 0: of the sampled motions (a new refiner is the identity) or of the warm start
     base_key = "val_rec_start" if old is not None else "val_rec_unrefined"
     best, best_state, t_start = float("inf"), None, time.time()
@@ -282,7 +308,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
             g["lr"] = lr_at(step - 1, cfg.lr, cfg.steps)
         items = [tr[i] for i in rng.integers(len(tr), size=cfg.batch)]
         b = _batch(items, model.down, dev, states, cfg.style_drop, rng, front)
-        loss, rec, _ = _loss(model, w, b, cfg.w_vel, cfg.w_clip_mean)
+        loss, rec, _ = _loss(model, w, b, cfg.w_vel, cfg.w_clip_mean, cfg.text_only_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
@@ -294,7 +320,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
         if step % cfg.val_every == 0 or step == cfg.steps:
             ref.eval()
             with torch.no_grad():
-                _, vrec, pred = _loss(model, w, vb, cfg.w_vel)
+                _, vrec, pred = _loss(model, w, vb, cfg.w_vel, text_only_loss=cfg.text_only_loss)
                 m, g, f = vb["mask"].bool(), vb["gt"], vb["frames"]
                 mae = lambda x, sl: ((x - g)[m][:, sl] * model.std[sl]).abs().mean().item()
                 jaw, jaw0, head, head0 = mae(pred, JAW), mae(f, JAW), mae(pred, HEAD), mae(f, HEAD)
