@@ -81,36 +81,52 @@ def bucket(n: int) -> int:
 # ----------------------------------------------------------------------------- static-shape parts
 
 class GStep(nn.Module):
-    """One G step on a static cache, with the style's modulation computed outside (it changes only when
-    the style text does, so re-running the style MLP inside every compiled step is wasted work).
+    """One G step on a static cache, with everything that does not change every token computed outside:
+    the style's modulation (it changes only when the style text does) and the attention bias (ALiBi and
+    the padding mask; constant once the cache is full). Each layer's keys/values go in and come out as
+    their own tensors, so neither the graph nor the caller stacks or splits them every token.
 
-    ``prev (R,) long, audio (R, d_model), mods (n_layer, R, 4 d_model), text_x (R, d_model), k/v
-    (n_layer, R, H, L, hd), valid (R, L) bool`` with ``L = ctx_tokens - 1`` -> ``logits (R, n_codes),
-    k_new, v_new, valid_new`` (same shapes). R counts rows (2 per stream with classifier-free guidance);
-    ``mods``/``text_x`` from :func:`step_modulation`."""
+    ``prev (R, 1) long, audio (R, 1, d_model), text_x (R, 1, d_model), bias (R, H, 1, L + 1)``, then per
+    layer ``mod_l (R, 1, 4 d_model)``, then ``k_l``, then ``v_l (R, H, L, hd)`` with ``L = ctx_tokens - 1``
+    -> ``logits (R, n_codes)``, then the new ``k_l``, then ``v_l`` (same shapes: the window slid by one).
+    R counts rows (2 per stream with classifier-free guidance); see :func:`step_modulation`,
+    :func:`step_bias` and :func:`step_names`."""
 
     def __init__(self, gpt):
         super().__init__()
         self.gpt = gpt
+        self.n_layer = gpt.cfg.n_layer
         self.eval()      # exporters restore the wrapper's mode afterwards, recursively: it must be eval
 
-    def forward(self, prev, audio, mods, text_x, k, v, valid):
-        n_layer = k.shape[0]
-        cache = KVCache(n_layer, self.gpt.cfg.ctx_tokens)
-        cache.k, cache.v, cache.valid = list(k.unbind(0)), list(v.unbind(0)), valid
-        modulation = (None, [m[:, None] for m in mods.unbind(0)], text_x[:, None])
-        logits = self.gpt(prev[:, None], audio[:, None], None, cache, modulation=modulation)[:, -1]
-        valid_new = torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], 1)
-        return logits, torch.stack(cache.k), torch.stack(cache.v), valid_new
+    def forward(self, prev, audio, text_x, bias, *layers):
+        n = self.n_layer
+        cache = KVCache(n, self.gpt.cfg.ctx_tokens)
+        cache.k, cache.v = list(layers[n:2 * n]), list(layers[2 * n:])
+        logits = self.gpt(prev, audio, None, cache, modulation=(None, list(layers[:n]), text_x), bias=bias)[:, -1]
+        return (logits, *cache.k, *cache.v)
 
 
-def step_modulation(gpt, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``text (R, d_text)`` -> ``mods (n_layer, R, 4 d_model)``, ``text_x (R, d_model)`` (zeros for a
-    model without the style input term): :class:`GStep`'s style inputs (memoised while the text stays)."""
+def step_names(n_layer: int) -> tuple[list[str], list[str]]:
+    """Input and output names of :class:`GStep` (for exporters)."""
+    per = lambda *p: [f"{x}{l}" for x in p for l in range(n_layer)]
+    return ["prev", "audio", "text_x", "bias"] + per("mod", "k", "v"), ["logits"] + per("k_new", "v_new")
+
+
+def step_modulation(gpt, text: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``text (R, d_text)`` -> ``mods`` (per layer ``(R, 1, 4 d_model)``), ``text_x (R, 1, d_model)`` (zeros
+    for a model without the style input term): :class:`GStep`'s style inputs (memoised while the text stays)."""
     _, mods, text_x = gpt.modulation(text[:, None])
-    mods = torch.stack([m[:, 0] for m in mods])
-    text_x = text_x[:, 0] if text_x is not None else text.new_zeros(text.shape[0], gpt.cfg.d_model)
+    mods = [m.contiguous() for m in mods]
+    text_x = text_x.contiguous() if text_x is not None else text.new_zeros(text.shape[0], 1, gpt.cfg.d_model)
     return mods, text_x
+
+
+def step_bias(gpt, valid: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
+    """:class:`GStep`'s ``bias (rows, H, 1, L + 1)``: ALiBi over the full static window, with the keys
+    where ``valid (rows, L)`` is False masked out (None = all valid)."""
+    L = gpt.cfg.ctx_tokens - 1
+    bias = gpt.attn_bias(1, L, like.dtype, like.device, valid, rows)
+    return bias.expand(rows, -1, -1, -1).contiguous()
 
 
 class AudioStep(nn.Module):
@@ -140,27 +156,21 @@ class DecodeStep(nn.Module):
 
 
 def static_cache(cache: KVCache, rows: int, L: int, H: int, hd: int, n_layer: int, like: torch.Tensor):
-    """``cache`` (any length <= L, optional ``valid``) -> left-padded ``k, v (n_layer, rows, H, L, hd)``
-    and ``valid (rows, L)``."""
+    """``cache`` (any length <= L, optional ``valid``) -> per layer left-padded ``k, v (rows, H, L, hd)``
+    (lists) and ``valid (rows, L)``, or None when every key is valid (a full window, the steady state)."""
     Tc = cache.length
     if Tc == 0:
-        k = like.new_zeros(n_layer, rows, H, L, hd)
-        return k, k.clone(), torch.zeros(rows, L, dtype=torch.bool, device=like.device)
+        z = like.new_zeros(rows, H, L, hd)
+        return [z] * n_layer, [z] * n_layer, torch.zeros(rows, L, dtype=torch.bool, device=like.device)
     if Tc > L:
         raise ValueError(f"cache holds {Tc} tokens, more than the static length {L}")
-    packed = cache.packed                           # the last static step's outputs, if the lists are its views
-    if packed is not None and rows == packed[0].shape[1] and all(
-            a is b for a, b in zip(cache.k + cache.v, packed[2] + packed[3])):
-        k, v = packed[0], packed[1]
-    else:
-        k = torch.stack(cache.k)
-        v = torch.stack(cache.v)
-    valid = cache.valid if cache.valid is not None else torch.ones(rows, Tc, dtype=torch.bool, device=like.device)
-    if Tc < L:
-        k = F.pad(k, (0, 0, L - Tc, 0))
-        v = F.pad(v, (0, 0, L - Tc, 0))
-        valid = F.pad(valid, (L - Tc, 0), value=False)
-    return k, v, valid
+    valid = cache.valid
+    if Tc == L:
+        return list(cache.k), list(cache.v), valid
+    if valid is None:
+        valid = torch.ones(rows, Tc, dtype=torch.bool, device=like.device)
+    pad = lambda x: F.pad(x, (0, 0, L - Tc, 0))
+    return ([pad(k) for k in cache.k], [pad(v) for v in cache.v], F.pad(valid, (L - Tc, 0), value=False))
 
 
 class StaticRunner:
@@ -180,6 +190,7 @@ class StaticRunner:
         self.make_g, self.make_a, self.make_d = make_g, make_a, make_d
         self._g, self._a, self._d = {}, {}, {}
         self._style = None              # (text_emb, mods, text_x) of the last G step
+        self._full_bias: dict[int, torch.Tensor] = {}    # rows -> the bias of a full, all-valid window
         self._eager_encode = model.audio.encode_windows
         self._eager_decode = model.vq.decode_last
 
@@ -195,7 +206,7 @@ class StaticRunner:
         m = self.model
         B = prev.shape[0]
         rows = 2 * B
-        p, a = prev.repeat_interleave(2), audio_vec.repeat_interleave(2, 0)    # rows: b cond, b uncond
+        p, a = prev.repeat_interleave(2)[:, None], audio_vec.repeat_interleave(2, 0)[:, None]   # rows: b cond, b uncond
         last = self._style
         if last is not None and last[0].shape == text_emb.shape and torch.equal(last[0], text_emb):
             mods, tx = last[1], last[2]                  # the styles did not change: same modulation
@@ -204,24 +215,28 @@ class StaticRunner:
             t = torch.stack([text_emb, null], 1).reshape(2 * B, -1)
             mods, tx = step_modulation(m.gpt, t)
             self._style = (text_emb.clone(), mods, tx)
-        k, v, valid = static_cache(cache, rows, self.L, self.H, self.hd, self.n_layer, a)
+        ks, vs, valid = static_cache(cache, rows, self.L, self.H, self.hd, self.n_layer, a)
+        if valid is None:
+            bias = self._full_bias.get(rows)
+            if bias is None:
+                bias = self._full_bias[rows] = step_bias(m.gpt, None, rows, a)
+        else:
+            bias = step_bias(m.gpt, valid, rows, a)
         bb = bucket(rows)
         if bb > rows:                                    # pad the batch to its bucket with dummy rows
-            pad = bb - rows
-            p = torch.cat([p, p.new_zeros(pad)])
-            a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
-            mods = torch.cat([mods, mods.new_zeros(mods.shape[0], pad, mods.shape[2])], 1)
-            tx = torch.cat([tx, tx.new_zeros(pad, tx.shape[1])])
-            k = torch.cat([k, k.new_zeros(k.shape[0], pad, *k.shape[2:])], 1)
-            v = torch.cat([v, v.new_zeros(v.shape[0], pad, *v.shape[2:])], 1)
-            valid = torch.cat([valid, valid.new_zeros(pad, valid.shape[1])])
+            grow = lambda x: torch.cat([x, x.new_zeros(bb - rows, *x.shape[1:])])
+            p, a, tx, bias = grow(p), grow(a), grow(tx), grow(bias)
+            mods, ks, vs = [grow(x) for x in mods], [grow(x) for x in ks], [grow(x) for x in vs]
         fn = self._get(self._g, self.make_g, bb)
-        logits, k2, v2, valid2 = fn(p, a, mods.contiguous(), tx.contiguous(), k.contiguous(), v.contiguous(),
-                                    valid)
+        out = fn(p, a, tx, bias, *mods, *[k.contiguous() for k in ks], *[v.contiguous() for v in vs])
+        logits, n = out[0], self.n_layer
+        ks, vs = list(out[1:1 + n]), list(out[1 + n:])
         if bb > rows:
-            logits, k2, v2, valid2 = logits[:rows], k2[:, :rows], v2[:, :rows], valid2[:rows]
-        cache.k, cache.v, cache.valid = list(k2.unbind(0)), list(v2.unbind(0)), valid2
-        cache.packed = (k2, v2, list(cache.k), list(cache.v))     # the next step reuses k2/v2 unstacked
+            logits, ks, vs = logits[:rows], [k[:rows] for k in ks], [v[:rows] for v in vs]
+        cache.k, cache.v = ks, vs
+        if valid is not None:                            # the window slid by one: the new key is valid
+            valid = torch.cat([valid[:, 1:], valid.new_ones(rows, 1)], 1)
+            cache.valid = None if bool(valid.all()) else valid
         cache.t += 1
         logits = logits.view(B, 2, -1)
         cond, unc = logits[:, 0], logits[:, 1]
@@ -264,14 +279,13 @@ class StaticRunner:
 
 
 def _example_inputs(model, rows: int, device):
+    """Zeros in :class:`GStep`'s input shapes for ``rows`` rows."""
     g = model.gpt.cfg
-    L, hd = g.ctx_tokens - 1, g.d_model // g.n_head
-    dev = torch.device(device)
-    return (torch.zeros(rows, dtype=torch.long, device=dev), torch.zeros(rows, g.d_model, device=dev),
-            torch.zeros(g.n_layer, rows, 4 * g.d_model, device=dev), torch.zeros(rows, g.d_model, device=dev),
-            torch.zeros(g.n_layer, rows, g.n_head, L, hd, device=dev),
-            torch.zeros(g.n_layer, rows, g.n_head, L, hd, device=dev),
-            torch.zeros(rows, L, dtype=torch.bool, device=dev))
+    L, hd, n = g.ctx_tokens - 1, g.d_model // g.n_head, g.n_layer
+    z = lambda *shape: torch.zeros(*shape, device=torch.device(device))
+    return (torch.zeros(rows, 1, dtype=torch.long, device=torch.device(device)), z(rows, 1, g.d_model),
+            z(rows, 1, g.d_model), z(rows, g.n_head, 1, L + 1), *[z(rows, 1, 4 * g.d_model) for _ in range(n)],
+            *[z(rows, g.n_head, L, hd) for _ in range(2 * n)])
 
 
 def _audio_example(model, n: int, device):
@@ -408,21 +422,15 @@ def _install_onnx(model, dev, workdir: str | None = None, threads: int | None = 
             return res if len(res) > 1 else res[0]
         return call
 
-    gi = ["prev", "audio", "mods", "text_x", "k", "v", "valid"]
-    go = ["logits", "k_new", "v_new", "valid_new"]
+    gi, go = step_names(model.gpt.cfg.n_layer)
 
     def g_step(rows: int | None):
         """The G step exported for ``rows`` rows with static shapes (the shape arithmetic of a dynamic
-        batch axis is a quarter of the graph: 499 -> 379 nodes, ~10 % of its time), or for any batch."""
-        dyn = None if rows else {n: {1 if n in ("mods", "k", "v", "k_new", "v_new") else 0: "R"} for n in gi + go}
+        batch axis is a quarter of the graph), or for any batch."""
+        dyn = None if rows else {n: {0: "R"} for n in gi + go}
         sess = export(GStep(model.gpt), _example_inputs(model, rows or 2, cpu), gi, go, dyn,
                       f"g_step_{rows or 'any'}.onnx")
-        fn = runner(sess, gi)
-
-        def g_call(*args):
-            logits, k2, v2, valid2 = fn(*args)
-            return logits, k2, v2, valid2.bool()
-        return g_call
+        return runner(sess, gi)
 
     # one stream (2 rows) gets its own static graph; batches share one dynamic graph, built now, so that
     # a new batch size never stalls serving with an export

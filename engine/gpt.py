@@ -47,7 +47,6 @@ class KVCache:
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self.valid: torch.Tensor | None = None
-        self.packed: tuple | None = None     # a static-shape backend's last outputs (k, v) the lists view
         self.ctx = ctx_tokens
         self.t = 0
 
@@ -214,7 +213,7 @@ class MotionGPT(nn.Module):
         return KVCache(self.cfg.n_layer, self.cfg.ctx_tokens)
 
     def forward(self, prev_tokens, audio, text, cache: KVCache | None = None, return_hidden: bool = False,
-                modulation: tuple | None = None):
+                modulation: tuple | None = None, bias: torch.Tensor | None = None):
         """``prev_tokens: (B, T)`` long (BOS = n_codes at the stream start), ``audio: (B, T, d_model)``
         token audio vectors (use :attr:`null_audio` for none), ``text: (B, T, d_text)`` or
         ``(B, d_text)`` sentence embeddings (use :attr:`null_text` for none).
@@ -222,7 +221,9 @@ class MotionGPT(nn.Module):
         ``return_hidden``: also return the final hidden states ``(B, T, d_model)`` and the style
         vectors ``(B, T, d_model)`` (the trainer's auxiliary heads read them).
         ``modulation``: :meth:`modulation`'s output for ``text`` computed beforehand (then ``text`` is not
-        read): a compiled step takes it as an input instead of re-running the style MLP every token."""
+        read): a compiled step takes it as an input instead of re-running the style MLP every token.
+        ``bias``: :meth:`attn_bias`'s output for this call computed beforehand (likewise, so that a
+        compiled step's graph holds no mask arithmetic)."""
         B, T = prev_tokens.shape
         if modulation is not None:
             style, mods, text_x = modulation
@@ -234,8 +235,9 @@ class MotionGPT(nn.Module):
         if text_x is not None:
             x = x + text_x
         x = self.drop(self.in_norm(x))
-        bias = self.attn_bias(T, 0 if cache is None else cache.length, x.dtype, x.device,
-                              None if cache is None else cache.valid, B)
+        if bias is None:
+            bias = self.attn_bias(T, 0 if cache is None else cache.length, x.dtype, x.device,
+                                  None if cache is None else cache.valid, B)
         for i, blk in enumerate(self.blocks):
             x = blk(x, mods[i], i, cache, bias)
         if cache is not None:
