@@ -165,6 +165,8 @@ def test_trainer_loss_falls_and_writes_a_model(tmp_path):
     for k, v in m.refiner.state_dict().items():
         torch.testing.assert_close(m2.refiner.state_dict()[k], v, atol=1e-6, rtol=1e-5)
     assert "refiner_val_rec_start" in m2.info.meta
+    assert m2.info.meta["refiner_best_step"] == 0                  # never beaten: the warm start comes back
+    assert m2.info.meta["refiner_val_rec"] == m2.info.meta["refiner_val_rec_start"]
     # --freeze keeps the named parts as they start while the rest trains
     keep = ["head_out", "text_", "null_style", "time"]
     fz = RefinerTrainConfig(out=str(tmp_path / "frozen"), init=str(path), steps=4, batch=4, lr=3e-3, val_every=2,

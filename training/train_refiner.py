@@ -16,7 +16,8 @@
    alone or all of them joined (:func:`~mm2face.training.dataset.clip_texts`, as stage 2), or none for
    ``style_drop`` of the clips; the captions' token states are cached in ``OUT/text_states.pt``. Stages
    1 and 2 stay frozen. Adam (betas 0.5, 0.999), warmup + cosine schedule, validation (joined captions)
-   every ``val_every`` steps; ``OUT/model.pt`` is the MM2Face file with the best-validation refiner.
+   every ``val_every`` steps; ``OUT/model.pt`` is the MM2Face file with the best-validation refiner (a
+   warm start counts as step 0, so a run that never beats it returns it).
    Single process: it takes minutes on a CPU.
 3. With the refiner's audio front (``RefinerConfig.mel_bins``), every clip's log-mel is computed once
    (:func:`clip_mels`) and the front's normalisation is set from the training clips. ``warm_start``
@@ -300,7 +301,9 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
         base_val = _loss(model, w, vb, cfg.w_vel, text_only_loss=cfg.text_only_loss)[1].item()
     # the error at step 0: of the sampled motions (a new refiner is the identity) or of the warm start
     base_key = "val_rec_start" if old is not None else "val_rec_unrefined"
-    best, best_state, t_start = float("inf"), None, time.time()
+    best, best_state, best_step, t_start = float("inf"), None, 0, time.time()
+    if old is not None:          # a warm start competes too: a run that never beats it returns it unchanged
+        best, best_state = base_val, {k: v.detach().cpu().clone() for k, v in ref.state_dict().items()}
     bar = tqdm(total=cfg.steps, desc="refiner", disable=not progress, dynamic_ncols=True)
     tr = data["train"]
     for step in range(1, cfg.steps + 1):
@@ -332,13 +335,13 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
             if progress:
                 tqdm.write(json.dumps(rec_val))
             if vrec.item() < best:
-                best = vrec.item()
+                best, best_step = vrec.item(), step
                 best_state = {k: v.detach().cpu().clone() for k, v in ref.state_dict().items()}
     bar.close()
     ref.load_state_dict(best_state)
     model.eval().cpu()
     model.info.meta.update({"refiner_steps": cfg.steps, "refiner_clips": len(train_clips),
-                            "refiner_sampling": sampling, "refiner_val_rec": best,
+                            "refiner_sampling": sampling, "refiner_val_rec": best, "refiner_best_step": best_step,
                             "refiner_" + base_key: base_val, "refiner_sample_s": round(t_sample, 1),
                             "refiner_wall_s": round(time.time() - t_start, 1), "refiner_init": init,
                             "refiner_train_cfg": asdict(cfg)})
