@@ -16,9 +16,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 40, device="cpu") -> list[dict]:
+def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 40, device="cpu", kv_per_prefix: int = 5) -> list[dict]:
     """Per-step time of one G step (B=1 stream, 2 rows for guidance) with the sliding KV cache vs
-    re-running the whole prefix of ``context_s`` seconds every step (FaceFormer/CodeTalker style)."""
+    re-running the whole prefix of ``context_s`` seconds every step (FaceFormer/CodeTalker style).
+
+    The two are interleaved so that both see the same machine load: ``kv_per_prefix`` KV steps (each
+    method's steady state: a stream runs its steps back to back) between prefix runs, ``reps`` prefix
+    runs at most (fewer for long contexts). Each KV row also reports its steps that came right after a
+    prefix run (``kv_after_prefix_ms``: caches just emptied by a large computation)."""
     import torch
     from mm2face.engine.model import MM2Face
     g = model.gpt
@@ -42,25 +47,27 @@ def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 40, device="cpu") ->
             txt = torch.randn(2, c.d_text, device=dev)
             g(toks, aud, txt)                             # warm-up
             # interleaved, so that both see the same machine load
-            kv, pre, kvb = [], [], []
+            kv, pre, kvb, cold, coldb = [], [], [], [], []
             n_pre = max(5, reps // (1 + n // 150))
             backend_step = model.__dict__.get("g_logits")        # the backend's G step, if one is installed
             bcache = g.new_cache()
             if backend_step is not None:
                 for _ in range(min(n, c.ctx_tokens + 2)):
                     backend_step(prev, av, text, bcache, 2.0)
-            for i in range(reps):
+            kv_per_prefix = max(2, int(kv_per_prefix))
+            for i in range(n_pre * kv_per_prefix):
+                after_prefix = i % kv_per_prefix == 0 and i > 0
                 _sync(dev)
                 t = time.perf_counter()
                 MM2Face.g_logits(model, prev, av, text, cache, 2.0)
                 _sync(dev)
-                kv.append(time.perf_counter() - t)
+                (cold if after_prefix else kv).append(time.perf_counter() - t)
                 if backend_step is not None:
                     t = time.perf_counter()
                     backend_step(prev, av, text, bcache, 2.0)
                     _sync(dev)
-                    kvb.append(time.perf_counter() - t)
-                if i < n_pre:
+                    (coldb if after_prefix else kvb).append(time.perf_counter() - t)
+                if i % kv_per_prefix == kv_per_prefix - 1:
                     _sync(dev)
                     t = time.perf_counter()
                     g(toks, aud, txt)[:, -1]
@@ -68,11 +75,12 @@ def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 40, device="cpu") ->
                     pre.append(time.perf_counter() - t)
             kvs, prs = stats_ms(kv), stats_ms(pre)
             row = {"context_s": ctx_s, "tokens": n, "kv_cache_ms": kvs, "prefix_ms": prs,
-                   "speedup_p50": prs["p50"] / kvs["p50"], "cache_tokens": min(n, c.ctx_tokens - 1)}
+                   "speedup_p50": prs["p50"] / kvs["p50"], "cache_tokens": min(n, c.ctx_tokens - 1),
+                   "kv_per_prefix": kv_per_prefix, "kv_after_prefix_ms": stats_ms(cold)}
             if kvb:
                 kb = stats_ms(kvb)
                 row.update({"kv_cache_backend": getattr(model, "backend", "?"), "kv_cache_backend_ms": kb,
-                            "speedup_backend_p50": prs["p50"] / kb["p50"]})
+                            "speedup_backend_p50": prs["p50"] / kb["p50"], "kv_backend_after_prefix_ms": stats_ms(coldb)})
             out.append(row)
     return out
 

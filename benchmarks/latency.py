@@ -126,18 +126,26 @@ def markdown(res: dict) -> str:
         lines += ["", "; ".join(extra) + "."]
     if res.get("kv_vs_prefix"):
         kvr = res["kv_vs_prefix"]
+        per = kvr[0].get("kv_per_prefix")
         lines += ["", "KV cache vs recomputing the whole prefix every step (one stream, 2 guidance rows, G only; "
-                  "eager PyTorch both, and the KV step through the run's backend):", ""]
+                  "eager PyTorch both, and the KV step through the run's backend"
+                  + (f"; {per} KV steps per prefix run, interleaved; the last column: the KV steps right after a "
+                     "prefix run" if per else "") + "):", ""]
         hb = "kv_cache_backend_ms" in kvr[0]
+        cold = hb and "kv_backend_after_prefix_ms" in kvr[0]
         head = ["context", "tokens", "KV step p50 (ms)", "prefix step p50 (ms)", "speed-up"]
         if hb:
             head += [f"KV step, {kvr[0]['kv_cache_backend']} (ms)", "speed-up"]
+        if cold:
+            head += ["right after a prefix run (ms)"]
         rows = []
         for r in kvr:
             row = [f"{r['context_s']:g} s", r["tokens"], r["kv_cache_ms"]["p50"], r["prefix_ms"]["p50"],
                    f"{r['speedup_p50']:.1f}x"]
             if hb:
                 row += [r["kv_cache_backend_ms"]["p50"], f"{r['speedup_backend_p50']:.1f}x"]
+            if cold:
+                row += [r["kv_backend_after_prefix_ms"].get("p50", float("nan"))]
             rows.append(row)
         lines.append(md_table(head, rows))
     so = res.get("streaming_vs_offline")
