@@ -197,7 +197,8 @@ class Refiner(nn.Module):
             extra = sorted(set(int(d) for d in cfg.silent_dims) - set(dims))
             if extra:
                 raise ValueError(f"RefinerConfig.silent_dims must be a subset of dims; {extra} are not in dims")
-            silent = torch.tensor([float(d in set(int(x) for x in cfg.silent_dims)) for d in dims])
+            keep = {int(x) for x in cfg.silent_dims}
+            silent = torch.tensor([float(d in keep) for d in dims])
         # (len(dims),) 1 where the correction also applies to tokens without audio; None = everywhere
         self.register_buffer("silent_keep", silent, persistent=False)
         self.register_buffer("head_dims", torch.arange(HEAD.start, HEAD.stop), persistent=False)

@@ -33,6 +33,8 @@ HEAD_REST_LIMIT_RAD = 0.1      # about 6 degrees: the largest held head offset t
 # their text-only motion. A sampled model can have a favourite expression (a smile) that only shows here,
 # since the emotion checks score captions that ask for one.
 EMOTION_REST_CAPTIONS = ["", "A person talks calmly.", "The person nods.", "The person turns the head to the left."]
+
+
 def clip_caption(clip) -> str:
     """The text the model is conditioned on: the clip's captions joined in the training order
     (:func:`mm2face.training.dataset.joined_caption`)."""
