@@ -357,3 +357,12 @@ def test_text_only_loss_compares_sorted_values_and_trains(tmp_path):
         train_refiner(RefinerTrainConfig(out=str(tmp_path / "bad"), init=cfg.init, steps=1, text_only_loss="mean",
                                          refiner={"width": 16, "dilations": [1]}), clips[:2], clips[2:3],
                       progress=False)
+
+
+def test_validation_sample_covers_every_subset():
+    from mm2face.training.train_refiner import spread
+    clips = [f"talk{i}" for i in range(165)] + [f"t2m{i}" for i in range(50)]   # the loader's order
+    got = spread(clips, 100)
+    assert len(got) == len(set(got)) == 100 and got[0] == "talk0" and got[-1] == "t2m49"
+    assert 20 <= sum(c.startswith("t2m") for c in got) <= 26                       # about its share (23 %)
+    assert spread(clips[:7], 100) == clips[:7]

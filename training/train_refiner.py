@@ -226,6 +226,15 @@ def stage12_digest(model) -> str:
     return h.hexdigest()
 
 
+def spread(clips: list, n: int) -> list:
+    """At most ``n`` of ``clips``, evenly spaced, so that every part of a list ordered by subset is in the
+    sample. The first ``n`` of a corpus's val split are all talking clips (the loader lists talking
+    before text-only), so a validation loss on them could not see what a change did to text-only motion."""
+    if len(clips) <= n:
+        return list(clips)
+    return [clips[int(i)] for i in np.linspace(0, len(clips) - 1, n).round().astype(int)]
+
+
 def _cache(path: Path, key: dict, make):
     if path.exists():
         st = torch.load(path, map_location="cpu", weights_only=False)
@@ -253,7 +262,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     train_clips = list(train_clips)
     if len(train_clips) > cfg.max_clips:
         train_clips = [train_clips[i] for i in sorted(rng.choice(len(train_clips), cfg.max_clips, replace=False))]
-    val_clips = list(val_clips or [])[:cfg.max_val_clips] or train_clips[:max(1, len(train_clips) // 10)]
+    val_clips = spread(list(val_clips or []), cfg.max_val_clips) or train_clips[:max(1, len(train_clips) // 10)]
     key = {"stages12": stage12_digest(model), "seed": cfg.seed,
            "sampling": sampling, "train": [getattr(c, "id", i) for i, c in enumerate(train_clips)],
            "val": [getattr(c, "id", i) for i, c in enumerate(val_clips)]}
