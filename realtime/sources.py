@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ log = logging.getLogger("mm2face.realtime")
 
 DEMO_WAV = Path(__file__).resolve().parent / "assets" / "demo_speech.wav"
 CHUNK_S = 0.02                   # 20 ms chunks: 320 samples at 16 kHz
+CLOSE_WAIT_S = 2.0               # how long the event loop waits for a capture device to close (s)
 BACKENDS = ("sounddevice", "pyaudio")
 
 
@@ -168,7 +170,7 @@ class MicSource:
         if s is not None:
             try:
                 if self.backend == "sounddevice":
-                    s.stop(); s.close()  # noqa: E702
+                    s.abort(); s.close()  # noqa: E702   (abort: no wait for pending buffers)
                 else:
                     s.stop_stream(); s.close()  # noqa: E702
             except Exception:
@@ -194,7 +196,14 @@ class MicSource:
                 if len(audio):
                     yield Chunk(audio, len(audio), t)
         finally:
-            self.close()
+            # Closing a PortAudio stream can block in the driver (seen intermittently with the ALSA
+            # "pulse" plugin on SIGTERM). On the event loop that stalled the whole shutdown, recordings
+            # included, so the close runs in a thread the loop waits for at most CLOSE_WAIT_S.
+            closer = threading.Thread(target=self.close, name="mic-close", daemon=True)
+            closer.start()
+            closer.join(CLOSE_WAIT_S)
+            if closer.is_alive():
+                log.warning("input device %r did not close within %.0f s; leaving it", self.device, CLOSE_WAIT_S)
 
 
 def load_wav_16k(path) -> np.ndarray:
