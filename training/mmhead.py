@@ -337,7 +337,8 @@ def subset_corpus(src, dst, split: str = "test", talking: int = 64, t2m: int = 1
         ids = [cid for cid, sp in table.items() if sp == split][:max(n, 0)]
         if len(ids) < n:
             raise CorpusError(f"{f}: the {split} split has only {len(ids)} {subset} clips, {n} asked for")
-        lists = {s: [cid for cid, sp in table.items() if sp == s and s != as_split and cid not in ids] for s in SPLITS}
+        chosen = set(ids)
+        lists = {s: [cid for cid, sp in table.items() if sp == s and s != as_split and cid not in chosen] for s in SPLITS}
         lists[as_split] = ids
         (dst / SUBSET_FILES[subset]).write_text(json.dumps(lists, indent=1))
         out[subset] = len(ids)

@@ -12,7 +12,8 @@
    the frame and velocity terms compare each dimension's *sorted* values over the clip instead of frame
    by frame: a caption fixes which movements appear and how strongly, but not when, and a sample's
    timing is independent of the ground truth's, so a frame-by-frame error is lowest for a motion that
-   shows every possible timing a little (a tame average) rather than one timing fully. The text of a training clip is one of its captions
+   shows every possible timing a little (a tame average) rather than one timing fully. The text of
+   a training clip is one of its captions
    alone or all of them joined (:func:`~mm2face.training.dataset.clip_texts`, as stage 2), or none for
    ``style_drop`` of the clips; the captions' token states are cached in ``OUT/text_states.pt``. Stages
    1 and 2 stay frozen. Adam (betas 0.5, 0.999), warmup + cosine schedule, validation (joined captions)
@@ -66,6 +67,10 @@ class RefinerTrainConfig:
     seed: int = 0
     device: str = "cpu"
     refiner: dict = field(default_factory=dict)   # RefinerConfig overrides, e.g. {"width": 96}
+
+    def __post_init__(self):
+        if self.text_only_loss not in ("frames", "sorted"):
+            raise ValueError(f"text_only_loss must be 'frames' or 'sorted', got {self.text_only_loss!r}")
 
 
 @torch.no_grad()
@@ -179,8 +184,6 @@ def _loss(model, w, b: dict, w_vel: float, w_clip_mean: float = 0.0, text_only_l
     pred = r(b["av"], b["frames"], style, b["t_tok"], b.get("mel"), b.get("audio_null"))
     gt, mask = b["gt"], b["mask"]
     d = torch.cat([r.dims, r.head_dims]) if r.head_out is not None else r.dims
-    if text_only_loss not in ("frames", "sorted"):
-        raise ValueError(f"text_only_loss must be 'frames' or 'sorted', got {text_only_loss!r}")
     sort = b["no_audio"][:, None, None] if text_only_loss == "sorted" and bool(b["no_audio"].any()) else None
     m = mask[..., None]
     mv = (mask[:, 1:] * mask[:, :-1])[..., None]
