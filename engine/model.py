@@ -39,6 +39,8 @@ class ModelInfo:
     text_encoder: str = ""         # local text encoder folder; "" = bundled all-MiniLM-L6-v2
     step: int = 0                  # training step of the GPT stage (or VQ stage for VQ-only files)
     stage: str = "mm2face"         # "vqvae" (stage 1 only) or "mm2face"
+    empty_style: str = ""          # caption stage 2 reads when the style is empty ("" = the learned null
+                                   # embedding, i.e. unconditional: any emotion the training clips showed)
     meta: dict = field(default_factory=dict)   # free-form: data, wall time, metrics ...
 
 
@@ -109,11 +111,13 @@ class MM2Face(nn.Module):
 
     def text_embed(self, text: str) -> torch.Tensor:
         """Style vector ``(d_text,)`` of a caption: its frozen sentence embedding (+ the learned word bag
-        when the model has one, see :meth:`MotionGPT.text_vector`); empty text -> the learned null embedding."""
+        when the model has one, see :meth:`MotionGPT.text_vector`). Empty text reads the checkpoint's
+        ``info.empty_style`` caption (the default's: a calm face), or the learned null embedding when that
+        is empty too; guidance's unconditional row is the null embedding either way."""
         dev = self.mean.device
-        if not text or not text.strip():
+        text = (text or "").strip() or self.info.empty_style.strip()
+        if not text:
             return self.gpt.null_text.detach().clone()
-        text = text.strip()
         sentence = torch.from_numpy(self.text_encoder.encode_one(text)).to(dev)
         if self.gpt.words is None:
             return sentence
@@ -199,6 +203,22 @@ class MM2Face(nn.Module):
                              "mm2face-train refiner --set instead") from None
         new.train(old.training)
         return new
+
+    def take_refiner(self, other: "MM2Face") -> Refiner:
+        """Attach a copy of ``other``'s trained stage-3 refiner, e.g. to keep a refiner after fine-tuning
+        stage 2 (``mm2face-train refiner-config --refiner-from``). Both models must share the motion
+        normalisation, the token rate and the GPT's widths the refiner reads; else ValueError."""
+        if other.refiner is None:
+            raise ValueError("the model to take the refiner from has none")
+        same = (self.down == other.down and self.gpt.cfg.d_model == other.gpt.cfg.d_model
+                and self.gpt.cfg.d_text == other.gpt.cfg.d_text and self.samples_per_token == other.samples_per_token
+                and torch.equal(self.mean.cpu(), other.mean.cpu()) and torch.equal(self.std.cpu(), other.std.cpu()))
+        if not same:
+            raise ValueError("the refiner was trained for another motion normalisation, token rate or GPT width; "
+                             "train one for this model with mm2face-train refiner")
+        new = self.attach_refiner(RefinerConfig(**asdict(other.refiner.cfg)))
+        new.load_state_dict(other.refiner.state_dict())
+        return new.eval()
 
     def refiner_style(self, text: str) -> torch.Tensor | None:
         """The refiner's style code ``(width,)`` of a caption (None without a refiner or text input);

@@ -330,6 +330,39 @@ def test_refiner_config_cli_keeps_the_weights_and_refuses_shape_changes(model, t
     assert not (tmp_path / "bad.pt").exists()
 
 
+def test_refiner_from_moves_a_trained_refiner_onto_a_fine_tuned_stage_2(model, tmp_path):
+    """--refiner-from: a new stage 2 (here: the GPT re-seeded) keeps the old refiner bit for bit; a model
+    with another motion normalisation is refused."""
+    from mm2face.training.train_cli import main
+    src = model.save(tmp_path / "src.pt")
+    tuned = MM2Face.random(seed=0)
+    torch.manual_seed(5)
+    for p in tuned.gpt.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    assert tuned.refiner is None
+    main(["refiner-config", "--ckpt", str(tuned.save(tmp_path / "tuned.pt")), "--refiner-from", str(src),
+          "--out", str(tmp_path / "grafted.pt"), "--set", "silent_dims=[53,54,55]"])
+    g = MM2Face.load(tmp_path / "grafted.pt")
+    for k, v in model.refiner.state_dict().items():
+        torch.testing.assert_close(g.refiner.state_dict()[k], v)
+    for k, v in tuned.gpt.state_dict().items():
+        torch.testing.assert_close(g.gpt.state_dict()[k], v)
+    assert g.refiner.cfg.silent_dims == [53, 54, 55] and g.info.meta["refiner_from"] == str(src)
+    other = MM2Face.random(seed=0)
+    other.mean.add_(0.1)
+    with pytest.raises(SystemExit, match="another motion normalisation"):
+        main(["refiner-config", "--ckpt", str(other.save(tmp_path / "other.pt")), "--refiner-from", str(src),
+              "--out", str(tmp_path / "bad.pt")])
+    main(["refiner-config", "--ckpt", str(src), "--out", str(tmp_path / "calm.pt"), "--empty-style", " a calm face "])
+    calm = MM2Face.load(tmp_path / "calm.pt")
+    assert calm.info.empty_style == "a calm face"
+    torch.testing.assert_close(calm.text_embed(""), calm.text_embed("a calm face"))
+    torch.testing.assert_close(model.text_embed(""), model.gpt.null_text)          # no empty style: unconditional
+    with pytest.raises(SystemExit, match="nothing to change"):
+        main(["refiner-config", "--ckpt", str(src), "--out", str(tmp_path / "bad.pt")])
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_text_only_loss_compares_sorted_values_and_trains(tmp_path):
     from mm2face.training.train_refiner import _sorted_sq
     T = 20

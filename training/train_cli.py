@@ -4,6 +4,7 @@
     mm2face-train mm2face --data data/synth --out runs/mm2face --vq runs/vqvae/model.pt --steps 3000
     mm2face-train refiner --data data/synth --out runs/refiner --init runs/mm2face/model.pt   # optional stage 3
     mm2face-train refiner-config --ckpt runs/refiner/model.pt --out model.pt --set silent_dims=[53,54,55]
+    mm2face-train refiner-config --ckpt runs/mm2face2/model.pt --out model.pt --refiner-from runs/refiner/model.pt
     torchrun --nproc_per_node 2 -m mm2face.training.train_cli vqvae ...     # data parallel (gloo on CPU)
 
 Each run writes ``OUT/model.pt`` (an MM2Face file any tool loads with --ckpt) and ``OUT/log.jsonl``;
@@ -111,11 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RefinerConfig overrides, e.g. width=96 dilations=[1,2,4]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    c = sub.add_parser("refiner-config", help="change settings of a trained refiner that keep its weights "
-                                              "(e.g. silent_dims) and write a new model file; no training")
+    c = sub.add_parser("refiner-config", help="change settings of a trained model that keep its weights "
+                                              "(the refiner's silent_dims, another file's refiner, the empty "
+                                              "style) and write a new model file; no training")
     c.add_argument("--ckpt", required=True, help="MM2Face file with a stage-3 refiner")
     c.add_argument("--out", required=True, help="model file to write")
-    c.add_argument("--set", nargs="+", metavar="KEY=VALUE", required=True,
+    c.add_argument("--empty-style", metavar="TEXT", default=None,
+                   help="caption stage 2 reads when a stream or clip has no style (ModelInfo.empty_style; "
+                        "\"\" = the learned null embedding, i.e. any emotion of the training clips)")
+    c.add_argument("--refiner-from", metavar="CKPT", default=None,
+                   help="take the trained refiner of this MM2Face file instead (e.g. the default after "
+                        "fine-tuning stage 2 with mm2face-train mm2face --init); same VQ-VAE required")
+    c.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
                    help="RefinerConfig fields, e.g. silent_dims=[8,13,15,16,17,19,20,26,53,54,55] (the stand-in "
                         "head's speech mouth units and the jaw: what the correction may still change on tokens "
                         "without audio) or silent_dims=null (all of dims)")
@@ -124,13 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def refiner_config(args) -> str:
     from mm2face.engine.model import MM2Face
+    if not args.set and not args.refiner_from and args.empty_style is None:
+        raise SystemExit("mm2face-train refiner-config: nothing to change; give --set KEY=VALUE, --refiner-from CKPT "
+                         "and/or --empty-style TEXT")
     model = MM2Face.load(args.ckpt)
     changes = _kv(args.set)
     try:
-        model.reconfigure_refiner(**changes)
+        if args.refiner_from:
+            model.take_refiner(MM2Face.load(args.refiner_from))
+            model.info.meta["refiner_from"] = str(args.refiner_from)
+        if changes:
+            model.reconfigure_refiner(**changes)
     except ValueError as e:
         raise SystemExit(f"mm2face-train refiner-config: {e}") from None
-    model.info.meta.setdefault("refiner_config_changes", []).append(changes)
+    if args.empty_style is not None:
+        model.info.empty_style = args.empty_style.strip()
+    if changes:
+        model.info.meta.setdefault("refiner_config_changes", []).append(changes)
     return str(model.save(args.out))
 
 
