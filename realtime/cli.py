@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import math
 import os
@@ -122,6 +123,10 @@ class StatusLine:
         if self.tty:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
+
+
+SHUTDOWN_WAIT_S = 5.0     # after a stop: how long the tasks get to finish before the recordings are written anyway
+SHUTDOWN_EXIT_S = 30.0    # a shutdown phase still running after this long: dump all thread stacks, exit code 1
 
 
 def read_stdin_styles(loop: asyncio.AbstractEventLoop, on_line) -> None:
@@ -281,7 +286,7 @@ async def amain(args) -> int:
             from mm2face.realtime.mqtt import MqttBridge, parse_host_port
             host, port = parse_host_port(args.mqtt)
             bridge = MqttBridge(hub, host, port, prefix=args.mqtt_prefix)
-            tasks.append(asyncio.create_task(guarded(bridge.run(), "mqtt")))
+            tasks.append(asyncio.create_task(guarded(bridge.run(), "mqtt"), name="mqtt"))
             print(f"mm2face-live: MQTT to {host}:{port}, topics {args.mqtt_prefix}/default/...", file=sys.stderr)
 
         def source_done():
@@ -290,13 +295,15 @@ async def amain(args) -> int:
 
         if source is not None:
             tasks.append(asyncio.create_task(guarded(
-                sources.feed(live, source, idle_after=args.serve and not demo_headless, on_eof=source_done), "source")))
+                sources.feed(live, source, idle_after=args.serve and not demo_headless, on_eof=source_done), "source"),
+                name="audio source"))
         else:
-            tasks.append(asyncio.create_task(guarded(sources.feed(live, sources.IdleSource(), end_at_eof=False), "idle")))
+            tasks.append(asyncio.create_task(guarded(sources.feed(live, sources.IdleSource(), end_at_eof=False), "idle"),
+                                             name="idle source"))
         status = None
         if not args.quiet:
             status = StatusLine(hub, live)
-            tasks.append(asyncio.create_task(status.run()))
+            tasks.append(asyncio.create_task(status.run(), name="status line"))
         viewer = None
         if args.view:
             view_url = f"ws://127.0.0.1:{srv.port}" if args.host in ("0.0.0.0", "::") else url
@@ -311,15 +318,25 @@ async def amain(args) -> int:
                 else:
                     print(f"mm2face-live: the viewer exited with code {viewer.returncode} (see its message "
                           "above); still serving", file=sys.stderr)
-            tasks.append(asyncio.create_task(watch_viewer()))
+            tasks.append(asyncio.create_task(watch_viewer(), name="viewer watch"))
         if args.seconds is not None:
             loop.call_later(args.seconds, stop.set)
 
         await stop.wait()
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # A task stuck in a driver or a worker thread must not cost the recordings, nor keep the process
+        # alive: wait a bounded time, say what is stuck (with every thread's stack), and go on.
+        faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True)
+        pending = set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
+        if pending:
+            print(f"mm2face-live: {', '.join(sorted(t.get_name() for t in pending))} did not stop within "
+                  f"{SHUTDOWN_WAIT_S:.0f} s; writing the recordings anyway (stacks follow)", file=sys.stderr, flush=True)
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         write_recordings()
+        faulthandler.cancel_dump_traceback_later()
         if status is not None:
             status.clear()
         if viewer is not None and viewer.poll() is None:
@@ -335,9 +352,11 @@ async def amain(args) -> int:
             print(f"mm2face-live: {e}", file=sys.stderr)
             return 2
         raise e
-    if demo_headless:
-        return write_demo_mp4(args, model, recorded)
-    return 0
+    code = write_demo_mp4(args, model, recorded) if demo_headless else 0
+    # from here only asyncio.run's clean-up remains (cancelling tasks, closing the capture device,
+    # joining worker threads); if that blocks, dump every thread's stack and exit (code 1)
+    faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True)
+    return code
 
 
 def clip_to_plausible(motion):
@@ -397,6 +416,8 @@ def main(argv=None) -> int:
         return asyncio.run(amain(args))
     except KeyboardInterrupt:
         return 130
+    finally:
+        faulthandler.cancel_dump_traceback_later()      # the shutdown watchdog of amain, if armed
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ available (the sound card's own buffering is not included). :func:`feed` drives 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -267,11 +268,15 @@ class IdleSource:
 async def feed(live, source, *, end_at_eof: bool = True, idle_after: bool = False, on_eof=None) -> None:
     """Push ``source``'s chunks into ``live`` (a LiveSession) until the source ends; then
     ``live.end()`` (the mouth closes), ``on_eof()`` and, with ``idle_after``, idle motion forever."""
-    async for ch in source:
-        if ch.audio_16k is None:
-            await live.push_no_audio(ch.n_samples)
-        else:
-            await live.push_audio(ch.audio_16k, arrival_time=ch.arrival_time)
+    chunks = aiter(source)
+    # closed here, also when the task is cancelled: an async generator left suspended is only closed
+    # when the loop shuts down, so a capture device would stay open past the stop
+    async with contextlib.aclosing(chunks) if hasattr(chunks, "aclose") else contextlib.nullcontext():
+        async for ch in chunks:
+            if ch.audio_16k is None:
+                await live.push_no_audio(ch.n_samples)
+            else:
+                await live.push_audio(ch.audio_16k, arrival_time=ch.arrival_time)
     if end_at_eof:
         await live.end()
     if on_eof is not None:

@@ -218,3 +218,31 @@ async def test_real_time_stream_gets_no_idle_mid_speech(make_session):
         assert [m["seq"] for m in frames] == list(range(len(frames)))
         talk = [m for m in frames if m["t_audio_s"] < 1.6 - 0.04]
         assert len(talk) >= 38 and all(m["audio_arrival_time"] is not None for m in talk)
+
+
+def test_feed_closes_its_source_when_cancelled():
+    """A cancelled feed closes the source at once (a microphone must not stay open until the loop ends)."""
+    events = []
+
+    class Source:
+        async def __aiter__(self):
+            try:
+                while True:
+                    await asyncio.sleep(0.01)
+                    yield sources.Chunk(None, 160, time.time())
+            finally:
+                events.append("closed")
+
+    class Live:
+        async def push_no_audio(self, n):
+            events.append(n)
+
+    async def main():
+        task = asyncio.create_task(sources.feed(Live(), Source(), end_at_eof=False))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return list(events)
+
+    got = asyncio.run(main())
+    assert 160 in got and got[-1] == "closed"
