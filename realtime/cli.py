@@ -129,12 +129,23 @@ SHUTDOWN_WAIT_S = 5.0     # after a stop: how long the tasks get to finish befor
 SHUTDOWN_EXIT_S = 30.0    # a shutdown phase still running after this long: dump all thread stacks, exit code 1
 
 
+def _fd_stream():
+    """sys.stderr if it has a file descriptor (faulthandler writes to one), else the process's own stderr."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):
+        return sys.__stderr__
+
+
 def read_stdin_styles(loop: asyncio.AbstractEventLoop, on_line) -> None:
     """Each line typed on stdin becomes the new style (a daemon thread; stops at EOF)."""
     def reader():
-        for line in sys.stdin:
-            text = line.strip()
-            loop.call_soon_threadsafe(on_line, text)
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(on_line, line.strip())
+        except (OSError, ValueError, RuntimeError):      # stdin unreadable or closed, or the loop is gone
+            return
     if sys.stdin is not None and not sys.stdin.closed:
         threading.Thread(target=reader, name="stdin-style", daemon=True).start()
 
@@ -327,14 +338,14 @@ async def amain(args) -> int:
             t.cancel()
         # A task stuck in a driver or a worker thread must not cost the recordings, nor keep the process
         # alive: wait a bounded time, say what is stuck (with every thread's stack), and go on.
-        faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True)
+        faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True, file=_fd_stream())
         pending = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
         if pending:
             print(f"mm2face-live: {', '.join(sorted(t.get_name() for t in pending))} did not stop within "
                   f"{SHUTDOWN_WAIT_S:.0f} s; writing the recordings anyway (stacks follow)", file=sys.stderr, flush=True)
-            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            faulthandler.dump_traceback(file=_fd_stream(), all_threads=True)
         write_recordings()
         faulthandler.cancel_dump_traceback_later()
         if status is not None:
@@ -355,7 +366,7 @@ async def amain(args) -> int:
     code = write_demo_mp4(args, model, recorded) if demo_headless else 0
     # from here only asyncio.run's clean-up remains (cancelling tasks, closing the capture device,
     # joining worker threads); if that blocks, dump every thread's stack and exit (code 1)
-    faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True)
+    faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True, file=_fd_stream())
     return code
 
 

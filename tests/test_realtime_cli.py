@@ -88,3 +88,37 @@ def test_text_only_server_and_reference_client(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_a_source_that_will_not_stop_costs_no_recording(tmp_path, monkeypatch, capfd):
+    """After a stop, a task that ignores its cancellation is named, the recordings are still written within
+    the shutdown wait, and mm2face-live exits (in-process, so the source can be a stuck one)."""
+    import asyncio
+
+    from mm2face.realtime import cli, sources
+
+    class StuckSource:
+        def __init__(self, *a, **k):
+            pass
+
+        async def __aiter__(self):
+            try:
+                while True:
+                    await asyncio.sleep(0.04)
+                    yield sources.Chunk(np.zeros(640, np.float32), 640, time.time())
+            finally:
+                try:
+                    await asyncio.sleep(30)          # e.g. a driver that does not let go of the device
+                except asyncio.CancelledError:
+                    pass
+
+    monkeypatch.setattr(sources, "WavSource", StuckSource)
+    monkeypatch.setattr(cli, "SHUTDOWN_WAIT_S", 1.0)
+    rec = tmp_path / "in.wav"
+    t0 = time.time()
+    code = cli.main(["--wav", str(DEMO_WAV), "--random-model", "--threads", "1", "--quiet", "--seconds", "1.5",
+                     "--record-audio", str(rec)])
+    err = capfd.readouterr().err
+    assert code == 0 and time.time() - t0 < 25, err
+    assert "audio source did not stop within 1 s" in err and "Thread" in err       # named, stacks dumped
+    assert rec.exists() and sf.info(str(rec)).frames > 16000 // 2                    # ~1.5 s of input kept
