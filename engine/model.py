@@ -112,8 +112,8 @@ class MM2Face(nn.Module):
     def text_embed(self, text: str) -> torch.Tensor:
         """Style vector ``(d_text,)`` of a caption: its frozen sentence embedding (+ the learned word bag
         when the model has one, see :meth:`MotionGPT.text_vector`). Empty text reads the checkpoint's
-        ``info.empty_style`` caption (the default's: a calm face), or the learned null embedding when that
-        is empty too; guidance's unconditional row is the null embedding either way."""
+        ``info.empty_style`` caption, or the learned null embedding when that is empty too (as in the shipped
+        default); guidance's unconditional row is the null embedding either way."""
         dev = self.mean.device
         text = (text or "").strip() or self.info.empty_style.strip()
         if not text:

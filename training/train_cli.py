@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("refiner-config", help="change settings of a trained model that keep its weights "
                                               "(the refiner's silent_dims, another file's refiner, the empty "
                                               "style) and write a new model file; no training")
-    c.add_argument("--ckpt", required=True, help="MM2Face file with a stage-3 refiner")
+    c.add_argument("--ckpt", required=True, help="MM2Face file to change (with a stage-3 refiner unless "
+                                                 "--refiner-from gives one)")
     c.add_argument("--out", required=True, help="model file to write")
     c.add_argument("--empty-style", metavar="TEXT", default=None,
                    help="caption stage 2 reads when a stream or clip has no style (ModelInfo.empty_style; "
