@@ -138,6 +138,12 @@ def _fd_stream():
         return sys.__stderr__
 
 
+def _arm_shutdown_watchdog() -> None:
+    """In SHUTDOWN_EXIT_S, unless cancelled (faulthandler.cancel_dump_traceback_later): print every
+    thread's stack and exit with code 1."""
+    faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True, file=_fd_stream())
+
+
 def read_stdin_styles(loop: asyncio.AbstractEventLoop, on_line) -> None:
     """Each line typed on stdin becomes the new style (a daemon thread; stops at EOF)."""
     def reader():
@@ -338,7 +344,7 @@ async def amain(args) -> int:
             t.cancel()
         # A task stuck in a driver or a worker thread must not cost the recordings, nor keep the process
         # alive: wait a bounded time, say what is stuck (with every thread's stack), and go on.
-        faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True, file=_fd_stream())
+        _arm_shutdown_watchdog()
         pending = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
@@ -366,7 +372,7 @@ async def amain(args) -> int:
     code = write_demo_mp4(args, model, recorded) if demo_headless else 0
     # from here only asyncio.run's clean-up remains (cancelling tasks, closing the capture device,
     # joining worker threads); if that blocks, dump every thread's stack and exit (code 1)
-    faulthandler.dump_traceback_later(SHUTDOWN_EXIT_S, exit=True, file=_fd_stream())
+    _arm_shutdown_watchdog()
     return code
 
 

@@ -238,6 +238,11 @@ def spread(clips: list, n: int) -> list:
     return [clips[int(i)] for i in np.linspace(0, len(clips) - 1, n).round().astype(int)]
 
 
+def _snapshot(module) -> dict:
+    """A CPU copy of ``module``'s state dict (the best-validation weights so far)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def _cache(path: Path, key: dict, make):
     if path.exists():
         st = torch.load(path, map_location="cpu", weights_only=False)
@@ -315,7 +320,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     base_key = "val_rec_start" if old is not None else "val_rec_unrefined"
     best, best_state, best_step, t_start = float("inf"), None, 0, time.time()
     if old is not None:          # a warm start competes too: a run that never beats it returns it unchanged
-        best, best_state = base_val, {k: v.detach().cpu().clone() for k, v in ref.state_dict().items()}
+        best, best_state = base_val, _snapshot(ref)
     bar = tqdm(total=cfg.steps, desc="refiner", disable=not progress, dynamic_ncols=True)
     tr = data["train"]
     for step in range(1, cfg.steps + 1):
@@ -348,7 +353,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
                 tqdm.write(json.dumps(rec_val))
             if vrec.item() < best:
                 best, best_step = vrec.item(), step
-                best_state = {k: v.detach().cpu().clone() for k, v in ref.state_dict().items()}
+                best_state = _snapshot(ref)
     bar.close()
     ref.load_state_dict(best_state)
     model.eval().cpu()
