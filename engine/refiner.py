@@ -68,6 +68,11 @@ class RefinerConfig:
     silent_dims: list | None = None             # on tokens without audio the correction changes only these of
                                                 # ``dims`` (None = all of them). Without audio it is a regression
                                                 # to the caption's average and tames the sampled expression
+    silent_guidance: float = 1.0                # classifier-free guidance of the correction on tokens without
+                                                # audio, at inference: delta(null) + g * (delta(style) -
+                                                # delta(null)), the null style standing in for "no caption";
+                                                # 1 = off (one pass). Where there is audio it would also amplify
+                                                # the caption's pull on the lips. Training is always unguided
 
     def __post_init__(self):
         self.dilations = tuple(self.dilations)      # JSON and --set give lists
@@ -191,6 +196,8 @@ class Refiner(nn.Module):
             raise ValueError(f"RefinerConfig.dims must be distinct frame dimensions in 0..{FRAME_DIM - 1}, got {cfg.dims}")
         if cfg.head and not (cfg.d_text or cfg.time_tokens):
             raise ValueError("RefinerConfig.head needs a text or time input (d_text > 0 or time_tokens > 0)")
+        if cfg.silent_guidance != 1.0 and not cfg.d_text:
+            raise ValueError("RefinerConfig.silent_guidance needs a style input (d_text > 0); set it to 1.0")
         self.register_buffer("dims", torch.tensor(dims), persistent=False)
         silent = None
         if cfg.silent_dims is not None:
@@ -257,19 +264,41 @@ class Refiner(nn.Module):
 
     def forward(self, audio_vec: torch.Tensor, frames_norm: torch.Tensor, style: torch.Tensor | None = None,
                 t_tok: torch.Tensor | None = None, mel: torch.Tensor | None = None,
-                audio_null: torch.Tensor | None = None) -> torch.Tensor:
+                audio_null: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
+        """``guidance``: the correction's classifier-free guidance on tokens without audio (None =
+        ``cfg.silent_guidance``; the trainer passes 1.0)."""
         B, L, _ = audio_vec.shape
         fr = frames_norm[:, :L * self.down]
+        g = self.cfg.silent_guidance if guidance is None else float(guidance)
+        if audio_null is None or not bool(audio_null.any()):
+            g = 1.0                                   # every token has audio: nothing to guide
         cond = self._cond(style, t_tok, audio_vec)
-        x = self.inp(torch.cat([audio_vec, fr.reshape(B, L, self.down * FRAME_DIM)], -1)) + cond
+        x = self.inp(torch.cat([audio_vec, fr.reshape(B, L, self.down * FRAME_DIM)], -1))
         x = x + self._front(mel, audio_null, L, x)
+        if g != 1.0:                                  # the styled and the null-style pass as one batch
+            x = torch.cat([x + cond, x + self._cond(self.null_style.expand_as(style), t_tok, audio_vec)])
+        else:
+            x = x + cond
         for blk in self.blocks:
             x = blk(x)
-        delta = self._silence(self.out(F.relu(self.norm(x))).view(B, L, self.down, -1), audio_null)
+        delta = self._guide(self.out(F.relu(self.norm(x))), g, audio_null)
+        delta = self._silence(delta.view(B, L, self.down, -1), audio_null)
         y = fr.index_add(2, self.dims, delta.view(B, L * self.down, -1))
         if self.head_out is not None:
             y = y.index_add(2, self.head_dims, self._head(cond, t_tok).view(B, L * self.down, 3))
         return y
+
+    @staticmethod
+    def _guide(delta: torch.Tensor, g: float, audio_null: torch.Tensor | None) -> torch.Tensor:
+        """``delta (2B, L, C)`` (or ``(2B, C)`` for one token) = the styled rows then the null-style rows
+        -> ``(B, ...)``: guided where ``audio_null`` (``(B, L)`` or ``(B,)``) is True, styled elsewhere;
+        with ``g`` 1 the input is already ``(B, ...)`` and comes back as it is."""
+        if g == 1.0:
+            return delta
+        styled, null = delta.chunk(2)
+        if audio_null is None:
+            return styled
+        return torch.where(audio_null[..., None], null + g * (styled - null), styled)
 
     def _silence(self, delta, audio_null):
         """``delta (B, L, down, len(dims))`` with the dims outside ``silent_dims`` zeroed on the tokens
@@ -301,8 +330,11 @@ class Refiner(nn.Module):
         return head
 
     def initial_state(self, batch: int, device=None) -> list[torch.Tensor]:
-        """Streaming state before the first token: per block its last ``pad`` inputs, all zeros."""
-        return [torch.zeros(batch, b.pad, self.cfg.width, device=device) for b in self.blocks]
+        """Streaming state before the first token: per block its last ``pad`` inputs ``(batch, pad,
+        width)``, all zeros; with guidance a second such list follows for the null-style pass. Every
+        entry has the streams on its first axis, so the states of several streams concatenate."""
+        passes = 1 if self.cfg.silent_guidance == 1.0 else 2
+        return [torch.zeros(batch, b.pad, self.cfg.width, device=device) for _ in range(passes) for b in self.blocks]
 
     def step(self, state: list[torch.Tensor], audio_vec: torch.Tensor, frames_norm: torch.Tensor,
              style: torch.Tensor | None, t_tok: torch.Tensor, head_from: torch.Tensor | None = None,
@@ -314,19 +346,29 @@ class Refiner(nn.Module):
         snapping it; ``audio_window (B, front.window_samples)`` float32, the audio that ends at the
         token's own end + lookahead (zeros before the stream start; None = no audio), ``audio_null
         (B,)`` True where the token has no audio. Returns (refined frames ``(B, down, 56)``, new state,
-        this token's head offset or None). Costs one position per layer (and one short log-mel window);
-        with ``head_from`` None it equals the matching rows of :meth:`forward` (``tests/test_refiner.py``)."""
-        B = audio_vec.shape[0]
+        this token's head offset or None). Costs one position per layer (and one short log-mel window),
+        twice with ``silent_guidance`` (styled and null style, on every token, so that the null pass has
+        its history when the audio stops); with ``head_from`` None it equals the matching rows of
+        :meth:`forward` (``tests/test_refiner.py``). ``state`` comes from :meth:`initial_state`."""
+        B, n, g = audio_vec.shape[0], len(self.blocks), self.cfg.silent_guidance
         cond = self._cond(style, t_tok, frames_norm[:, 0])
-        x = self.inp(torch.cat([audio_vec, frames_norm.reshape(B, -1)], -1)) + cond
+        x = self.inp(torch.cat([audio_vec, frames_norm.reshape(B, -1)], -1))
         if self.front is not None and audio_window is not None:
             mel = self.front.log_mel(audio_window)
             x = x + self._front(mel, None if audio_null is None else audio_null[:, None], 1, x)[:, 0]
+        if g != 1.0:                     # styled rows then null-style rows, as in forward; the null pass
+                                         # runs on every token so that its state is there when audio stops
+            x = torch.cat([x + cond, x + self._cond(self.null_style.expand_as(style), t_tok, x)])
+            pasts = [torch.cat([state[i], state[n + i]]) for i in range(n)]
+        else:
+            x, pasts = x + cond, state
         new_state = []
-        for blk, past in zip(self.blocks, state):
+        for blk, past in zip(self.blocks, pasts):
             x, past = blk.step(x, past)
             new_state.append(past)
-        delta = self.out(F.relu(self.norm(x))).view(B, self.down, -1)
+        if g != 1.0:
+            new_state = [p[:B] for p in new_state] + [p[B:] for p in new_state]
+        delta = self._guide(self.out(F.relu(self.norm(x))), g, audio_null).view(B, self.down, -1)
         if audio_null is not None:
             delta = self._silence(delta[:, None], audio_null[:, None])[:, 0]
         y = frames_norm.index_add(2, self.dims, delta)

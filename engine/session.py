@@ -413,7 +413,7 @@ def _refine(model, sessions, av, frames_norm, null) -> list:
         if s.ref_state is None:
             s.ref_state = r.initial_state(1, dev)
     codes = [s._refiner_code(s.k) for s in sessions]
-    state = [torch.cat([s.ref_state[b] for s in sessions]) for b in range(len(r.blocks))]
+    state = [torch.cat(parts) for parts in zip(*(s.ref_state for s in sessions))]
     head_from = None
     if r.head_out is not None:
         head_from = torch.stack([s.ref_head_from if s.ref_head_from is not None

@@ -381,10 +381,11 @@ def test_text_only_loss_compares_sorted_values_and_trains(tmp_path):
     clips += [SimpleClip(id=f"t{i}", motion=rng.normal(0, 0.02, (40, 56)).astype(np.float32), audio_16k=None,
                          captions={"action": "smiles"}) for i in range(3)]
     cfg = RefinerTrainConfig(out=str(tmp_path / "ref"), init=str(MM2Face.random(seed=2).save(tmp_path / "i.pt")),
-                             steps=6, batch=4, val_every=3, text_only_loss="sorted",
+                             steps=6, batch=4, val_every=3, text_only_loss="sorted", movements_alone=False,
                              refiner={"width": 16, "dilations": [1]})
     m = MM2Face.load(train_refiner(cfg, clips[:2] + clips[3:5], [clips[2], clips[5]], progress=False))
     assert m.info.meta["refiner_train_cfg"]["text_only_loss"] == "sorted"
+    assert not m.info.meta["refiner_train_cfg"]["movements_alone"]
     assert np.isfinite(m.info.meta["refiner_val_rec"])
     with pytest.raises(ValueError, match="text_only_loss"):
         train_refiner(RefinerTrainConfig(out=str(tmp_path / "bad"), init=cfg.init, steps=1, text_only_loss="mean",
@@ -399,3 +400,59 @@ def test_validation_sample_covers_every_subset():
     assert len(got) == len(set(got)) == 100 and got[0] == "talk0" and got[-1] == "t2m49"
     assert 20 <= sum(c.startswith("t2m") for c in got) <= 26                       # about its share (23 %)
     assert spread(clips[:7], 100) == clips[:7]
+
+
+def test_silent_guidance_amplifies_the_caption_where_there_is_no_audio_and_streams_exactly(model, tmp_path):
+    r = Refiner(RefinerConfig(width=16, dilations=(1, 2), mel_bins=0, silent_guidance=2.5), d_audio=8, down=2).eval()
+    _scramble(r, seed=11)
+    av, fr, st, t = _inputs()
+    null = torch.zeros(2, 12, dtype=torch.bool)
+    null[0, 5:] = True                                             # stream 0 loses its audio at token 5
+    no_style = r.null_style.detach().expand_as(st)
+    styled, plain = r(av, fr, st, t, None, null, guidance=1.0), r(av, fr, no_style, t, None, null, guidance=1.0)
+    out = r(av, fr, st, t, None, null)                             # the config's guidance, 2.5
+    corr = lambda y: (y - fr)[..., r.dims]
+    silent = null.repeat_interleave(2, 1)                          # (B, frames)
+    torch.testing.assert_close(corr(out)[silent], (corr(plain) + 2.5 * (corr(styled) - corr(plain)))[silent])
+    torch.testing.assert_close(out[~silent], styled[~silent])      # tokens with audio: not guided
+    assert (corr(out) - corr(styled))[silent].abs().max() > 1e-3
+    torch.testing.assert_close(out[..., HEAD], styled[..., HEAD])  # the head offset is not guided
+    torch.testing.assert_close(r(av, fr, no_style, t, None, null), plain)   # no caption: nothing to amplify
+    state = r.initial_state(2)                                     # both passes' state, one stream per row
+    assert len(state) == 2 * len(r.blocks)
+    for k in range(12):
+        y, state, _ = r.step(state, av[:, k], fr[:, 2 * k:2 * k + 2], st[:, k], t[:, k], audio_null=null[:, k])
+        torch.testing.assert_close(y, out[:, 2 * k:2 * k + 2])
+    with pytest.raises(ValueError, match="silent_guidance needs a style input"):
+        Refiner(RefinerConfig(width=16, dilations=(1,), mel_bins=0, d_text=0, head=False, silent_guidance=2.0),
+                d_audio=8, down=2)
+    # in a model: it survives a checkpoint; streaming equals offline and batched sessions equal single ones,
+    # for a stream that talks and then goes on without audio
+    m = MM2Face.random(seed=0)
+    m.attach_refiner(RefinerConfig(width=32, dilations=(1, 2, 4), silent_guidance=2.0))
+    m.refiner.load_state_dict(model.refiner.state_dict())
+    m2 = MM2Face.load(m.eval().save(tmp_path / "guided.pt"))
+    assert m2.refiner.cfg.silent_guidance == 2.0
+    off = generate(m2, None, "a cheerful face", seed=5, n_frames=40)
+    assert np.abs(generate(model, None, "a cheerful face", seed=5, n_frames=40) - off).max() > 1e-3
+    s = StreamSession(m2, StreamConfig(seed=5), style="a cheerful face")
+    s.push_no_audio(48 * 640)
+    np.testing.assert_allclose(np.stack([f.params for f in s.poll()])[:40], off, atol=1e-4)
+    audio = _noise(1.0, 4)
+
+    def run(sessions):
+        for x in sessions:
+            x.push_audio(audio)
+            x.push_no_audio(16000)
+        out = [[] for _ in sessions]
+        while any(x.hop_ready() for x in sessions):
+            ready = [x for x in sessions if x.hop_ready()]
+            for x, f in zip(ready, step_sessions(ready)):
+                out[sessions.index(x)] += f
+        return [np.stack([f.params for f in o]) for o in out]
+
+    styles = ["a cheerful face", ""]
+    both = run([StreamSession(m2, StreamConfig(seed=i), style=txt) for i, txt in enumerate(styles)])
+    for i, txt in enumerate(styles):
+        np.testing.assert_allclose(both[i], run([StreamSession(m2, StreamConfig(seed=i), style=txt)])[0], atol=1e-5)
+
