@@ -115,3 +115,22 @@ def test_subset_lists_the_first_clips_of_a_split_and_links_the_rest(tiny, tmp_pa
         main(["subset", "--in", str(tiny), "--out", str(out)])
     with pytest.raises(CorpusError, match="only 1 t2m clips, 5 asked"):
         main(["subset", "--in", str(tiny), "--out", str(tmp_path / "s2"), "--t2m", "5", "--talking", "0"])
+
+
+def test_movement_captions_can_be_kept_off_emotional_clips():
+    from mm2face.training.dataset import SimpleClip, clip_texts, names_emotion
+    caps = {"emotion": "The person first looks calm, then becomes startled.",
+            "action": "The person turns the head to the left.",
+            "detail_head_pose": "The head turns left, then comes back.",
+            "detail_expression": "The eyes widen."}
+    sad = SimpleClip("a", np.zeros((4, 56), np.float32), captions=caps)
+    calm = SimpleClip("b", np.zeros((4, 56), np.float32), captions={**caps, "emotion": "The person stays calm."})
+    assert names_emotion(caps["emotion"]) and not names_emotion("The person stays calm and relaxed.")
+    old, new = clip_texts(sad), clip_texts(sad, movements_alone=False)
+    assert caps["action"] in old and caps["detail_head_pose"] in old               # every kind alone by default
+    assert caps["action"] not in new and caps["detail_head_pose"] not in new       # never alone on an emotional clip
+    assert f"{caps['emotion']} {caps['detail_head_pose']}" in new and f"{caps['emotion']} {caps['action']}" in new
+    assert caps["detail_expression"] in new and caps["emotion"] in new             # the face's own kinds stay
+    assert clip_texts(calm, movements_alone=False) == clip_texts(calm)             # a calm clip keeps them all
+    frowning = SimpleClip("c", np.zeros((4, 56), np.float32), captions={**caps, "action": "The person frowns."})
+    assert "The person frowns." in clip_texts(frowning, movements_alone=False)     # names an emotion itself

@@ -7,6 +7,7 @@ the same seed gives the same batches.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,11 +63,40 @@ def joined_caption(captions: dict) -> str:
     return " ".join(parts)
 
 
-def clip_texts(clip) -> list[str]:
+# Words that name an emotion (MMHead's seven categories and common synonyms); "calm", "neutral" and
+# "relaxed" name none.
+EMOTION_WORDS = re.compile(
+    r"\b(happ\w*|joy\w*|smil\w*|cheer\w*|pleased|delight\w*|glad|laugh\w*|grin\w*|sad\w*|unhapp\w*|"
+    r"sorrow\w*|downcast|grie\w*|depress\w*|frown\w*|upset|angr\w*|anger|annoy\w*|furious|irritat\w*|mad|"
+    r"rage\w*|surpris\w*|astonish\w*|amaz\w*|startl\w*|shock\w*|disgust\w*|repuls\w*|revolt\w*|gross\w*|"
+    r"fear\w*|scared|frighten\w*|afraid|anxious|nervous|worried|contempt\w*)\b", re.IGNORECASE)
+# Caption kinds that describe movements, not feelings
+MOVEMENT_KINDS = ("action", "detail_head_pose")
+
+
+def names_emotion(text: str) -> bool:
+    """Does ``text`` name an emotion (:data:`EMOTION_WORDS`)?"""
+    return bool(EMOTION_WORDS.search(text or ""))
+
+
+def clip_texts(clip, movements_alone: bool = True) -> list[str]:
     """The style captions a clip can be trained with (repeats = weight): each kind once,
-    emotion + action joined once, and all captions joined (x3)."""
+    emotion + action joined once, and all captions joined (x3).
+
+    ``movements_alone=False``: on a clip whose emotion caption names an emotion, a movement caption
+    (:data:`MOVEMENT_KINDS`) that names none itself comes only after the emotion caption, never alone.
+    MMHead's kinds are separate texts, so "The person turns the head to the left." alone is otherwise
+    a training text of angry, sad and surprised clips, and a style that names no emotion would ask for
+    the average of them rather than a calm face."""
     caps = {k: v.strip() for k, v in (clip.captions or {}).items() if v and v.strip()}
-    out = list(caps.values())
+    emotional = not movements_alone and names_emotion(caps.get("emotion", ""))
+    out = []
+    for k, v in caps.items():
+        if emotional and k in MOVEMENT_KINDS and not names_emotion(v):
+            if k != "action":                         # emotion + action is joined below anyway
+                out.append(f"{caps['emotion']} {v}")
+        else:
+            out.append(v)
     if "emotion" in caps and "action" in caps:
         out.append(f"{caps['emotion']} {caps['action']}")
     if len(caps) > 1:

@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clips without audio: compare frame by frame (default), or each dimension's sorted "
                         "values over the clip, so a sampled emotion is not averaged away for being at "
                         "another moment than the ground truth's")
+    p.add_argument("--movement-captions", choices=["alone", "with-emotion"], default="alone",
+                   help="action and head-pose captions that name no emotion: train them alone on every clip "
+                        "(default), or on emotional clips only after the emotion caption, so that a style "
+                        "naming no emotion asks for a calm face")
     p.add_argument("--warm-start", action="store_true",
                    help="start from the --init file's own refiner where shapes match (new parts start fresh)")
     p.add_argument("--freeze", nargs="*", default=[], metavar="PREFIX",
@@ -181,6 +185,7 @@ def main(argv=None):
                                  max_clips=args.clips, val_every=args.val_every, seed=args.seed,
                                  w_clip_mean=args.w_clip_mean, warm_start=args.warm_start, freeze=args.freeze,
                                  text_only_loss=args.text_only_loss,
+                                 movements_alone=args.movement_captions == "alone",
                                  device=args.device, refiner=over)
         path = train_refiner(cfg, train, val, progress=not args.no_progress)
     else:

@@ -60,6 +60,9 @@ class RefinerTrainConfig:
     text_only_loss: str = "frames"  # clips without audio: "frames" (frame by frame, as talking clips) or
                                     # "sorted" (each dimension's sorted values over the clip: timing-free)
     style_drop: float = 0.15       # share of clips trained with the null style (as stage 2), for style-free streams
+    movements_alone: bool = True   # False: on emotional clips, movement captions that name no emotion
+                                   # train only joined to the emotion caption (see clip_texts), so that
+                                   # a style naming no emotion asks for a calm face
     val_every: int = 250
     warm_start: bool = False       # start from the init file's own refiner where shapes match (new parts fresh)
     freeze: list = field(default_factory=list)   # refiner parameter name prefixes kept as they start, e.g.
@@ -181,7 +184,7 @@ def _loss(model, w, b: dict, w_vel: float, w_clip_mean: float = 0.0, text_only_l
         code = r.pool_text(b["text"], b["text_mask"])                                  # (B, W)
         code = torch.where(b["null"][:, None], r.null_style[None].expand_as(code), code)
         style = code[:, None].expand(-1, b["av"].shape[1], -1)
-    pred = r(b["av"], b["frames"], style, b["t_tok"], b.get("mel"), b.get("audio_null"))
+    pred = r(b["av"], b["frames"], style, b["t_tok"], b.get("mel"), b.get("audio_null"), guidance=1.0)
     gt, mask = b["gt"], b["mask"]
     d = torch.cat([r.dims, r.head_dims]) if r.head_out is not None else r.dims
     sort = b["no_audio"][:, None, None] if text_only_loss == "sorted" and bool(b["no_audio"].any()) else None
@@ -280,7 +283,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
         "val": sample_inputs(model, val_clips, cfg.seed + 10_000, progress, "sampling val clips")})
     t_sample = time.time() - t0
     for it, c in zip(data["train"], train_clips):      # training texts: each caption kind alone, and joined
-        it["texts"] = clip_texts(c) or [""]
+        it["texts"] = clip_texts(c, cfg.movements_alone) or [""]
     for it, c in zip(data["val"], val_clips):          # validation: the joined caption, as mm2face-eval
         it["texts"] = [clip_caption(c)]
     states = text_states(model, [t for p in data.values() for it in p for t in it["texts"]],
