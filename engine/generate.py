@@ -61,7 +61,7 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
     code = None if code is None else code[None, None].expand(1, n_tok, -1)
     audio_t = None if audio_16k is None else torch.from_numpy(audio_16k).to(dev)[None]
     frames = model.refine(av[None], model.vq.decode(codes), code, t_tok, audio_t)
-    motion = model.denormalize(frames[0])[:n_frames].float().cpu().numpy()
+    motion = model.to_params(frames[0])[:n_frames].float().cpu().numpy()
     if blinks:                                       # the same procedural blinks as StreamSession
         motion = add_blinks(motion, 0, seed, model.head_name)
     return (motion, toks) if return_tokens else motion

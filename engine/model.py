@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from mm2face.engine.audio_encoder import AudioConfig, AudioEncoder
-from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
+from mm2face.engine.frame import EXP, FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.engine.gpt import GPTConfig, KVCache, MotionGPT
 from mm2face.engine.refiner import Refiner, RefinerConfig
 from mm2face.engine.vqvae import VQConfig, VQVAE
@@ -97,6 +97,16 @@ class MM2Face(nn.Module):
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.std + self.mean
+
+    def to_params(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised frames ``(..., 56)`` -> the parameters the head reads: :meth:`denormalize`, and for
+        the stand-in head its expression units floored at rest (0). Those units are activations (0 rest,
+        1 full) and undefined below rest, where the refiner's correction, guided on text-only tokens,
+        can push them; FLAME's expression coefficients are signed and stay as they are."""
+        p = self.denormalize(x)
+        if self.head_name == "standin":
+            p = torch.cat([p[..., EXP].clamp(min=0.0), p[..., EXP.stop:]], -1)
+        return p
 
     # ---- text ------------------------------------------------------------------------------
     @property

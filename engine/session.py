@@ -280,7 +280,7 @@ class StreamSession:
         self.prev = tok
         self.hist.append(tok)
         self.hist = self.hist[-m.vq.receptive_tokens:]
-        params = m.denormalize(frames_norm)                                  # (down, 56)
+        params = m.to_params(frames_norm)                                    # (down, 56)
         if self.cfg.blinks and m.head_name == "standin":
             ov = torch.from_numpy(blink_overlay(self.k * self.down, self.down, self.cfg.seed)).to(params)
             for u in ("blink_left", "blink_right"):

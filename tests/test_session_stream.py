@@ -108,3 +108,18 @@ def test_blinks_in_silence_same_offline_and_streaming(model):
     assert got[:, 21].max() >= 0.9 and got[:, 22].max() >= 0.9
     off = generate(model, silence, "", seed=0)
     np.testing.assert_allclose(got, off[:len(got)], atol=1e-4)
+
+
+def test_standin_units_never_go_below_rest_but_flame_coefficients_may():
+    audio = (np.random.default_rng(3).standard_normal(16000) * 0.1).astype(np.float32)
+    outs = {}
+    for head in ("standin", "flame"):
+        m = MM2Face.random(seed=0, head=head)
+        m.set_norm(np.r_[np.full(50, -0.5), np.zeros(6)].astype(np.float32), np.ones(56, np.float32))
+        off = generate(m, audio, "", seed=1, blinks=False)            # the mean sits below rest: most units < 0
+        s, frames = stream_in_chunks(m, audio, "", seed=1, blinks=False)
+        np.testing.assert_allclose(np.stack([f.params for f in frames]), off[:len(frames)], atol=1e-4)
+        outs[head] = off
+    assert outs["standin"][:, :50].min() == 0.0 and (outs["standin"][:, :50] == 0).mean() > 0.5
+    assert outs["flame"][:, :50].min() < -0.1                     # signed PCA coefficients are left alone
+    np.testing.assert_allclose(outs["standin"][:, 50:], outs["flame"][:, 50:], atol=1e-6)
