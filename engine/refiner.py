@@ -275,10 +275,7 @@ class Refiner(nn.Module):
         cond = self._cond(style, t_tok, audio_vec)
         x = self.inp(torch.cat([audio_vec, fr.reshape(B, L, self.down * FRAME_DIM)], -1))
         x = x + self._front(mel, audio_null, L, x)
-        if g != 1.0:                                  # the styled and the null-style pass as one batch
-            x = torch.cat([x + cond, x + self._cond(self.null_style.expand_as(style), t_tok, audio_vec)])
-        else:
-            x = x + cond
+        x = self._passes(x, cond, style, t_tok, g)
         for blk in self.blocks:
             x = blk(x)
         delta = self._guide(self.out(F.relu(self.norm(x))), g, audio_null)
@@ -287,6 +284,13 @@ class Refiner(nn.Module):
         if self.head_out is not None:
             y = y.index_add(2, self.head_dims, self._head(cond, t_tok).view(B, L * self.down, 3))
         return y
+
+    def _passes(self, x, cond, style, t_tok, g: float) -> torch.Tensor:
+        """The convolutions' input: ``x + cond`` ``(B, ...)``, or with guidance (``g`` != 1) the styled
+        rows then the null-style rows ``(2B, ...)`` as one batch."""
+        if g == 1.0:
+            return x + cond
+        return torch.cat([x + cond, x + self._cond(self.null_style.expand_as(style), t_tok, x)])
 
     @staticmethod
     def _guide(delta: torch.Tensor, g: float, audio_null: torch.Tensor | None) -> torch.Tensor:
@@ -356,12 +360,9 @@ class Refiner(nn.Module):
         if self.front is not None and audio_window is not None:
             mel = self.front.log_mel(audio_window)
             x = x + self._front(mel, None if audio_null is None else audio_null[:, None], 1, x)[:, 0]
-        if g != 1.0:                     # styled rows then null-style rows, as in forward; the null pass
-                                         # runs on every token so that its state is there when audio stops
-            x = torch.cat([x + cond, x + self._cond(self.null_style.expand_as(style), t_tok, x)])
-            pasts = [torch.cat([state[i], state[n + i]]) for i in range(n)]
-        else:
-            x, pasts = x + cond, state
+        x = self._passes(x, cond, style, t_tok, g)   # the null pass runs on every token, so that its
+                                                      # state is there when the audio stops
+        pasts = state if g == 1.0 else [torch.cat([state[i], state[n + i]]) for i in range(n)]
         new_state = []
         for blk, past in zip(self.blocks, pasts):
             x, past = blk.step(x, past)
