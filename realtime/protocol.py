@@ -59,7 +59,10 @@ class ErrorCode:
     BAD_AUDIO_FORMAT = "bad_audio_format"    # unsupported sample rate or sample format
     BAD_AUDIO = "bad_audio"                  # NaN/Inf samples or a partial sample; the chunk is dropped
     STYLE_TOO_LONG = "style_too_long"
-    INTERNAL = "internal"                    # the server failed; the message says what happened
+    CAPACITY = "capacity"                    # open refused: the server is at its real-time capacity or session limit
+    SESSION_LIMIT = "session_limit"          # open refused: this client address holds its maximum of sessions
+    DRAINING = "draining"                    # open refused: the server is shutting down
+    INTERNAL = "internal"                    # the server failed (a bug, never the client's input)
 
 
 class WarningCode:
@@ -187,8 +190,19 @@ def _session_name(obj, ref, default=None):
     return name
 
 
+def _check_unicode(text: str, what: str, ref: str) -> None:
+    """JSON may carry lone UTF-16 surrogates (``"\\ud800"``), which are no Unicode text: the tokenizer
+    and every UTF-8 encoder reject them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{ref}: {what} holds an unpaired UTF-16 surrogate at "
+                            f"character {e.start}; send valid Unicode text", ref) from None
+
+
 def _style_text(obj, ref):
     text = _field(obj, "text", str, required=True, ref=ref) if ref == "style" else _field(obj, "style", str, default="", ref=ref)
+    _check_unicode(text, "style text" if ref == "style" else "style", ref)
     if len(text) > MAX_STYLE_CHARS:
         raise ProtocolError(ErrorCode.STYLE_TOO_LONG,
                             f"style text is {len(text)} characters; the limit is {MAX_STYLE_CHARS}. "
@@ -199,6 +213,9 @@ def _style_text(obj, ref):
 def _audio_format(obj, ref):
     rate = obj.get("sample_rate", SAMPLE_RATE)
     fmt = obj.get("sample_format", "pcm16")
+    if isinstance(rate, float) and not math.isfinite(rate):
+        raise ProtocolError(ErrorCode.BAD_AUDIO_FORMAT, f"{ref}: sample_rate must be a finite integer number "
+                            f"of Hz, got {rate}", ref)
     try:
         return check_format(rate, fmt)
     except AudioFormatError as e:
@@ -215,19 +232,27 @@ def parse_text(data: str | bytes) -> Any:
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON ({e}); send a JSON object "
                             'such as {"type": "subscribe", "session": "default"}') from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_JSON, "message nests arrays or objects too deeply; control messages "
+                            "are flat JSON objects (see docs/protocol.md)") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, f"message must be a JSON object, got {type(obj).__name__}")
     t = obj.get("type")
-    if t not in MESSAGE_TYPES:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {t!r}; known types: "
-                            f"{', '.join(MESSAGE_TYPES)}", t if isinstance(t, str) else None)
+    if not isinstance(t, str) or t not in MESSAGE_TYPES:
+        shown = f"{t!r:.60}" if isinstance(t, (str, int, float, bool, type(None))) else f"a JSON {type(t).__name__}"
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {shown}; \"type\" must be one of: "
+                            f"{', '.join(MESSAGE_TYPES)}", t if isinstance(t, str) and t.isprintable() else None)
     token = _field(obj, "token", str, ref=t)
+    if token is not None:
+        _check_unicode(token, "token", t)
     if t == "hello":
         v = _field(obj, "version", int, default=PROTOCOL_VERSION, ref=t)
         if v != PROTOCOL_VERSION:
             raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
                                 f"protocol version {v} is not supported; this server speaks version {PROTOCOL_VERSION}", t)
-        return Hello(version=v, token=token, client=_field(obj, "client", str, default="", ref=t)[:200])
+        client = _field(obj, "client", str, default="", ref=t)[:200]
+        _check_unicode(client, "client", t)
+        return Hello(version=v, token=token, client=client)
     if t in ("subscribe", "open"):
         fmt = _field(obj, "format", str, default="json", ref=t)
         if fmt not in FRAME_FORMATS:

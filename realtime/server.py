@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -594,6 +595,7 @@ class Hub:
         self.sessions: dict[str, LiveSession] = {}
         self.clients: set[ClientConn] = set()
         self.dropped_total = 0
+        self.errors: collections.Counter[str] = collections.Counter()   # error replies by code
         self._nums = itertools.count(1)
         self.status_listeners: list[Callable[[LiveSession], None]] = []
         self.session_listeners: list[Callable[[LiveSession, bool], None]] = []   # (session, created?)
@@ -672,18 +674,7 @@ class Hub:
         writer = asyncio.create_task(client.writer())
         try:
             async for data in ws:
-                try:
-                    if isinstance(data, (bytes, bytearray, memoryview)):
-                        await self._on_audio(client, bytes(data))
-                    else:
-                        await self._on_message(client, P.parse_text(data))
-                except P.ProtocolError as e:
-                    client.error(e.code, e.message, e.ref)
-                except SessionClosed as e:
-                    client.error(P.ErrorCode.UNKNOWN_SESSION, f"session {e} was closed", None)
-                except Exception as e:  # the model or a bug: report it, keep serving
-                    log.exception("error handling a message from client %d", client.id)
-                    client.error(P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+                await self.dispatch(client, data, received_at(ws))
         except Exception as e:  # abrupt disconnects end up here (ConnectionClosedError)
             log.debug("client %d disconnected: %s", client.id, e)
         finally:
@@ -699,6 +690,30 @@ class Hub:
             if client.own is not None:
                 await self.close_session(client.own, reason="owner disconnected")
 
+    async def dispatch(self, client: ClientConn, data, rx_time: float | None = None) -> str | None:
+        """Handle one received WebSocket message (``str``: control JSON, bytes: audio) that reached the
+        server at ``rx_time`` (``time.time()``; None = now). Every error the input can cause is answered
+        with its own code; ``internal`` is left for server bugs. Returns the error code sent, if any."""
+        rx_time = time.time() if rx_time is None else rx_time
+        try:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                await self._on_audio(client, bytes(data), rx_time)
+            else:
+                await self._on_message(client, P.parse_text(data))
+            return None
+        except P.ProtocolError as e:
+            client.error(e.code, e.message, e.ref)
+            code = e.code
+        except SessionClosed as e:
+            client.error(P.ErrorCode.UNKNOWN_SESSION, f"session {e} was closed", None)
+            code = P.ErrorCode.UNKNOWN_SESSION
+        except Exception as e:  # the model or a bug: report it, keep serving
+            log.exception("error handling a message from client %d", client.id)
+            client.error(P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+            code = P.ErrorCode.INTERNAL
+        self.errors[code] += 1
+        return code
+
     def _session(self, name: str | None, client: ClientConn, ref: str) -> LiveSession:
         if name is None:
             name = client.own.name if client.own is not None else "default"
@@ -711,7 +726,7 @@ class Hub:
     def _check_auth(self, client: ClientConn, msg) -> None:
         if client.authed or not P.needs_token(msg):
             return
-        if msg.token is not None and secrets.compare_digest(msg.token, self.token):
+        if msg.token is not None and _token_ok(msg.token, self.token):
             return
         raise P.ProtocolError(P.ErrorCode.UNAUTHORIZED, "this server requires a token for control messages: "
                               'send {"type": "hello", "token": "..."} first or add "token" to the message',
@@ -732,7 +747,7 @@ class Hub:
         self._check_auth(client, msg)
         if isinstance(msg, P.Hello):
             if self.token is not None and msg.token is not None:
-                if not secrets.compare_digest(msg.token, self.token):
+                if not _token_ok(msg.token, self.token):
                     raise P.ProtocolError(P.ErrorCode.UNAUTHORIZED, "wrong token", "hello")
                 client.authed = True
             client.send_control(P.hello_json(self.live_sessions(), auth_required=not client.authed))
@@ -809,13 +824,12 @@ class Hub:
                                              client={"dropped_frames": client.dropped,
                                                      "sent_frames": client.sent_frames}))
 
-    async def _on_audio(self, client: ClientConn, data: bytes) -> None:
+    async def _on_audio(self, client: ClientConn, data: bytes, arrival: float) -> None:
         live = client.own
         if live is None:
             raise P.ProtocolError(P.ErrorCode.NO_SESSION, "binary messages are audio for this client's own "
                                   'session: send {"type": "open", "sample_rate": 16000, "sample_format": '
                                   '"pcm16"} first', "audio")
-        arrival = time.time()
         chk = P.check_audio(data, live.sample_format)
         if chk.n_clipped:
             live.n_clipped += chk.n_clipped
@@ -826,6 +840,41 @@ class Hub:
                     "float32 audio must be scaled to [-1, 1] (reported once per session)", live.name))
         audio = live.resampler.process(chk.audio)
         await live.push_audio(audio, arrival_time=arrival)
+
+
+def _token_ok(given: str, expected: str) -> bool:
+    """Constant-time token check; compares UTF-8 bytes (compare_digest refuses non-ASCII str)."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
+def received_at(ws) -> float | None:
+    """When the next message of ``ws`` reached the server (stamped by :class:`StampedConnection` as its
+    last frame arrived, before it waited in any queue); None for other connection types."""
+    q = getattr(ws, "rx_times", None)
+    return q.popleft() if q else None
+
+
+@functools.cache
+def stamped_connection_class():
+    """A websockets ServerConnection that stamps each data message with ``time.time()`` when its last
+    frame reaches the process (``rx_times``, read with :func:`received_at`), so latency includes the
+    time a message then waits unread, queued behind the client's earlier messages."""
+    from websockets.asyncio.server import ServerConnection
+    from websockets.frames import Frame, Opcode
+
+    data_ops = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+    class StampedConnection(ServerConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.rx_times: collections.deque[float] = collections.deque()
+
+        def process_event(self, event) -> None:
+            if self.request is not None and isinstance(event, Frame) and event.fin and event.opcode in data_ops:
+                self.rx_times.append(time.time())
+            super().process_event(event)
+
+    return StampedConnection
 
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
@@ -850,7 +899,8 @@ async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     from websockets.asyncio.server import serve
 
     async with serve(hub.handler, host, port, max_size=WS_MAX_SIZE, compression=None,
-                     max_queue=64, process_request=_http_page) as server:
+                     max_queue=64, process_request=_http_page,
+                     create_connection=stamped_connection_class()) as server:
         server.port = next(iter(server.sockets)).getsockname()[1]
         try:
             yield server
