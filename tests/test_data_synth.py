@@ -101,3 +101,50 @@ def test_deterministic_per_clip():
     assert a["captions"] == b["captions"]
     c = make_talking_clip(5, 3, cfg)
     assert c["motion"].shape != a["motion"].shape or not np.array_equal(c["motion"], a["motion"])
+
+
+def test_voice_sets_keep_the_heldout_family_apart():
+    from mm2face.training.synth_speech import HELDOUT_ACCENT, TRAIN_ACCENTS, sample_voice
+    assert HELDOUT_ACCENT not in TRAIN_ACCENTS
+    train = [sample_voice(np.random.default_rng([1, i]), "train") for i in range(400)]
+    espeak = [v["voice"] for v in train if v["engine"] == "espeak-ng"]
+    assert espeak and not any(v.split("+")[0] == HELDOUT_ACCENT for v in espeak)
+    assert any(v["engine"] == "piper" for v in train)
+    assert len({v.split("+")[0] for v in espeak}) == len(TRAIN_ACCENTS)            # every accent used
+    held = [sample_voice(np.random.default_rng([2, i]), "heldout") for i in range(50)]
+    assert all(v["engine"] == "espeak-ng" and v["voice"].split("+")[0] == HELDOUT_ACCENT for v in held)
+    assert all(0.8 < v["resample_factor"] < 1.2 and 0.8 < v["formant_warp"] < 1.2 for v in train + held)
+    with pytest.raises(ValueError, match="voice set"):
+        sample_voice(np.random.default_rng(0), "nope")
+
+
+def test_heldout_clips_go_to_test_and_keep_timings():
+    cfg = SynthConfig(voices="heldout")
+    for i in range(3):
+        clip = make_talking_clip(11, i, cfg)
+        assert clip["split"] == "test" and clip["meta"]["voice"]["voice_set"] == "heldout"
+        assert clip["meta"]["voice"]["voice"].startswith("en-gb-scotland")
+        # phone timings cover the audio: the last phone ends at the (untrimmed) audio's end
+        assert clip["meta"]["phones"][-1][2] >= len(clip["motion"]) / FPS - 1e-3
+
+
+def test_formant_warp_moves_the_envelope_not_pitch_or_length():
+    from scipy.signal import welch
+
+    from mm2face.training.synth_speech import TTS_SR, formant_warp
+    t = np.arange(TTS_SR) / TTS_SR
+    f0 = 120.0                         # harmonics shaped by one resonance at 1 kHz
+    x = sum(np.exp(-((k * f0 - 1000) / 300) ** 2) * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 40))
+    x = (0.5 * x / np.abs(x).max()).astype(np.float32)
+
+    def peak_hz(y):
+        fr, p = welch(y, TTS_SR, nperseg=4096)
+        return fr[np.argmax(p)]
+    for factor in (0.87, 1.15):
+        y = formant_warp(x, factor)
+        assert len(y) == len(x)
+        # the strongest harmonic moves with the resonance (to a harmonic near 1000 * factor)
+        assert abs(peak_hz(y) - 1000 * factor) < f0
+        fr, p = welch(y, TTS_SR, nperseg=4096)
+        harmonics = fr[p > p.max() * 1e-3]
+        assert np.all(np.min(np.abs(harmonics[:, None] - f0 * np.arange(1, 60)[None]), axis=1) < 15)  # pitch kept

@@ -1,6 +1,7 @@
 """``mm2face-data``: build, clean, annotate and inspect MMHead-layout corpora.
 
     mm2face-data synth    --out data/synth --hours 1.0 --seed 0        # synthetic corpus
+    mm2face-data synth    --out data/synth_heldout --hours 0.1 --voices heldout --t2m-fraction 0  # held-out voices
     mm2face-data clean    --in data/synth --out data/synth_clean        # outlier removal + smoothing
     mm2face-data annotate --data data/synth --out runs/annot            # frame lists, prompts, captions
     mm2face-data info     --data data/synth                             # counts, durations, load errors
@@ -16,7 +17,8 @@ from pathlib import Path
 
 def cmd_synth(a) -> int:
     from .synth_factory import SynthConfig, synthesize
-    cfg = SynthConfig(hours=a.hours, seed=a.seed, t2m_fraction=a.t2m_fraction, workers=a.workers)
+    cfg = SynthConfig(hours=a.hours, seed=a.seed, t2m_fraction=a.t2m_fraction, workers=a.workers,
+                      voices=a.voices)
     summary = synthesize(a.out, cfg, progress=not a.quiet, overwrite=a.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
     return 0
@@ -63,6 +65,7 @@ def cmd_subset(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .synth_speech import VOICE_SETS
     p = argparse.ArgumentParser(prog="mm2face-data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -74,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--t2m-fraction", type=float, default=0.2,
                    help="share of all clips in the text-to-motion subset (no audio) [0.2]")
     s.add_argument("--workers", type=int, default=2, help="worker processes [2]")
+    s.add_argument("--voices", choices=VOICE_SETS, default="train",
+                   help="voice set: train (every English espeak-ng accent but the held-out one, all variants, "
+                        "and piper), heldout (the held-out Scottish espeak-ng family only; every clip goes to "
+                        "the test split, for a held-out-voices test set), legacy (sampling of corpora made "
+                        "before the voice sets) [train]")
     s.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_synth)

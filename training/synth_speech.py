@@ -8,9 +8,21 @@ Two engines so that the model does not learn a single voice:
   ``libespeak-ng.so.1`` with ctypes, because the command-line ``--pho`` timing output needs MBROLA
   voices that are not installed; the library's phoneme events give each phoneme's start in the audio.
 
-Both are varied in rate and pitch, then *speaker augmentation* is applied with numpy/scipy:
-resampling by a factor near 1 (shifts pitch and formants together, and rescales the timings),
-room reverb (exponentially decaying noise impulse response), background noise and gain.
+Voice sets (``speak(..., voices=...)``, ``mm2face-data synth --voices``):
+
+* ``train`` (default): piper, or espeak-ng with one of the English accents in :data:`TRAIN_ACCENTS`
+  combined with any of espeak-ng's :data:`ESPEAK_VARIANTS` (or none). Per clip the rate/length scale
+  and pitch vary, then the clip is *perturbed*: resampled by a factor near 1 (pitch, formants and
+  speed together; timings rescaled exactly) and formant-warped (spectral envelope stretched along
+  frequency with pitch and duration kept, so timings are unchanged).
+* ``heldout``: the :data:`HELDOUT_ACCENT` family (Scottish English, with all variants), never used by
+  ``train``; for a held-out-voices test set (``mm2face-data synth --voices heldout``).
+* ``legacy``: the sampling and augmentation of corpora made before the voice sets existed
+  (:data:`ESPEAK_VOICES`), reproducible clip for clip.
+
+All sets finish with light *speaker augmentation*: room reverb (exponentially decaying noise impulse
+response) and background noise. Microphone-like acoustics for training (noise beds, hum, gain,
+band-limiting, clipping) live in :mod:`mm2face.training.augment` and are applied at training time.
 
 Output of :func:`speak`: :class:`Speech` with 16 kHz float32 audio and phone/word timings in seconds.
 """
@@ -23,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import fftconvolve, resample_poly
+from scipy.signal import fftconvolve, istft, resample_poly, stft
 
 SR_OUT = 16_000
 TTS_SR = 22_050
@@ -35,9 +47,38 @@ LENGTH_MARK = "ː"
 SIL = "_"          # our silence phone
 BOUNDARY = " "     # word boundary: no mouth target of its own
 
+# voices of the ``legacy`` set (corpora made before the voice sets); keep as is for reproducibility
 ESPEAK_VOICES = ["en-us", "en", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-rp",
                  "en-gb-x-gbcwmd", "en-us+f2", "en-us+f4", "en+f3", "en-us+m3", "en+m7",
                  "en-us+Alicia", "en+Andy", "en-us+Annie", "en-gb-scotland+f2"]
+
+# Every English espeak-ng accent with its own phoneme rules (`espeak-ng --voices=en`, the gmw/ files;
+# the mb/ MBROLA voices need databases that are not installed). The held-out family is never trained on.
+HELDOUT_ACCENT = "en-gb-scotland"
+TRAIN_ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+# Every variant file of espeak-ng (`espeak-ng --voices=variant`, voices/!v/): formant, pitch, breath
+# and tone settings layered on an accent as ``accent+variant``.
+ESPEAK_VARIANTS = (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene", "Gene2",
+    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Mr serious", "Nguyen",
+    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika",
+    "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak", "david",
+    "ed", "edward", "edward2", "f1", "f2", "f3", "f4", "f5", "fast", "grandma", "grandpa", "gustave", "iven",
+    "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
+    "linda", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "marcelo", "max", "michel", "miguel", "norbert",
+    "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft", "robosoft2", "robosoft3", "robosoft4",
+    "robosoft5", "robosoft6", "robosoft7", "robosoft8", "sandro", "shelby", "steph", "steph2", "steph3",
+    "travis", "victor", "whisper", "whisperf", "zac")
+VOICE_SETS = ("train", "heldout", "legacy")
+PIPER_SHARE = 0.5                  # share of train clips spoken by piper
+
+# per-clip perturbation ranges of the train / heldout sets
+RATE_WPM = (110, 220)              # espeak-ng speaking rate, words per minute
+PITCH = (20, 85)                   # espeak-ng base pitch (0-99) and pitch range
+PITCH_RANGE = (20, 95)
+LENGTH_SCALE = (0.75, 1.35)        # piper phone-duration scale (speed)
+RESAMPLE_FACTOR = (0.88, 1.12)     # pitch, formants and duration together
+FORMANT_WARP = (0.87, 1.15)        # spectral envelope stretch, pitch and duration kept
 
 
 @dataclass
@@ -329,8 +370,32 @@ def is_vowel(ph: str) -> bool:
     return bool(ph) and ph[0] in VOWEL_CHARS
 
 
-def sample_voice(rng: np.random.Generator) -> dict:
-    """Random engine and voice parameters for one clip."""
+def sample_voice(rng: np.random.Generator, voices: str = "train") -> dict:
+    """Random engine, voice and perturbation parameters for one clip from the voice set ``voices``
+    (one of :data:`VOICE_SETS`)."""
+    if voices == "legacy":
+        return _sample_voice_legacy(rng)
+    if voices not in VOICE_SETS:
+        raise ValueError(f"unknown voice set {voices!r}; choose one of {', '.join(VOICE_SETS)}")
+    variants = ("",) + ESPEAK_VARIANTS
+    if voices == "train" and rng.random() < PIPER_SHARE:
+        v = {"engine": "piper", "length_scale": float(rng.uniform(*LENGTH_SCALE)),
+             "noise_scale": float(rng.uniform(0.45, 0.8)), "noise_w_scale": float(rng.uniform(0.6, 1.0))}
+    else:
+        accent = HELDOUT_ACCENT if voices == "heldout" else TRAIN_ACCENTS[int(rng.integers(len(TRAIN_ACCENTS)))]
+        variant = variants[int(rng.integers(len(variants)))]
+        v = {"engine": "espeak-ng", "voice": accent + (f"+{variant}" if variant else ""),
+             "rate_wpm": int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
+             "pitch": int(rng.integers(PITCH[0], PITCH[1] + 1)),
+             "range": int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))}
+    v["voice_set"] = voices
+    v["resample_factor"] = float(rng.uniform(*RESAMPLE_FACTOR))
+    v["formant_warp"] = float(rng.uniform(*FORMANT_WARP))
+    return v
+
+
+def _sample_voice_legacy(rng: np.random.Generator) -> dict:
+    """The voice sampling of corpora made before the voice sets (``voices="legacy"``)."""
     if rng.random() < 0.5:
         return {"engine": "piper", "length_scale": float(rng.uniform(0.8, 1.3)),
                 "noise_scale": float(rng.uniform(0.45, 0.8)), "noise_w_scale": float(rng.uniform(0.6, 1.0))}
@@ -339,13 +404,50 @@ def sample_voice(rng: np.random.Generator) -> dict:
             "range": int(rng.integers(30, 90))}
 
 
+WARP_NFFT = 1024                   # STFT size of the formant warp at TTS_SR (46 ms)
+WARP_HOP = 256
+WARP_LIFTER = 40                   # cepstral coefficients kept for the spectral envelope
+WARP_MAX_GAIN_DB = 24.0            # per-bin gain limit of the warp
+
+
+def formant_warp(audio: np.ndarray, factor: float) -> np.ndarray:
+    """Move the formants of ``audio`` (any rate, (samples,) float32) by ``factor`` (>1 up) and keep
+    its pitch and length: each STFT frame's spectral envelope (low-quefrency cepstrum) is stretched
+    along frequency and the frame is re-weighted by warped / original envelope, which leaves the
+    harmonics (pitch) where they are. Output has exactly ``len(audio)`` samples, so timings hold."""
+    if abs(factor - 1.0) < 1e-6 or len(audio) < WARP_NFFT:
+        return audio.astype(np.float32)
+    _, _, spec = stft(audio, nperseg=WARP_NFFT, noverlap=WARP_NFFT - WARP_HOP, boundary="even", padded=True)
+    log_mag = np.log(np.abs(spec) + 1e-7)                                 # (bins, frames)
+    cep = np.fft.irfft(log_mag, axis=0)                                   # (nfft, frames)
+    cep[WARP_LIFTER:-WARP_LIFTER + 1 or None] = 0.0
+    env = np.fft.rfft(cep, axis=0).real[:spec.shape[0]]                   # smooth log envelope
+    bins = np.arange(spec.shape[0], dtype=np.float64)
+    src = np.clip(bins / factor, 0, spec.shape[0] - 1)                    # warped(k) = env(k / factor)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, spec.shape[0] - 1)
+    w = (src - lo)[:, None]
+    env_w = (1 - w) * env[lo] + w * env[hi]
+    lim = WARP_MAX_GAIN_DB / 20 * np.log(10)
+    spec = spec * np.exp(np.clip(env_w - env, -lim, lim))
+    _, out = istft(spec, nperseg=WARP_NFFT, noverlap=WARP_NFFT - WARP_HOP, boundary=True)
+    out = out[:len(audio)]
+    if len(out) < len(audio):
+        out = np.pad(out, (0, len(audio) - len(out)))
+    peak_in, peak_out = np.abs(audio).max(initial=0), np.abs(out).max(initial=0)
+    if peak_out > 0:
+        out = out * (peak_in / peak_out)                                  # same peak as before
+    return out.astype(np.float32)
+
+
 def speak(phrases: list[str], rng: np.random.Generator, voice: dict | None = None,
-          augment: bool = True) -> Speech:
-    """Synthesise ``phrases`` with pauses of 0.2-0.8 s between them and 0.1-0.5 s of lead/tail silence.
+          augment: bool = True, voices: str = "train") -> Speech:
+    """Synthesise ``phrases`` with pauses of 0.2-0.8 s between them and 0.1-0.5 s of lead/tail silence,
+    in a voice drawn from the set ``voices`` (see :data:`VOICE_SETS`) unless ``voice`` is given.
 
     Returns 16 kHz audio with phone and word timings on the same clock.
     """
-    voice = voice or sample_voice(rng)
+    voice = voice or sample_voice(rng, voices)
     fn = _piper_phrase if voice["engine"] == "piper" else _espeak_phrase
     parts, phones, words, t = [], [], [], 0.0
 
@@ -369,14 +471,22 @@ def speak(phrases: list[str], rng: np.random.Generator, voice: dict | None = Non
     silence(rng.uniform(0.1, 0.5))
     audio = np.concatenate(parts)
 
-    # speaker augmentation: resample by factor f (pitch and formants move by 1/f, timings by f)
-    f = float(rng.uniform(0.92, 1.08)) if augment else 1.0
+    aug = {}
+    if augment and "formant_warp" in voice:                   # formants only; length and timings kept
+        audio = formant_warp(audio, voice["formant_warp"])
+        aug["formant_warp"] = round(voice["formant_warp"], 4)
+    # speaker augmentation: resample by factor f (pitch and formants move by 1/f, timings by f);
+    # voices without a drawn factor (legacy, explicit) draw it here as corpora before the voice sets did
+    if not augment:
+        f = 1.0
+    else:
+        f = voice["resample_factor"] if "resample_factor" in voice else float(rng.uniform(0.92, 1.08))
     up, down = int(round(SR_OUT * f / 50)), TTS_SR // 50
     f = up / (SR_OUT / 50)
     audio = resample_poly(audio, up, down).astype(np.float32)
     phones = [Phone(p.ph, p.t0_s * f, p.t1_s * f, p.stressed) for p in phones]
     words = [(w, a * f, b * f) for w, a, b in words]
-    aug = {"resample_factor": round(f, 4)}
+    aug["resample_factor"] = round(f, 4)
     if augment and rng.random() < 0.35:                       # room reverb
         rt60 = float(rng.uniform(0.15, 0.5))
         n_ir = int(rt60 * SR_OUT)
