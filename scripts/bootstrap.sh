@@ -7,7 +7,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 APT_PKGS=(ffmpeg espeak-ng libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libportaudio2
-          pulseaudio pulseaudio-utils mosquitto sox xvfb xauth)
+          pulseaudio pulseaudio-utils mosquitto sox xvfb xauth
+          chromium fonts-dejavu-core)   # chromium: the browser viewer's headless test
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -35,5 +36,25 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   "$VPY" -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
+fi
+# Node tooling (web/package.json, pinned): three.js for the browser viewer and the Khronos glTF
+# validator for the tests, into the ignored web/node_modules. The viewer's three.js files are then
+# copied into the ignored realtime/web/vendor/, which mm2face-live --serve serves (no CDN at run time).
+if command -v npm >/dev/null 2>&1; then
+  nstamp="web/node_modules/.mm2face-installed"
+  nwant="$(sha1sum web/package-lock.json | cut -c1-12)"
+  if [ ! -f "$nstamp" ] || [ "$(cat "$nstamp")" != "$nwant" ]; then
+    echo "[bootstrap] installing web/node_modules (npm ci)"
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$nwant" > "$nstamp"
+  fi
+  for f in LICENSE build/three.module.js build/three.core.js examples/jsm/loaders/GLTFLoader.js \
+           examples/jsm/utils/BufferGeometryUtils.js examples/jsm/utils/SkeletonUtils.js \
+           examples/jsm/controls/OrbitControls.js; do
+    src="web/node_modules/three/$f" dst="realtime/web/vendor/three/$f"
+    cmp -s "$src" "$dst" || install -D -m 644 "$src" "$dst"
+  done
+else
+  echo "[bootstrap] npm not found: the browser viewer (mm2face-live --serve) and the glTF/browser tests need Node 20+"
 fi
 echo "[bootstrap] ready: $VPY"

@@ -9,6 +9,7 @@ Examples::
     mm2face-view clip.npz --out face.png --frame 40    # a single frame
     mm2face-view ws://127.0.0.1:8765                   # the live WebSocket stream, in a window
     mm2face-view clip.npz --flame ~/FLAME2020/generic_model.pkl --out clip.mp4
+    mm2face-view --export head.glb                     # the stand-in head as glTF 2.0 (52 ARKit morph targets)
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", type=int, help="only this frame index (PNG output or a still window)")
     p.add_argument("--fps", type=int, help=f"override the clip's frame rate (default: the clip's, else {FPS})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--export", metavar="HEAD.glb",
+                   help="write the stand-in head as a glTF 2.0 binary (mesh, material, neck/head/jaw/eye nodes, "
+                        "the 52 ARKit morph targets) for any engine, then exit")
     return p
 
 
@@ -70,6 +74,8 @@ def main(argv=None) -> int:
     if args.demo and source_arg:
         print("mm2face-view: --demo replaces the motion file; pass one or the other", file=sys.stderr)
         return 2
+    if args.export:
+        return _export(args, source_arg)
     if not args.demo and not source_arg:
         print("mm2face-view: nothing to show: pass a motion file, ws://host:port, or --demo (see --help)", file=sys.stderr)
         return 2
@@ -117,6 +123,21 @@ def main(argv=None) -> int:
         src = StaticSource(motion[0], clip.style) if args.frame is not None else ClipSource(motion, fps, clip.style, loop=True)
         return _window(src, head, args)
     return _render_out(args, head, motion, fps, style)
+
+
+def _export(args, source_arg) -> int:
+    if source_arg or args.demo or args.out or args.flame:
+        print("mm2face-view: --export writes the stand-in head on its own; leave out the motion, --demo, --out "
+              "and --flame (the real FLAME is licensed and is never exported)", file=sys.stderr)
+        return 2
+    from .gltf import GltfError, export_head_glb
+    try:
+        path = export_head_glb(args.export)
+    except (GltfError, OSError) as exc:
+        print(f"mm2face-view: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 def _window(source, head, args) -> int:
