@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import fftconvolve, istft, resample_poly, stft
 
+from .augment import room_impulse_response
+
 SR_OUT = 16_000
 TTS_SR = 22_050
 
@@ -489,10 +491,7 @@ def speak(phrases: list[str], rng: np.random.Generator, voice: dict | None = Non
     aug["resample_factor"] = round(f, 4)
     if augment and rng.random() < 0.35:                       # room reverb
         rt60 = float(rng.uniform(0.15, 0.5))
-        n_ir = int(rt60 * SR_OUT)
-        ir = rng.standard_normal(n_ir) * np.exp(-6.9 * np.arange(n_ir) / n_ir)
-        ir[0] = 1.0
-        wet = fftconvolve(audio, ir / np.sqrt((ir ** 2).sum()))[:len(audio)]
+        wet = fftconvolve(audio, room_impulse_response(rt60, rng, SR_OUT))[:len(audio)]
         mix = float(rng.uniform(0.1, 0.35))
         audio = ((1 - mix) * audio + mix * wet).astype(np.float32)
         aug["reverb_rt60_s"], aug["reverb_mix"] = round(rt60, 3), round(mix, 3)
