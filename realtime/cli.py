@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from mm2face.realtime import admission
 from mm2face.realtime.server import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger("mm2face.realtime")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--no-batch", action="store_true",
                      help="step each session on its own instead of batching ready sessions into one step")
     srv.add_argument("--view", action="store_true", help="open the viewer window on the stream (implies --serve)")
+    admission.add_arguments(ap)
     out = ap.add_argument_group("model and output")
     out.add_argument("--ckpt", metavar="PATH", help="model checkpoint (default: the bundled default checkpoint)")
     out.add_argument("--random-model", action="store_true",
@@ -219,8 +221,12 @@ async def amain(args) -> int:
     cfg = StreamConfig()
     if args.guidance is not None:
         cfg.guidance = args.guidance
-    hub = Hub(lambda style: StreamSession(model, cfg, style=style, device=args.compute), token=args.token,
-              batch=not args.no_batch)
+    make_session = lambda style: StreamSession(model, cfg, style=style, device=args.compute)  # noqa: E731
+    serving = args.serve or args.view or args.demo
+    limits = admission.limits_from_args(args, make_session if serving else None, batched=not args.no_batch,
+                                        log=lambda line: print(f"mm2face-live: {line}", file=sys.stderr))
+    hub = Hub(make_session, token=args.token, batch=not args.no_batch, limits=limits,
+              server_session_control=args.server_session_control)
     live = await hub.create_session("default", style=args.style)
     recorded, recorded_audio = [], []
     if args.record or demo_headless:

@@ -9,6 +9,7 @@ topic                     direction  QoS/ret   payload
                                                (or the 272-byte binary frame with ``frame_format``)
 ``mm2face/<s>/status``    out        1 / yes   ``{"session", "state": "live"|"closed", "style",
                                                "guidance", "frames", "dropped"}``; the current state
+                                               (``dropped``: this session's frames the bridge dropped)
 ``mm2face/<s>/style``     in         1         plain UTF-8 style text, or JSON
                                                ``{"text", "blend_s", "guidance"}``; an empty
                                                payload (deleting a retained style) is ignored
@@ -23,6 +24,7 @@ dropped and counted (``dropped``), never blocking the stream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 
@@ -77,7 +79,8 @@ class MqttBridge:
         self.hub, self.host, self.port, self.prefix = hub, host, port, prefix.rstrip("/")
         self.frame_format, self.retry_s = frame_format, retry_s
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
-        self.dropped = 0
+        self.dropped = 0                          # frames dropped, all sessions
+        self.dropped_by: collections.Counter[str] = collections.Counter()   # session name -> frames dropped
         self.published = 0
         self.connected = asyncio.Event()
         for live in list(hub.sessions.values()):
@@ -105,12 +108,15 @@ class MqttBridge:
         elif self._topic_ok(live.name):
             self._publish_status(live, state="closed")
 
-    def _put(self, item, droppable: bool = True) -> None:
+    def _put(self, item, session: str | None = None) -> None:
+        """Queue ``item``; a frame (``session`` given) is dropped when the queue is full, a status message
+        makes room instead."""
         if self.queue.full():
-            if not droppable:
+            if session is None:
                 self.queue.get_nowait()          # make room for a status message
             else:
                 self.dropped += 1
+                self.dropped_by[session] += 1
                 return
         self.queue.put_nowait(item)
 
@@ -118,15 +124,15 @@ class MqttBridge:
         topic = f"{self.prefix}/{live.name}/frames"
         enc = P.encode_frame_json if self.frame_format == "json" else P.encode_frame_binary
         for f in frames:
-            self._put((topic, enc(f), 0, False))
+            self._put((topic, enc(f), 0, False), session=live.name)
 
     def _publish_status(self, live, state: str | None = None) -> None:
         if not self._topic_ok(live.name):
             return
         status = {"session": live.name, "state": state or ("closed" if live.closed else "live"),
                   "style": live.style, "guidance": live.guidance, "frames": live.frames_out,
-                  "dropped": self.dropped}
-        self._put((f"{self.prefix}/{live.name}/status", json.dumps(status), 1, True), droppable=False)
+                  "dropped": self.dropped_by.get(live.name, 0)}
+        self._put((f"{self.prefix}/{live.name}/status", json.dumps(status), 1, True))
 
     # -- broker side --------------------------------------------------------------------------
 

@@ -335,11 +335,13 @@ def event_json(type_: str, **fields) -> str:
     return _dumps({"type": type_, **fields})
 
 
-def hello_json(sessions: list[str], auth_required: bool) -> str:
+def hello_json(sessions: list[str], auth_required: bool, limits: dict | None = None) -> str:
+    """The server's greeting; ``limits``: its admission limits and sessions in use (see Admission.as_dict)."""
+    extra = {} if limits is None else {"limits": limits}
     return event_json("hello", version=PROTOCOL_VERSION, server=SERVER_NAME, fps=FPS,
                       sample_rate=SAMPLE_RATE, frame_dim=FRAME_DIM, frame_bytes=FRAME_BYTES,
                       sessions=sessions, auth_required=auth_required,
-                      max_text_bytes=MAX_TEXT_BYTES, max_audio_bytes=MAX_AUDIO_BYTES)
+                      max_text_bytes=MAX_TEXT_BYTES, max_audio_bytes=MAX_AUDIO_BYTES, **extra)
 
 
 @dataclass

@@ -37,11 +37,14 @@ import numpy as np
 
 from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
+from mm2face.realtime.admission import Admission, IdleReaper, Limits
 from mm2face.realtime.resample import StreamResampler
 
 log = logging.getLogger("mm2face.realtime")
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
+# --server-session-control: what clients may send to the server's own sessions (mic / wav / text-only)
+SERVER_SESSION_CONTROL = {"none": (), "style": ("style",), "all": ("style", "end", "flush")}
 OUTBOX_MAX_FRAMES = 50        # per client: 2 s of frames; beyond that the oldest are dropped
 OUTBOX_MAX_CONTROL = 500      # per client: unanswered control replies before it is disconnected
 SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer per client: bounds the frames in flight to a slow client
@@ -94,6 +97,7 @@ class LiveSession:
         self.resampler = StreamResampler(SAMPLE_RATE)
         # Output bookkeeping.
         self.frames_out = 0
+        self.dropped_frames = 0              # of this session's frames, dropped for slow subscribers
         self.last_frame: P.WireFrame | None = None
         self._send_times: collections.deque[float] = collections.deque(maxlen=100)
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=250)   # input ready -> sent
@@ -323,7 +327,7 @@ class LiveSession:
                 enc = P.encode_frame_json if fmt == "json" else P.encode_frame_binary
                 encoded[fmt] = [enc(wf) for wf in out]
             for m in encoded[fmt]:
-                client.send_frame(m)
+                client.send_frame(m, self)
         self.frames_out += len(out)
         self.last_frame = out[-1]
         for fn in list(self.listeners):
@@ -363,7 +367,7 @@ class LiveSession:
             "audio_to_send_ms_p95": float(np.percentile(self._a2f_ms, 95)) if self._a2f_ms else None,
             "subscribers": len(self.subscribers),
             "idle": ("idle" if self.idle_active else "active") if self.idle else "off",
-            "dropped_frames": sum(c.dropped for c in self.subscribers),
+            "dropped_frames": self.dropped_frames,
             "clipped_samples": self.n_clipped,
             "sample_rate": self.sample_rate, "sample_format": self.sample_format,
             "engine_ms": engine,
@@ -512,7 +516,8 @@ class ClientConn:
         self.authed = hub.token is None
         self.own: LiveSession | None = None
         self.subs: set[str] = set()
-        self.outbox: collections.deque = collections.deque()   # (is_frame, message)
+        self.outbox: collections.deque = collections.deque()   # (is_frame, message, LiveSession | None)
+        self.addr = _peer_host(ws)                              # client address: per-client session limit
         self.n_frames_queued = 0
         self.n_control_queued = 0
         self.dropped = 0
@@ -523,19 +528,22 @@ class ClientConn:
 
     # -- outbox -------------------------------------------------------------------------------
 
-    def send_frame(self, msg) -> None:
+    def send_frame(self, msg, live: "LiveSession | None" = None) -> None:
+        """Queue a frame of session ``live`` (its drops are counted for that session)."""
         if self.closing:
             return
         if self.n_frames_queued >= self.max_frames:
             # Drop this client's oldest queued frame: it fell behind; everyone else is unaffected.
-            for i, (is_frame, _) in enumerate(self.outbox):
+            for i, (is_frame, _, of) in enumerate(self.outbox):
                 if is_frame:
                     del self.outbox[i]
+                    if of is not None:
+                        of.dropped_frames += 1
                     break
             self.n_frames_queued -= 1
             self.dropped += 1
             self.hub.dropped_total += 1
-        self.outbox.append((True, msg))
+        self.outbox.append((True, msg, live))
         self.n_frames_queued += 1
         self._wake.set()
 
@@ -547,7 +555,7 @@ class ClientConn:
             self.closing = True
             asyncio.ensure_future(self.ws.close(1008, "not reading replies"))
             return
-        self.outbox.append((False, msg))
+        self.outbox.append((False, msg, None))
         self.n_control_queued += 1
         self._wake.set()
 
@@ -559,7 +567,7 @@ class ClientConn:
             while not self.outbox:
                 self._wake.clear()
                 await self._wake.wait()
-            is_frame, msg = self.outbox.popleft()
+            is_frame, msg, _ = self.outbox.popleft()
             if is_frame:
                 self.n_frames_queued -= 1
             else:
@@ -584,11 +592,19 @@ class Hub:
 
     def __init__(self, make_session: Callable[[str], object], token: str | None = None,
                  max_frames_per_client: int = OUTBOX_MAX_FRAMES, max_sessions: int = 64,
-                 send_buffer_bytes: int = SEND_BUFFER_BYTES, batch: bool = True):
+                 send_buffer_bytes: int = SEND_BUFFER_BYTES, batch: bool = True, limits: Limits | None = None,
+                 server_session_control: str = "style"):
         self.make_session = make_session
         self.token = token
         self.max_frames_per_client = max_frames_per_client
-        self.max_sessions = max_sessions
+        # Without explicit limits (library use, tests): only the server-wide session limit applies.
+        self.limits = limits or Limits(max_sessions=max_sessions, max_sessions_per_client=max_sessions)
+        self.max_sessions = self.limits.max_sessions
+        self.admission = Admission(self.limits)
+        self.reaper = IdleReaper(self.limits.idle_timeout_s)
+        if server_session_control not in SERVER_SESSION_CONTROL:
+            raise ValueError(f"server_session_control must be one of {list(SERVER_SESSION_CONTROL)}")
+        self.server_session_control = server_session_control
         self.send_buffer_bytes = send_buffer_bytes
         self.batcher = Batcher() if batch else None
         self.idle_clock = IdleClock(self)
@@ -596,6 +612,7 @@ class Hub:
         self.clients: set[ClientConn] = set()
         self.dropped_total = 0
         self.errors: collections.Counter[str] = collections.Counter()   # error replies by code
+        self._building: collections.Counter = collections.Counter()      # client addr -> sessions being built
         self._nums = itertools.count(1)
         self.status_listeners: list[Callable[[LiveSession], None]] = []
         self.session_listeners: list[Callable[[LiveSession, bool], None]] = []   # (session, created?)
@@ -608,15 +625,20 @@ class Hub:
         if name in self.sessions:
             raise P.ProtocolError(P.ErrorCode.SESSION_EXISTS, f"session {name!r} already exists; "
                                   "pick another name or omit it", "open")
-        if len(self.sessions) >= self.max_sessions:
-            raise P.ProtocolError(P.ErrorCode.BAD_MESSAGE, f"the server holds its maximum of "
-                                  f"{self.max_sessions} sessions; close one first", "open")
-        self.sessions[name] = None  # reserve the name while the session is built
+        if owner is not None:          # the operator's own sessions are not subject to admission
+            self.admission.check_open(len(self.sessions), self.sessions_of(owner.addr), owner.addr or "?")
+        self.sessions[name] = None  # reserve the name (and a place) while the session is built
+        addr = owner.addr if owner is not None else None
+        self._building[addr] += 1
         try:
             session = await asyncio.to_thread(self.make_session, style)
         except BaseException:
             del self.sessions[name]
             raise
+        finally:
+            self._building[addr] -= 1
+            if not self._building[addr]:
+                del self._building[addr]
         live = LiveSession(self, name, next(self._nums), session, style, owner)
         live.idle = idle
         self.sessions[name] = live
@@ -654,9 +676,19 @@ class Hub:
     def live_sessions(self) -> list[str]:
         return [n for n, s in self.sessions.items() if s is not None]
 
+    def sessions_of(self, addr: str | None) -> int:
+        """Client sessions (open or being built) whose owner connected from ``addr``."""
+        return sum(1 for s in self.sessions.values() if s is not None and s.owner is not None
+                   and s.owner.addr == addr) + self._building.get(addr, 0)
+
+    def limits_info(self) -> dict:
+        return self.admission.as_dict(len(self.sessions))
+
     def stats(self) -> dict:
         out = {"uptime_s": time.time() - self.started, "clients": len(self.clients),
-               "sessions": self.live_sessions(), "dropped_frames_total": self.dropped_total}
+               "sessions": self.live_sessions(), "dropped_frames_total": self.dropped_total,
+               "limits": self.limits_info(), "refused": dict(self.admission.refused),
+               "errors": dict(self.errors)}
         if self.batcher is not None and self.batcher.batch_sizes:
             out["batch_steps"] = self.batcher.steps
             out["batch_size_mean"] = float(np.mean(self.batcher.batch_sizes))
@@ -733,7 +765,15 @@ class Hub:
                               type(msg).__name__.lower())
 
     def _check_owner(self, client: ClientConn, live: LiveSession, ref: str) -> None:
-        if live.owner is not None and live.owner is not client:
+        if live.owner is None:
+            if ref not in SERVER_SESSION_CONTROL[self.server_session_control]:
+                allowed = SERVER_SESSION_CONTROL[self.server_session_control]
+                raise P.ProtocolError(P.ErrorCode.NOT_OWNER, f"session {live.name!r} is the server's own; its "
+                                      f"operator lets clients send {' and '.join(allowed) or 'no control'} to it "
+                                      "(mm2face-live --server-session-control). Open your own session to "
+                                      f"{ref} it", ref)
+            return
+        if live.owner is not client:
             raise P.ProtocolError(P.ErrorCode.NOT_OWNER, f"session {live.name!r} belongs to another client; "
                                   "only its owner may end, flush or close it", ref)
 
@@ -750,7 +790,8 @@ class Hub:
                 if not _token_ok(msg.token, self.token):
                     raise P.ProtocolError(P.ErrorCode.UNAUTHORIZED, "wrong token", "hello")
                 client.authed = True
-            client.send_control(P.hello_json(self.live_sessions(), auth_required=not client.authed))
+            client.send_control(P.hello_json(self.live_sessions(), auth_required=not client.authed,
+                                             limits=self.limits_info()))
         elif isinstance(msg, P.Subscribe):
             self._subscribe(client, self._session(msg.session, client, "subscribe"), msg.format)
         elif isinstance(msg, P.Unsubscribe):
@@ -788,6 +829,8 @@ class Hub:
                                              sample_format=msg.sample_format))
         elif isinstance(msg, P.Style):
             live = self._session(msg.session, client, "style")
+            if live.owner is None:
+                self._check_owner(client, live, "style")
             await live.set_style(msg.text, msg.blend_s, msg.guidance, requester=client)
         elif isinstance(msg, P.End):
             live = self._session(msg.session, client, "end")
@@ -842,6 +885,15 @@ class Hub:
         await live.push_audio(audio, arrival_time=arrival)
 
 
+def _peer_host(ws) -> str | None:
+    """The client's IP address (the key of the per-client session limit), or None when unknown."""
+    try:
+        addr = ws.remote_address
+    except Exception:  # noqa: BLE001 - a closed transport or a stand-in without one
+        return None
+    return str(addr[0]) if isinstance(addr, (tuple, list)) and addr else None
+
+
 def _token_ok(given: str, expected: str) -> bool:
     """Constant-time token check; compares UTF-8 bytes (compare_digest refuses non-ASCII str)."""
     return secrets.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
@@ -878,8 +930,6 @@ def stamped_connection_class():
 
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
-
-
 def _http_page(connection, request):
     """Plain HTTP GET (not a WebSocket upgrade): serve the small browser monitor page."""
     if request.headers.get("Upgrade", "").lower() == "websocket":
