@@ -52,6 +52,7 @@ CFG = StandinConfig()
 EYE_HALF_W = 0.0131             # half the width of the eye opening (m)
 NOSTRIL = ((0.0065, -0.0315, 0.1), (0.0032, 0.0018, 0.0042))   # left nostril ellipsoid: centre, radii (m)
 EYE_HALF_H = 0.0053             # half its height at the middle (m)
+MOUTH_CLOSE_JAW_RAD = 0.15      # jaw opening (rx, rad) that mouth_close = 1 closes at the midline (tested)
 
 
 # ----------------------------------------------------------------------------- SDF helpers
@@ -481,6 +482,14 @@ def build_standin_head():
     exprdirs = np.zeros((V, 3, N_SLOTS))
     exprdirs[:n_skin] = _expression_basis(skin)
     masks = _masks(verts, skin, rng)
+    # the two seam copies at the midline (upper, lower) and the midline biting edge of the upper teeth:
+    # the articulation metrics measure the lip gap and labiodental contact on them
+    mid = int(np.argmin(np.abs(skin.verts[skin.seam_upper, 0])))
+    masks["lip_midline"] = np.array([skin.seam_upper[mid], skin.seam_lower[mid]], np.int64)
+    upper_teeth = verts[rng["upper_teeth"]]
+    near_mid = np.abs(upper_teeth[:, 0]) < 0.004
+    edge_y = upper_teeth[near_mid, 1].min()
+    masks["upper_incisor_edge"] = rng["upper_teeth"][near_mid & (upper_teeth[:, 1] < edge_y + 0.0003)].astype(np.int64)
     return HeadModel(
         name="standin",
         v_template=verts.astype(np.float32),
@@ -686,6 +695,19 @@ def _expression_basis(skin) -> np.ndarray:
     put("lip_suck", np.c_[np.zeros(N), -0.3 * (Y - ys) * lips, -0.0055 * roll])
     nd = g(Pa, (0.0125, -0.026, 0.097), (0.0055, 0.0055, 0.006))
     put("nostril_dilator", nd[:, None] * np.c_[0.0022 * sgn, np.zeros(N), np.zeros(N)])
+    # mouth_close (ARKit's mouthClose): closes the lips against an open jaw. The lower lip rises (and
+    # comes forward, since the jaw swings it back), the upper lip comes down a little; at 1 the midline
+    # closes with the jaw at MOUTH_CLOSE_JAW_RAD. Skinning is linear in these rest-pose offsets, so a
+    # caller can solve for the exact coefficient that closes a given frame.
+    across = np.sqrt(np.clip(1.0 - (X / (xc + 0.002)) ** 2, 0.0, None)) * _smoothstep(0.05, 0.075, Z)
+    below = np.exp(-0.5 * (np.minimum(Y - ys, 0.0) / 0.008) ** 2) * (side < 0)
+    above = np.exp(-0.5 * (np.maximum(Y - ys, 0.0) / 0.006) ** 2) * (side > 0)
+    put("mouth_close", (across * below)[:, None] * v3(0, 0.011, 0.0036)
+        + (across * above)[:, None] * v3(0, -0.0045, 0))
+    # lower_lip_roll (ARKit's mouthRollLower): the lower lip rolls in and back onto the biting edge of
+    # the upper teeth, as in f and v; the lip's lower part follows less
+    tuck = across * np.exp(-0.5 * (np.minimum(Y - ys, 0.0) / 0.006) ** 2) * (side < 0)
+    put("lower_lip_roll", tuck[:, None] * v3(0, 0.0008, -0.0085))
     # flaps follow the lip they belong to (their rest position is inside the mouth)
     return B
 

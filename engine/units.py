@@ -39,6 +39,8 @@ _UNIT_TABLE: list[tuple[str, str, str]] = [
     ("mouth_right", "", "whole mouth shifts to the subject's right"),
     ("lip_suck", "AU28", "lips rolled inward"),
     ("nostril_dilator", "AU38", "nostrils widen"),
+    ("mouth_close", "", "lips close against an open jaw (ARKit mouthClose; p, b, m between open vowels)"),
+    ("lower_lip_roll", "AU28", "lower lip rolls in onto the upper teeth (ARKit mouthRollLower; f, v)"),
 ]
 N_SLOTS = 50
 UNITS: list[str] = [u[0] for u in _UNIT_TABLE] + [f"unused_{i:02d}" for i in range(len(_UNIT_TABLE), N_SLOTS)]

@@ -6,8 +6,13 @@ Layers (all at 25 fps, frames ``(T, 56)``; see :mod:`mm2face.engine.frame`):
   positive opens) and a few mouth units, blended with Cohen-Massaro style dominance functions
   ``D_i(t) = alpha_i * exp(-theta * |t - c_i|)`` (flat inside the phone), i.e.
   ``value(t) = sum_i D_i(t) * target_i / sum_i D_i(t)``. Silence has a closed-mouth target, so pauses
-  close the mouth; bilabials p/b/m have a strong closure target; rounded vowels pucker/funnel;
-  spread vowels stretch.
+  close the mouth; rounded vowels pucker/funnel; spread vowels stretch; the jaw height follows the
+  vowel class (open > mid > close).
+* **articulation** (:func:`articulate`), after everything else: the lips *meet* over every p/b/m's
+  closure and the lower lip rests on the upper teeth over every f/v, whatever jaw the blend and the
+  emotion left there: the stand-in head's ``mouth_close`` (and ``lower_lip_roll``) coefficient is solved
+  per frame on the mesh (a constraint, not a target averaged with the neighbours), and released when the
+  phone ends.
 * **emotion**: unit recipes per emotion, holding or shifting within the clip with smooth transitions.
 * **head pose**: behaviours (nod, shake, turn, tilt, look up/down, still) as smooth curves on
   (rx, ry, rz) of the neck, plus a slow sway while talking. Signs follow the MMHead table:
@@ -42,8 +47,10 @@ VISEMES: dict[str, tuple[float, float, dict]] = {
     "mid_round":  (1.0, 1.0, {"jaw": 0.17, "lips_part": 0.55, "lip_pucker": 0.35, "lip_funneler": 0.45}),
     "close":      (1.0, 1.0, {"jaw": 0.08, "lips_part": 0.5, "lip_stretcher": 0.45}),
     "close_round": (1.0, 1.0, {"jaw": 0.06, "lips_part": 0.3, "lip_pucker": 0.6, "lip_funneler": 0.5}),
-    "bilabial":   (2.5, 1.5, {"jaw": 0.01, "lip_pressor": 0.8}),
-    "labiodental": (1.6, 1.0, {"jaw": 0.03, "lips_part": 0.15, "lip_suck": 0.35, "upper_lip_raiser": 0.15}),
+    # p/b/m and f/v only pull the jaw a little here: their lip contact is a constraint applied after the
+    # blend (articulate), so open vowels around them keep their height
+    "bilabial":   (1.0, 0.6, {"jaw": 0.03, "lip_pressor": 0.6}),
+    "labiodental": (1.2, 0.6, {"jaw": 0.03, "upper_lip_raiser": 0.2}),
     "dental":     (0.8, 0.6, {"jaw": 0.05, "lips_part": 0.4}),
     "alveolar":   (0.5, 0.4, {"jaw": 0.04, "lips_part": 0.3}),
     "postalveolar": (1.0, 0.5, {"jaw": 0.04, "lips_part": 0.3, "lip_funneler": 0.45, "lip_pucker": 0.2}),
@@ -297,9 +304,52 @@ def talking_motion(phones: list[Phone], n_frames: int, rng: np.random.Generator)
     m[:, used] += smooth_noise(rng, n_frames, len(used), 0.02)
     m[:, :50] = np.clip(m[:, :50], 0.0, 1.5)
     m[:, JAW_RX] = np.clip(m[:, JAW_RX], 0.0, 0.45)
+    articulate(m, phones, rest=closed)
     meta = {"emotion_segments": emo, "head_events": head, "blinks_s": blinks, "brow_raises_s": brow_times,
             "articulation": round(articulation, 3), "speech_mask": speech.tolist()}
     return m.astype(np.float32), meta
+
+
+UNIT_MAX = 1.5                  # largest unit coefficient the corpus uses (see the clip above)
+EDGE_WEIGHT = 0.5               # frames that a p/b/m or f/v only partly overlaps get this share of its contact
+LIP_ON_TEETH_MM = 0.5           # f/v: the lower lip's midline sits this far below the upper teeth's edge
+
+
+def articulate(m: np.ndarray, phones: list[Phone], rest: np.ndarray | None = None, head=None) -> dict[str, np.ndarray]:
+    """Lip contact as a constraint on a finished talking motion ``m (T, 56)`` (changed in place).
+
+    Over each p/b/m's own frames (:func:`articulation.core_frames`) ``mouth_close`` takes the value that
+    closes the midline exactly on the stand-in mesh for that frame's jaw and other units; over each f/v's
+    frames ``lower_lip_roll`` is 1 and ``mouth_close`` lifts the lower lip to just under the upper teeth.
+    Frames the phone only partly overlaps get :data:`EDGE_WEIGHT` of it, all others none, so the
+    closure is held through the phone and released when it ends. ``rest (T,)`` (0..1, e.g. the pause
+    weight that closes the jaw) closes the lips the same way in pauses, whatever an emotion does to them
+    (a sneer's raised upper lip meets a raised lower lip). Returns the per-frame weights
+    ``{"bilabial": (T,), "labiodental": (T,)}``."""
+    from mm2face.engine.flame import load_head
+
+    from .articulation import (classed_phones, closed_gap_mm, core_frames, incisor_edge_y_mm, phone_frames,
+                               solve_unit)
+    head = head or load_head("standin")
+    T = len(m)
+    w = {"bilabial": np.zeros(T), "labiodental": np.zeros(T)}
+    for c, t0, t1 in classed_phones(phones):
+        if c in w:
+            fr = phone_frames(t0, t1, T)
+            w[c][fr] = np.maximum(w[c][fr], EDGE_WEIGHT)
+            w[c][core_frames(t0, t1, T)] = 1.0
+    w["labiodental"][w["bilabial"] > 0] = 0.0
+    close = unit("mouth_close")
+    lab = w["labiodental"]
+    if lab.any():
+        m[:, unit("lower_lip_roll")] = np.maximum(m[:, unit("lower_lip_roll")], lab)
+        lift = solve_unit(head, m, "mouth_close", np.full(T, incisor_edge_y_mm(head) - LIP_ON_TEETH_MM), "lower_y")
+        m[:, close] = np.where(lab > 0, lab * np.clip(lift, 0.0, UNIT_MAX), m[:, close])
+    bil = w["bilabial"] if rest is None else np.maximum(w["bilabial"], np.asarray(rest) * (lab == 0))
+    if bil.any():
+        shut = solve_unit(head, m, "mouth_close", np.full(T, closed_gap_mm(head)), "gap")
+        m[:, close] = np.where(bil > 0, bil * np.clip(shut, 0.0, UNIT_MAX), m[:, close])
+    return w
 
 
 def _pause_weight(speech: np.ndarray) -> np.ndarray:
