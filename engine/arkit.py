@@ -105,8 +105,9 @@ STANDIN_TABLE: dict[str, tuple[str, ...]] = {
     "cheek_puff": ("cheekPuff",),
     "mouth_left": ("mouthLeft",),
     "mouth_right": ("mouthRight",),
-    "lip_suck": ("mouthRollUpper", "mouthRollLower"),
     "mouth_close": ("mouthClose",),       # only if engine/units.py has it (issue 15); scaled, see below
+    "lower_lip_roll": ("mouthRollLower",),  # issue 15's f/v unit, if present: it owns mouthRollLower
+    "lip_suck": ("mouthRollUpper", "mouthRollLower"),   # its lower-lip part is projected if owned already
 }
 #: Units of the stand-in without an ARKit counterpart -> the ARKit shapes that express them on other avatars.
 #: Their weights are the non-negative least-squares projection of the unit's vertex offsets onto those shapes
@@ -135,7 +136,7 @@ class RetargetError(ValueError):
     """A retarget file or fit input is missing, malformed or of another version."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LinearRetarget:
     """ARKit weights as a linear map of each frame value's positive and negative parts.
 
@@ -211,7 +212,7 @@ class LinearRetarget:
 # ----------------------------------------------------------------------------- frames -> ARKit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ArkitFrames:
     """ARKit output for T frames.
 
@@ -277,7 +278,13 @@ def _jaw_targets(head) -> dict[str, np.ndarray]:
 
 
 def _midline_lip_gap_change(head, offsets: np.ndarray) -> float:
-    """How much ``offsets (V, 3)`` open the lips at the midline (m): lower lip down minus upper lip down."""
+    """How much ``offsets (V, 3)`` open the lips at the midline (m): lower lip down minus upper lip down.
+
+    Measured on the head's ``lip_midline`` mask (upper, lower seam vertex) if it has one, else on the
+    lip vertices within MIDLINE_HALF_WIDTH_M of the midline, split by the jaw's skinning weight."""
+    if "lip_midline" in head.masks:
+        upper, lower = np.asarray(head.masks["lip_midline"])[:2]
+        return float(offsets[upper, 1] - offsets[lower, 1])
     lips = np.asarray(head.masks.get("lips", np.arange(head.n_vertices)))
     lips = lips[np.abs(head.v_template[lips, 0]) < MIDLINE_HALF_WIDTH_M]
     on_jaw = head.weights[lips, 2] > 0.5
@@ -308,6 +315,9 @@ def _build_standin_map(head) -> _StandinMap:
     pos[ARKIT_INDEX["jawOpen"], JAW.start] = 1.0 / JAW_OPEN_FULL_RAD
     pos[ARKIT_INDEX["jawLeft"], JAW.start + 1] = 1.0 / JAW_SIDE_FULL_RAD
     neg[ARKIT_INDEX["jawRight"], JAW.start + 1] = 1.0 / JAW_SIDE_FULL_RAD
+    # each table unit's vertex offsets (split by side or lip) become its shapes; a shape already owned by an
+    # earlier unit of the table is not overwritten: that part is projected onto it below, like PROJECTED_UNITS
+    shared: dict[str, list[tuple[str, np.ndarray]]] = {}
     for u, shapes in STANDIN_TABLE.items():
         if u not in names:
             continue
@@ -322,24 +332,30 @@ def _build_standin_map(head) -> _StandinMap:
         kind = _split_kind(shapes)
         parts = [np.ones(V)] if kind is None else list(_partition(head, kind))
         for shape, w in zip(shapes, parts):
-            T[ARKIT_INDEX[shape]] = E[:, :, s] * w[:, None] / scale
-            pos[ARKIT_INDEX[shape], s] = scale
+            k = ARKIT_INDEX[shape]
+            if np.abs(T[k]).max() > 0:
+                shared.setdefault(u, []).append((shape, E[:, :, s] * w[:, None]))
+                continue
+            T[k] = E[:, :, s] * w[:, None] / scale
+            pos[k, s] = scale
     # units without a counterpart: non-negative least squares onto their chosen shapes (moving vertices only)
+    todo = [(u, shapes, E[:, :, names.index(u)]) for u, shapes in PROJECTED_UNITS.items() if u in names]
+    todo += [(u, (shape,), part) for u, parts in shared.items() for shape, part in parts]
     rel = {}
-    for u, shapes in PROJECTED_UNITS.items():
-        if u not in names or not np.abs(E[:, :, names.index(u)]).max() > 0:
+    for u, shapes, offsets in todo:
+        b = offsets.reshape(-1)
+        if not np.abs(b).max() > 0:
             continue
-        s = names.index(u)
-        b = E[:, :, s].reshape(-1)
+        key = u if len(shapes) != 1 or u in PROJECTED_UNITS else f"{u}->{shapes[0]}"
         if not shapes:
-            rel[u] = 1.0                                              # dropped
+            rel[key] = 1.0                                            # dropped
             continue
         idx = [ARKIT_INDEX[n] for n in shapes]
         A = T[idx].reshape(len(idx), -1).T                            # (V*3, n_shapes)
         rows = np.flatnonzero((np.abs(A).max(1) > 0) | (b != 0))
         coef = nnls(A[rows], b[rows])[0]
-        pos[idx, s] = coef
-        rel[u] = float(np.linalg.norm(A @ coef - b) / np.linalg.norm(b))
+        pos[idx, names.index(u)] += coef
+        rel[key] = float(np.linalg.norm(A @ coef - b) / np.linalg.norm(b))
     rt = LinearRetarget(pos=pos, neg=neg, bias=np.zeros(N_ARKIT), version=ARKIT_MAP_VERSION,
                         source=f"stand-in head ({V} vertices)", info={f"projection_rel_residual.{k}": v
                                                                       for k, v in rel.items()})
@@ -373,6 +389,45 @@ def standin_projection_residuals(head=None) -> dict[str, float]:
     return dict((_standin_map() if head is None else _build_standin_map(head)).projection_rel_residual)
 
 
+# ----------------------------------------------------------------------------- Live Link Face CSV
+
+
+#: Live Link Face's CSV export: the 52 shapes in Apple's order, capitalised, except that LLF writes
+#: JawRight before JawLeft and MouthRight before MouthLeft (columns are matched by name; values here are
+#: written under the right name), then head and eye rotations.
+LLF_SHAPE_COLUMNS: tuple[str, ...] = tuple(
+    n[0].upper() + n[1:] for n in
+    ARKIT_NAMES[:15] + ("jawRight", "jawLeft") + ARKIT_NAMES[17:21] + ("mouthRight", "mouthLeft") + ARKIT_NAMES[23:])
+LLF_ROTATION_COLUMNS: tuple[str, ...] = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch",
+                                         "LeftEyeRoll", "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+LLF_CSV_HEADER: tuple[str, ...] = ("Timecode", "BlendShapeCount") + LLF_SHAPE_COLUMNS + LLF_ROTATION_COLUMNS
+LLF_VALUE_DECIMALS = 6
+
+
+def llf_timecode(frame: int, fps: int) -> str:
+    """Frame index -> Live Link Face's ``HH:MM:SS:FF.mmm`` (FF counts frames within the second at ``fps``,
+    .mmm is the sub-frame, always 000 here)."""
+    sec, ff = divmod(int(frame), int(fps))
+    return f"{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}:{ff:02d}.000"
+
+
+def live_link_csv(frames: ArkitFrames, fps: int) -> str:
+    """:class:`ArkitFrames` -> the text of a Live Link Face CSV take (header + one row per frame).
+
+    Head rotation is written in radians (yaw, pitch, roll as in :func:`head_rotation`); the frame has no eye
+    pose, so the six eye columns are 0. BlendShapeCount is 61 (52 shapes + 9 rotations), as LLF writes.
+    """
+    col = [ARKIT_INDEX[n[0].lower() + n[1:]] for n in LLF_SHAPE_COLUMNS]
+    values = np.concatenate([frames.weights[:, col], frames.head_rot,
+                             np.zeros((len(frames), len(LLF_ROTATION_COLUMNS) - 3), np.float32)], axis=1)
+    count = len(LLF_SHAPE_COLUMNS) + len(LLF_ROTATION_COLUMNS)
+    lines = [",".join(LLF_CSV_HEADER)]
+    fmt = f"{{:.{LLF_VALUE_DECIMALS}f}}"
+    for t, row in enumerate(values):
+        lines.append(",".join([llf_timecode(t, fps), str(count)] + [fmt.format(v) for v in row]))
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- fitting FLAME
 
 
@@ -386,7 +441,8 @@ def fit_flame_retarget(head, neutral, targets, *, ridge: float = 1e-6, jaw_probe
     head: the FLAME :class:`~mm2face.engine.flame.HeadModel` (its 50 expression components and jaw joint);
     neutral: (V, 3) the user's neutral mesh; targets: (52, V, 3) the user's ARKit shapes (ARKIT_NAMES order)
     on the same topology. For each of FLAME's 50 expression directions and 3 jaw axes, in each sign, the
-    ARKit weights w >= 0 minimise ``|(targets - neutral)^T w - d|^2 + ridge |w|^2`` where d is FLAME's vertex
+    ARKit weights w >= 0 minimise ``|(targets - neutral)^T w - d|^2 + lam |w|^2`` (``lam = ridge`` times the
+    targets' mean squared offset norm, so ``ridge`` is unitless and tiny ones barely bias) where d is FLAME's vertex
     offset per unit of that value (jaw: the offset of a ``jaw_probe_rad`` rotation, divided by it). Head
     pose is not a blendshape: it goes to ``head_rot``. ``info`` holds the relative residual per value.
     """
@@ -404,8 +460,11 @@ def fit_flame_retarget(head, neutral, targets, *, ridge: float = 1e-6, jaw_probe
     if not (np.isfinite(neutral).all() and np.isfinite(targets).all()):
         raise RetargetError("neutral or target meshes contain non-finite vertex coordinates")
     D = (targets - neutral[None]).reshape(N_ARKIT, -1).T                        # (V*3, 52)
+    norms = (D ** 2).sum(axis=0)
+    if not (norms > 0).any():
+        raise RetargetError("all 52 targets equal the neutral mesh: nothing to fit")
     if ridge > 0:
-        D = np.concatenate([D, np.sqrt(ridge) * np.eye(N_ARKIT)])
+        D = np.concatenate([D, np.sqrt(ridge * norms.mean()) * np.eye(N_ARKIT)])
     dirs = {d: head.exprdirs[:, :, d].astype(np.float64) for d in range(N_EXP)}
     zero = head_vertices(head, np.zeros((1, FRAME_DIM), np.float32))[0].astype(np.float64)
     for a in range(3):
@@ -435,4 +494,4 @@ def fit_flame_retarget(head, neutral, targets, *, ridge: float = 1e-6, jaw_probe
 __all__ = ["ARKIT_NAMES", "ARKIT_INDEX", "ARKIT_MAP_VERSION", "N_ARKIT", "HEAD_ROT_NAMES", "ArkitFrames",
            "LinearRetarget", "RetargetError", "to_arkit", "head_rotation", "standin_retarget",
            "arkit_morph_targets", "standin_projection_residuals", "fit_flame_retarget", "STANDIN_TABLE",
-           "PROJECTED_UNITS", "UNDRIVEN", "JAW_OPEN_FULL_RAD", "JAW_SIDE_FULL_RAD", "FLAME_FIT_VERSION"]
+           "PROJECTED_UNITS", "UNDRIVEN", "LLF_CSV_HEADER", "live_link_csv", "llf_timecode", "JAW_OPEN_FULL_RAD", "JAW_SIDE_FULL_RAD", "FLAME_FIT_VERSION"]

@@ -3,6 +3,11 @@
     mm2face-generate --wav speech.wav --text "a cheerful speaker who smiles" --out motion.npz
     mm2face-generate --wav speech.wav --text "frowns" --out m.npz --video m.mp4    # audio muxed in
     mm2face-generate --text "nods slowly" --seconds 4 --out nod.npz                # text only
+    mm2face-generate --wav speech.wav --format arkit-csv --out take.csv             # ARKit-52, Live Link Face CSV
+
+--format arkit-csv writes Live Link Face's CSV layout (Timecode, BlendShapeCount, the 52 ARKit shapes,
+HeadYaw/Pitch/Roll in radians, eye columns 0) at 25 fps, through the stand-in's ARKit map (docs/arkit.md), or
+through a map fitted for real FLAME with `mm2face-retarget fit` (--retarget FILE).
 """
 from __future__ import annotations
 
@@ -29,13 +34,35 @@ def read_audio_16k(path) -> np.ndarray:
     return a
 
 
+OUTPUT_FORMATS = ("npz", "arkit-csv")
+
+
+def write_arkit_csv(path, motion, head_name: str, retarget=None) -> Path:
+    """Write ``motion (T, 56)`` at 25 fps as a Live Link Face CSV; a non-stand-in head needs ``retarget``."""
+    from mm2face.engine.arkit import live_link_csv, to_arkit
+    from mm2face.engine.frame import FPS
+    if retarget is None and head_name != "standin":
+        raise SystemExit(f"the model drives the {head_name!r} head, whose expression slots are not the stand-in's "
+                         f"named units; fit an ARKit map for it with `mm2face-retarget fit` and pass --retarget FILE")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(live_link_csv(to_arkit(motion, retarget), FPS))
+    return path
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="mm2face-generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wav", help="speech audio (any rate, mixed to mono, resampled to 16 kHz)")
     ap.add_argument("--text", default="", help="style caption (empty: no style)")
     ap.add_argument("--seconds", type=float, default=0.0, help="length for text-only generation (no --wav)")
-    ap.add_argument("--out", required=True, help="output .npz (motion (T, 56) at 25 fps, head, style)")
+    ap.add_argument("--out", required=True,
+                    help="output file: .npz (motion (T, 56) at 25 fps, head, style) or, with --format arkit-csv, .csv")
+    ap.add_argument("--format", choices=OUTPUT_FORMATS, default="npz",
+                    help="npz: the 56-number frames (default); arkit-csv: ARKit-52 weights + head rotation in "
+                         "Live Link Face's CSV layout")
+    ap.add_argument("--retarget", help="ARKit map .npz from `mm2face-retarget fit` (needed for a real-FLAME model; "
+                                       "default: the stand-in map)")
     ap.add_argument("--video", help="also render an MP4 with the audio muxed in")
     ap.add_argument("--ckpt", help="MM2Face checkpoint (default: the shipped engine/assets/default.pt)")
     ap.add_argument("--seed", type=int, default=0)
@@ -60,6 +87,13 @@ def main(argv=None):
     from mm2face.engine.model import load_model
     if not args.wav and args.seconds <= 0:
         raise SystemExit("give --wav FILE, or --seconds N for text-only generation")
+    retarget = None
+    if args.format == "arkit-csv" and args.retarget:
+        from mm2face.engine.arkit import LinearRetarget, RetargetError
+        try:
+            retarget = LinearRetarget.load(args.retarget)
+        except RetargetError as e:
+            raise SystemExit(str(e))
     try:
         model = load_model(args.ckpt, device=args.device)
     except FileNotFoundError as e:
@@ -68,8 +102,12 @@ def main(argv=None):
     n_frames = None if audio is not None else int(round(args.seconds * FPS))
     motion = generate(model, audio, args.text, seed=args.seed, guidance=args.guidance,
                       temperature=args.temperature, top_k=args.top_k, n_frames=n_frames, device=args.device)
-    out = MotionClip(motion=motion, fps=FPS, head=model.head_name, style=args.text).save(args.out)
-    print(f"wrote {out}: {len(motion)} frames ({len(motion) / FPS:.2f} s), head={model.head_name}")
+    if args.format == "arkit-csv":
+        out = write_arkit_csv(args.out, motion, model.head_name, retarget)
+        print(f"wrote {out}: {len(motion)} frames ({len(motion) / FPS:.2f} s) as ARKit-52 (Live Link Face CSV)")
+    else:
+        out = MotionClip(motion=motion, fps=FPS, head=model.head_name, style=args.text).save(args.out)
+        print(f"wrote {out}: {len(motion)} frames ({len(motion) / FPS:.2f} s), head={model.head_name}")
     if args.video:
         try:
             from mm2face.engine.flame import load_head
