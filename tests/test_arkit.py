@@ -338,3 +338,47 @@ def test_generate_cli_writes_arkit_csv(tmp_path, capsys):
     with pytest.raises(SystemExit, match="not found"):
         main(["--seconds", "1", "--format", "arkit-csv", "--retarget", str(tmp_path / "no.npz"), "--out",
               str(tmp_path / "x.csv")])
+
+
+def _write_obj(path, verts):
+    path.write_text("# test mesh\n" + "".join(f"v {x:.9f} {y:.9f} {z:.9f}\n" for x, y, z in verts) + "f 1 2 3\n")
+
+
+def test_retarget_cli_fits_from_obj_files_and_npz(tmp_path, capsys):
+    from mm2face.training.retarget_cli import main
+    pkl, head, neutral, targets, G = synthetic_flame_with_arkit(tmp_path)
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    _write_obj(folder / "neutral.obj", neutral)
+    for name, t in zip(ARKIT_NAMES, targets):
+        _write_obj(folder / f"{name[0].upper() + name[1:]}.obj", t)          # LLF's capitalised names work
+    out = tmp_path / "map.npz"
+    assert main(["fit", "--flame", str(pkl), "--targets", str(folder), "--out", str(out)]) == 0
+    assert "relative residual" in capsys.readouterr().out
+    rt = LinearRetarget.load(out)
+    assert rt.version == A.FLAME_FIT_VERSION
+    np.testing.assert_allclose(rt.pos[:, :50], G, atol=1e-4)
+    # the same fit from one .npz, in centimetres with --scale
+    npz = tmp_path / "shapes.npz"
+    np.savez(npz, targets=targets * 100, neutral=neutral * 100)
+    with pytest.raises(SystemExit, match="--scale 0.01"):
+        main(["fit", "--flame", str(pkl), "--targets", str(npz), "--out", str(tmp_path / "cm.npz")])
+    assert main(["fit", "--flame", str(pkl), "--targets", str(npz), "--scale", "0.01", "--out",
+                 str(tmp_path / "cm.npz")]) == 0
+    np.testing.assert_allclose(LinearRetarget.load(tmp_path / "cm.npz").pos, rt.pos, atol=1e-4)
+    # the fitted map drives mm2face-retarget info and to_arkit
+    assert main(["info", str(out)]) == 0 and "jawOpen" in capsys.readouterr().out
+    # clear errors: a missing target, another topology, no neutral
+    (folder / "TongueOut.obj").unlink()
+    with pytest.raises(SystemExit, match="missing: tongueOut.*--allow-missing"):
+        main(["fit", "--flame", str(pkl), "--targets", str(folder), "--out", str(tmp_path / "x.npz")])
+    assert main(["fit", "--flame", str(pkl), "--targets", str(folder), "--allow-missing", "--out",
+                 str(tmp_path / "x.npz")]) == 0
+    np.savez(tmp_path / "small.npz", targets=targets[:, :100], neutral=neutral[:100])
+    with pytest.raises(SystemExit, match="FLAME model has 400"):
+        main(["fit", "--flame", str(pkl), "--targets", str(tmp_path / "small.npz"), "--out", str(tmp_path / "y.npz")])
+    (folder / "neutral.obj").unlink()
+    with pytest.raises(SystemExit, match="no neutral mesh"):
+        main(["fit", "--flame", str(pkl), "--targets", str(folder), "--allow-missing", "--out", str(tmp_path / "z.npz")])
+    with pytest.raises(SystemExit, match="FLAME model file not found"):
+        main(["fit", "--flame", str(tmp_path / "nope.pkl"), "--targets", str(npz), "--out", str(tmp_path / "z.npz")])
