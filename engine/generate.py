@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from mm2face.engine.frame import SAMPLES_PER_FRAME
-from mm2face.engine.session import StreamConfig, add_blinks
+from mm2face.engine.session import StreamConfig, add_blinks, mouth_dims
+from mm2face.engine.vad import VadConfig, vad_frame_weights
 
 _D = StreamConfig()          # one place for the sampling defaults: streaming and offline must agree
 
@@ -27,12 +28,13 @@ def audio_vectors(model, audio_16k: np.ndarray | None, n_tok: int, device="cpu")
 @torch.no_grad()
 def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = _D.guidance,
              temperature: float = _D.temperature, top_k: int = _D.top_k, n_frames: int | None = None,
-             device="cpu", return_tokens: bool = False, blinks: bool = True):
+             device="cpu", return_tokens: bool = False, blinks: bool = True, vad: bool = _D.vad):
     """Motion ``(T, 56) float32`` for ``audio_16k: (samples,)`` float32 16 kHz (or ``None`` for
     text only, then ``n_frames`` is required) and a style ``text``.
 
     T = ceil(samples / 640) (25 fps) unless ``n_frames`` is given. Defaults equal StreamConfig's
-    (``blinks``: procedural blinks, see :func:`mm2face.engine.session.blink_overlay`)."""
+    (``blinks``: procedural blinks, see :func:`mm2face.engine.session.blink_overlay`; ``vad``: the
+    voice-activity gate of :mod:`mm2face.engine.vad`, mouth at rest where no speech is heard)."""
     model = model.eval()
     dev = torch.device(device)
     if audio_16k is None:
@@ -62,6 +64,10 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
     audio_t = None if audio_16k is None else torch.from_numpy(audio_16k).to(dev)[None]
     frames = model.refine(av[None], model.vq.decode(codes), code, t_tok, audio_t)
     motion = model.to_params(frames[0])[:n_frames].float().cpu().numpy()
+    if vad and audio_16k is not None:                # the same voice-activity gate as StreamSession
+        w = vad_frame_weights(audio_16k, len(motion), VadConfig(lookahead_samples=model.lookahead_samples))
+        dims = mouth_dims(model.head_name)
+        motion[:, dims] *= w[:, None]
     if blinks:                                       # the same procedural blinks as StreamSession
         motion = add_blinks(motion, 0, seed, model.head_name)
     return (motion, toks) if return_tokens else motion

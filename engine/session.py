@@ -31,10 +31,21 @@ from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
 from mm2face.engine.frame import FPS, JAW
 from mm2face.engine.gpt import KVCache, stack_caches, unstack_cache
 from mm2face.engine.units import UNIT_INDEX
+from mm2face.engine.vad import VadConfig, VadStream
 
 # stand-in expression units that open or shape the mouth; they go to rest with the jaw when the input ends
 _MOUTH_UNITS = ("upper_lip_raiser", "lower_lip_depressor", "lip_pucker", "lip_stretcher", "lip_funneler",
                 "lips_part", "lip_tightener", "lip_pressor")
+
+
+def mouth_dims(head_name: str) -> list[int]:
+    """Frame dims that go to rest when the mouth closes (end/flush, the voice-activity gate): the jaw pose
+    and, on the stand-in head, the mouth units (and the articulation units ``mouth_close`` and
+    ``lower_lip_roll`` where the unit table has them)."""
+    dims = list(range(JAW.start, JAW.stop))
+    if head_name == "standin":
+        dims += [UNIT_INDEX[u] for u in _MOUTH_UNITS + ("mouth_close", "lower_lip_roll") if u in UNIT_INDEX]
+    return dims
 
 
 _BLINK_PROFILE = np.array([0.45, 0.95, 1.0, 0.7, 0.3, 0.1], np.float32)   # lid closure over 6 frames (240 ms)
@@ -84,6 +95,7 @@ class StreamConfig:
     tail_s: float = 0.32          # end(): silent tail after the input, seconds, during which the mouth closes
     flush_idle_s: float = 0.08    # flush(): silence inserted (one hop) while the face returns to idle
     blinks: bool = True           # add procedural blinks (stand-in head; same in generate(blinks=True))
+    vad: bool = True              # voice-activity gate (engine/vad.py): mouth and jaw rest while no speech is heard
 
 
 @dataclass
@@ -133,10 +145,9 @@ class StreamSession:
         self.mouth_w = 0.0
         self.mouth_target = 0.0
         self.mouth_step = 1.0
-        dims = [d for d in range(JAW.start, JAW.stop)]
-        if m.head_name == "standin":
-            dims += [UNIT_INDEX[u] for u in _MOUTH_UNITS]
-        self.mouth_dims = torch.tensor(dims)
+        self.mouth_dims = torch.tensor(mouth_dims(m.head_name))
+        # the voice-activity gate's state for this stream; it reads no further than the model's lookahead
+        self.vad = VadStream(VadConfig(lookahead_samples=self.look)) if self.cfg.vad else None
         self.pending: list[Frame] = []
         front = m.refiner.front if m.refiner is not None else None
         self.front_samples = front.window_samples if front is not None else 0   # audio the refiner's front reads
@@ -147,7 +158,8 @@ class StreamSession:
         self.ref_head_from = None                     # the offset a new style fades from (None = rest)
         self.style_k0 = 0                             # token at which the current style text was set
         self.stats = {"hops": 0, "frames": 0, "audio_enc_ms": 0.0, "g_step_ms": 0.0, "decode_ms": 0.0,
-                      "audio_enc_ms_total": 0.0, "g_step_ms_total": 0.0, "decode_ms_total": 0.0}
+                      "audio_enc_ms_total": 0.0, "g_step_ms_total": 0.0, "decode_ms_total": 0.0,
+                      "vad_ms": 0.0, "vad_ms_total": 0.0}
 
     # ---- input -------------------------------------------------------------------------------
     def push_audio(self, audio_16k: np.ndarray) -> None:
@@ -275,6 +287,20 @@ class StreamSession:
             flg[lo - a:] = self.noaudio[lo - self.buf0:b - self.buf0]
         return out, flg
 
+    def _vad_gate(self) -> np.ndarray | None:
+        """Voice-activity gate weights ``(down,)`` for this hop's frames (None: gate off or a no-audio token,
+        whose text-driven mouth is left as it is). Reads only audio up to :attr:`heard_end`."""
+        if self.vad is None:
+            return None
+        t0 = time.perf_counter()
+        w = self.vad.frame_weights(lambda a, b: self._samples(a, b)[0], self.k * self.down, self.down)
+        if self._samples(self.spt * self.k, self.spt * (self.k + 1))[1].all():
+            w = None
+        ms = (time.perf_counter() - t0) * 1e3
+        self.stats["vad_ms"] = ms
+        self.stats["vad_ms_total"] += ms
+        return w
+
     def _after_hop(self, tok: int, frames_norm: torch.Tensor) -> None:
         m = self.model
         self.prev = tok
@@ -285,7 +311,10 @@ class StreamSession:
             ov = torch.from_numpy(blink_overlay(self.k * self.down, self.down, self.cfg.seed)).to(params)
             for u in ("blink_left", "blink_right"):
                 params[:, UNIT_INDEX[u]] = torch.maximum(params[:, UNIT_INDEX[u]], ov)
+        gate = self._vad_gate()
         for i in range(self.down):
+            if gate is not None and gate[i] < 1.0:
+                params[i, self.mouth_dims] *= float(gate[i])
             if self.mouth_w != self.mouth_target:
                 d = self.mouth_target - self.mouth_w
                 self.mouth_w += max(-self.mouth_step, min(self.mouth_step, d))
