@@ -73,6 +73,8 @@ def build_parser():
     ap.add_argument("--temperature", type=float, default=d.temperature,
                     help=f"sampling temperature (0 = greedy; default {d.temperature})")
     ap.add_argument("--top-k", type=int, default=d.top_k, help=f"sample among the k likeliest tokens (0 = all; default {d.top_k})")
+    ap.add_argument("--no-vad", action="store_true",
+                    help="turn off the voice-activity gate (by default the mouth rests where no speech is heard)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     return ap
@@ -101,7 +103,8 @@ def main(argv=None):
     audio = read_audio_16k(args.wav) if args.wav else None
     n_frames = None if audio is not None else int(round(args.seconds * FPS))
     motion = generate(model, audio, args.text, seed=args.seed, guidance=args.guidance,
-                      temperature=args.temperature, top_k=args.top_k, n_frames=n_frames, device=args.device)
+                      temperature=args.temperature, top_k=args.top_k, n_frames=n_frames, device=args.device,
+                      vad=not args.no_vad)
     if args.format == "arkit-csv":
         out = write_arkit_csv(args.out, motion, model.head_name, retarget)
         print(f"wrote {out}: {len(motion)} frames ({len(motion) / FPS:.2f} s) as ARKit-52 (Live Link Face CSV)")

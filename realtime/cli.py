@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--loop", action="store_true", help="repeat --wav/--demo forever")
     ap.add_argument("--style", default="", metavar="TEXT", help="initial style text, e.g. 'a calm, friendly speaker'")
     ap.add_argument("--guidance", type=float, default=None, help="style strength (classifier-free guidance scale)")
+    ap.add_argument("--no-vad", action="store_true",
+                    help="turn off the voice-activity gate (by default the mouth rests while no speech is heard; "
+                         "engine/vad.py)")
     srv = ap.add_argument_group("serving")
     srv.add_argument("--serve", action="store_true", help="run the WebSocket server")
     srv.add_argument("--host", default=DEFAULT_HOST, help="bind address (default: %(default)s, local only)")
@@ -221,6 +224,7 @@ async def amain(args) -> int:
     cfg = StreamConfig()
     if args.guidance is not None:
         cfg.guidance = args.guidance
+    cfg.vad = not args.no_vad
     make_session = lambda style: StreamSession(model, cfg, style=style, device=args.compute)  # noqa: E731
     serving = args.serve or args.view or args.demo
     limits = admission.limits_from_args(args, make_session if serving else None, batched=not args.no_batch,

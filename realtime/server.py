@@ -30,13 +30,13 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
+from mm2face.realtime import web_static
 from mm2face.realtime.admission import Admission, IdleReaper, Limits
 from mm2face.realtime.resample import StreamResampler
 
@@ -929,17 +929,14 @@ def stamped_connection_class():
     return StampedConnection
 
 
-WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 def _http_page(connection, request):
-    """Plain HTTP GET (not a WebSocket upgrade): serve the small browser monitor page."""
+    """Plain HTTP GET (not a WebSocket upgrade): the browser viewer's files (see web_static)."""
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return None
-    if request.path.split("?")[0] not in ("/", "/index.html") or not WEB_PAGE.exists():
-        return connection.respond(404, "mm2face-live speaks WebSocket protocol v1 here; see docs/protocol.md\n")
-    response = connection.respond(200, WEB_PAGE.read_text(encoding="utf-8"))
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "text/html; charset=utf-8"
-    return response
+    static = web_static.static_response(connection, request.path)
+    if static is not None:
+        return static
+    return connection.respond(404, "mm2face-live speaks WebSocket protocol v1 here; see docs/protocol.md\n")
 
 
 @contextlib.asynccontextmanager

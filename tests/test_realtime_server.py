@@ -289,5 +289,8 @@ async def test_plain_http_get_serves_the_browser_monitor(server):
             return e.code, None, b""
     status, ctype, body = await asyncio.to_thread(get, "/")
     assert status == 200 and ctype.startswith("text/html")
-    assert b"MMF1" in body                             # it decodes protocol v1 binary frames
+    assert b"/viewer.js" in body and b"/vendor/three/" in body     # the 3D viewer (tests/test_web_static.py)
+    status, ctype, body = await asyncio.to_thread(get, "/monitor.html")
+    assert status == 200 and ctype.startswith("text/html")
+    assert b"MMF1" in body                             # the 2D monitor decodes protocol v1 binary frames
     assert (await asyncio.to_thread(get, "/nope"))[0] == 404

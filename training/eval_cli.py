@@ -115,14 +115,15 @@ def combine_seeds(aggs: list[dict]) -> dict:
 def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: int | None = None,
              seed: int = 0, guidance: float | None = None, baseline_clips: int = 2000,
              progress: bool = True, seeds: int = 1, temperature: float | None = None,
-             top_k: int | None = None) -> dict:
+             top_k: int | None = None, vad: bool | None = None) -> dict:
     """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results.
 
     ``seeds``: generate every clip with sampling seeds ``seed .. seed + seeds - 1`` and report the mean
     (the model samples its tokens; a style check on a few dozen clips moves by several points between
     seeds). Lip-sync metrics are averaged over the clips with audio (see :func:`metrics.aggregate`).
-    ``temperature``/``top_k``: sampling settings (None: the generator's defaults)."""
-    sampling = {"temperature": temperature, "top_k": top_k}
+    ``temperature``/``top_k``: sampling settings (None: the generator's defaults); ``vad``: the voice-activity
+    gate (engine/vad.py; None: generate's default, on)."""
+    sampling = {"temperature": temperature, "top_k": top_k, "vad": vad}
     from tqdm import tqdm
 
     train = list(corpus.clips("train") if hasattr(corpus, "clips") else corpus.split("train"))
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw jaw opening over time (model vs ground truth) and the style pass rates")
     p.add_argument("--baseline-only", action="store_true", help="skip the model; score the mean-frame baseline")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--no-vad", action="store_true",
+                   help="generate without the voice-activity gate (default: on, as mm2face-live runs)")
     return p
 
 
@@ -380,7 +383,7 @@ def main(argv=None) -> int:
     head = load_head(model_head_spec(model, args.head))
     res = evaluate(model, corpus, args.split, head, device=args.device, max_clips=args.max_clips,
                    seed=args.seed, guidance=args.guidance, seeds=args.seeds, temperature=args.temperature,
-                   top_k=args.top_k)
+                   top_k=args.top_k, vad=False if args.no_vad else None)
     res["ckpt"] = args.ckpt or "default"
     res["data"] = str(data)
     print(format_table(res))

@@ -1,0 +1,382 @@
+// mm2face-live browser viewer: the stand-in head (glTF, /head.glb) driven by live frames over the
+// WebSocket of protocol v1 (docs/protocol.md), rendered with three.js served by mm2face-live itself.
+//
+// URL parameters: ?session=NAME (default "default"), &token=T (servers started with --token),
+// &ws=ws://host:port (another server), &buffer_ms=100 (play-out delay).
+//
+// Frames: the page subscribes in the binary format (272 bytes, 56 floats) and maps each frame to the
+// 52 ARKit weights of the head's morph targets with the server's own linear map
+// (/arkit_retarget.json, mm2face.engine.arkit.LinearRetarget) and the head pose to the "head" node.
+// Frames come in pairs (one motion token = 2 frames, 80 ms); a small play-out buffer shows them evenly
+// at 25 fps, interpolated between frames.
+//
+// window.mm2face holds the page's state (connected, frames, rendered, jawOpen, latency ...) for
+// tools and the headless browser test (tests/test_browser_viewer.py).
+import * as THREE from 'three';
+import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
+import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
+
+const MAGIC = 0x4d4d4631;           // "MMF1", big-endian read of the binary frame's first 4 bytes
+const FRAME_BYTES = 272;
+const PARAMS_OFFSET = 48;           // 56 float32 after the header
+const FRAME_DIM = 56;
+const HEAD_POSE = 50;               // frame[50:53]: head pose, axis-angle (rad)
+const MIC_RATE = 16000;             // the model's rate; Chromium resamples the microphone to it
+const MIC_CHUNK_S = 0.02;           // 20 ms audio messages
+const KEEP_S = 2.0;                 // frames older than this (s of session time) behind the play-out are dropped
+const MAX_LEAD_S = 0.6;             // newest frame further ahead of the play-out than this: re-anchor the clock
+const LATENCY_WINDOW = 50;          // frames in the latency median
+const MOUTH_BOX = { centre: [0, -0.05, 0.095], half: [0.034, 0.028] };   // metres, the head's rest pose
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const bufferS = Number(params.get('buffer_ms') ?? 100) / 1000;
+$('buffer').textContent = Math.round(bufferS * 1000);
+
+const state = window.mm2face = {
+  connected: false, headLoaded: false, retargetLoaded: false,
+  session: null, style: '', frames: 0, rendered: 0, lastSeq: -1, shownT: null, jawOpen: 0,
+  latencyMs: null, fps: 0, mic: 'off', micSamples: 0, errors: [], paused: false,
+  mouthRect: () => mouthRect(),
+};
+
+function fail(msg) {
+  state.errors.push(String(msg));
+  $('error').textContent = state.errors.slice(-4).join('\n');
+}
+
+// ------------------------------------------------------------------ three.js scene
+
+const canvas = $('view');
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
+renderer.setPixelRatio(1);
+renderer.setSize(canvas.width, canvas.height, false);
+const scene = new THREE.Scene();
+scene.background = new THREE.Color(0xdcd8d2);
+const camera = new THREE.PerspectiveCamera(22, canvas.width / canvas.height, 0.05, 5);
+const target = new THREE.Vector3(0, -0.012, 0.05);    // the face's middle (m); the head is 0.3 m tall
+camera.position.set(0, 0.0, 0.75);
+const controls = new OrbitControls(camera, canvas);
+controls.target.copy(target);
+controls.update();
+scene.add(new THREE.HemisphereLight(0xfff6ee, 0x6b5e55, 1.4));
+const key = new THREE.DirectionalLight(0xffffff, 2.2);
+key.position.set(0.4, 0.5, 1.0);
+scene.add(key);
+const fill = new THREE.DirectionalLight(0xdde6ff, 0.7);
+fill.position.set(-0.8, 0.1, 0.6);
+scene.add(fill);
+
+let face = null;          // the SkinnedMesh with the 52 morph targets
+let headBone = null;      // node "head": the frame's head pose turns it
+let morphIndex = null;    // ARKit index -> morphTargetInfluences index
+let retarget = null;      // {pos, neg, bias, names}
+const jawOpenK = 17;      // ARKIT_NAMES.indexOf('jawOpen'); checked against the server's list below
+
+async function fetchWhenReady(url) {
+  // The server builds head.glb on the first page request (a few seconds): 503 + Retry-After until then.
+  for (let i = 0; i < 120; i++) {
+    const r = await fetch(url, { cache: 'no-cache' });
+    if (r.status === 503) {
+      await new Promise((ok) => setTimeout(ok, 1000 * Number(r.headers.get('Retry-After') || 1)));
+      continue;
+    }
+    if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${await r.text()}`);
+    return r;
+  }
+  throw new Error(`${url}: still not ready after 2 minutes`);
+}
+
+async function loadHead() {
+  const [glb, rt] = await Promise.all([
+    fetchWhenReady('/head.glb').then((r) => r.arrayBuffer()),
+    fetchWhenReady('/arkit_retarget.json').then((r) => r.json()),
+  ]);
+  retarget = rt;
+  if (rt.names[jawOpenK] !== 'jawOpen') throw new Error('arkit_retarget.json: unexpected ARKit name order');
+  state.retargetLoaded = true;
+  const gltf = await new GLTFLoader().parseAsync(glb, '');
+  gltf.scene.traverse((o) => {
+    if (o.isMesh && o.morphTargetDictionary) face = o;
+  });
+  headBone = gltf.scene.getObjectByName('head');
+  if (!face || !headBone) throw new Error('head.glb has no morph-target mesh or no "head" node');
+  morphIndex = rt.names.map((n) => {
+    const i = face.morphTargetDictionary[n];
+    if (i === undefined) throw new Error(`head.glb has no morph target ${n}`);
+    return i;
+  });
+  face.frustumCulled = false;
+  scene.add(gltf.scene);
+  state.headLoaded = true;
+}
+
+// ------------------------------------------------------------------ frames -> ARKit weights, head rotation
+
+function arkitWeights(p) {
+  const { pos, neg, bias } = retarget;
+  const w = new Float32Array(bias.length);
+  for (let k = 0; k < w.length; k++) {
+    let s = bias[k];
+    const pk = pos[k], nk = neg[k];
+    for (let d = 0; d < FRAME_DIM; d++) {
+      const x = p[d];
+      if (x > 0) s += pk[d] * x; else if (x < 0) s -= nk[d] * x;
+    }
+    w[k] = Math.min(1, Math.max(0, s));
+  }
+  const close = retarget.names.indexOf('mouthClose');
+  w[close] = Math.min(w[close], w[jawOpenK]);
+  return w;
+}
+
+function headQuaternion(p) {
+  const v = new THREE.Vector3(p[HEAD_POSE], p[HEAD_POSE + 1], p[HEAD_POSE + 2]);
+  const angle = v.length();
+  return angle < 1e-9 ? new THREE.Quaternion() : new THREE.Quaternion().setFromAxisAngle(v.divideScalar(angle), angle);
+}
+
+// ------------------------------------------------------------------ play-out buffer
+
+const frames = [];        // {seq, t, w, q}, ascending t
+let clockOffset = null;   // play-out time (session seconds) = performance.now()/1000 - clockOffset
+const latencies = [];
+const arrivals = [];      // performance.now() of recent frames, for the fps figure
+
+function nowS() { return performance.now() / 1000; }
+
+function onFrame(seq, t, arrival, p) {
+  if (!retarget) return;
+  if (frames.length && seq <= frames[frames.length - 1].seq) frames.length = 0;   // a new session started
+  frames.push({ seq, t, w: arkitWeights(p), q: headQuaternion(p) });
+  state.frames++;
+  state.lastSeq = seq;
+  const play = nowS() - (clockOffset ?? 0);
+  if (clockOffset === null || t - play > MAX_LEAD_S || t - play < -bufferS) clockOffset = nowS() - (t - bufferS);
+  while (frames.length > 2 && frames[1].t < play - KEEP_S) frames.shift();
+  if (Number.isFinite(arrival)) {
+    latencies.push(1000 * (Date.now() / 1000 - arrival));
+    if (latencies.length > LATENCY_WINDOW) latencies.shift();
+  }
+  const pn = performance.now();
+  arrivals.push(pn);
+  while (arrivals.length && arrivals[0] < pn - 2000) arrivals.shift();
+}
+
+function median(a) {
+  const s = [...a].sort((x, y) => x - y);
+  return s.length ? s[Math.floor(s.length / 2)] : null;
+}
+
+let shownSeq = -1;
+function applyPlayout() {
+  if (!face || !frames.length || clockOffset === null || state.paused) return;   // paused: hold the face
+  const play = nowS() - clockOffset;
+  let i = 0;
+  while (i + 1 < frames.length && frames[i + 1].t <= play) i++;
+  const a = frames[i], b = frames[Math.min(i + 1, frames.length - 1)];
+  const u = b.t > a.t ? Math.min(1, Math.max(0, (play - a.t) / (b.t - a.t))) : 0;
+  const inf = face.morphTargetInfluences;
+  for (let k = 0; k < a.w.length; k++) inf[morphIndex[k]] = a.w[k] + (b.w[k] - a.w[k]) * u;
+  headBone.quaternion.slerpQuaternions(a.q, b.q, u);
+  state.jawOpen = inf[morphIndex[jawOpenK]];
+  state.shownT = a.t + (b.t - a.t) * u;
+  if (a.seq !== shownSeq) { shownSeq = a.seq; state.rendered++; }
+}
+
+// The mouth's box on the page (CSS pixels), following the head: for screenshots of the mouth.
+function mouthRect() {
+  if (!face) return null;
+  const bone = face.skeleton.bones.indexOf(headBone);
+  const m = new THREE.Matrix4().multiplyMatrices(headBone.matrixWorld, face.skeleton.boneInverses[bone]);
+  const r = canvas.getBoundingClientRect();
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  const [cx, cy, cz] = MOUTH_BOX.centre, [hx, hy] = MOUTH_BOX.half;
+  for (const [sx, sy] of [[-1, -1], [-1, 1], [1, -1], [1, 1]]) {
+    const v = new THREE.Vector3(cx + sx * hx, cy + sy * hy, cz).applyMatrix4(m).project(camera);
+    const x = r.left + (v.x + 1) / 2 * r.width, y = r.top + (1 - v.y) / 2 * r.height;
+    x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+  }
+  return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+}
+
+let lastPanel = 0;
+function animate() {
+  requestAnimationFrame(animate);
+  applyPlayout();
+  controls.update();
+  renderer.render(scene, camera);
+  const pn = performance.now();
+  if (pn - lastPanel > 250) {
+    lastPanel = pn;
+    state.fps = arrivals.length > 1 ? 1000 * (arrivals.length - 1) / (arrivals[arrivals.length - 1] - arrivals[0]) : 0;
+    state.latencyMs = median(latencies);
+    $('frames').textContent = state.frames;
+    $('fps').textContent = state.fps ? `${state.fps.toFixed(1)} fps` : '';
+    $('latency').textContent = state.latencyMs === null ? '- (no audio frames yet)'
+      : `audio → browser ${state.latencyMs.toFixed(0)} ms (median of ${latencies.length}), shown +${Math.round(bufferS * 1000)} ms later`;
+  }
+}
+
+// ------------------------------------------------------------------ WebSocket, protocol v1
+
+let ws = null;
+let watching = null;      // the session whose frames are shown
+let own = null;           // our own session (microphone), once opened
+
+function send(obj) {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
+}
+
+function setStyleText(text) {
+  state.style = text;
+  $('stylenow').textContent = text === '' ? '(neutral)' : text;
+}
+
+function watch(name) {
+  if (watching && watching !== name) send({ type: 'unsubscribe', session: watching });
+  watching = name;
+  state.session = name;
+  frames.length = 0;
+  clockOffset = null;
+  latencies.length = 0;
+}
+
+function connect() {
+  if (ws) ws.close();
+  stopMic(false);
+  const url = $('url').value;
+  ws = new WebSocket(url);
+  ws.binaryType = 'arraybuffer';
+  $('state').textContent = 'connecting';
+  ws.onopen = () => {
+    state.connected = true;
+    $('state').textContent = 'connected';
+    const token = params.get('token');
+    send(token ? { type: 'hello', version: 1, client: 'mm2face-web', token } : { type: 'hello', version: 1, client: 'mm2face-web' });
+    watch($('session').value || 'default');
+    send({ type: 'subscribe', session: watching, format: 'binary' });
+  };
+  ws.onclose = (ev) => {
+    state.connected = false;
+    $('state').textContent = `closed (${ev.code})`;
+    stopMic(false);
+  };
+  ws.onerror = () => fail(`WebSocket error on ${url}`);
+  ws.onmessage = (ev) => {
+    if (typeof ev.data !== 'string') {
+      if (ev.data.byteLength !== FRAME_BYTES) return;
+      const dv = new DataView(ev.data);
+      if (dv.getUint32(0, false) !== MAGIC) return;
+      onFrame(dv.getUint32(8, true), dv.getFloat64(16, true), dv.getFloat64(32, true),
+              new Float32Array(ev.data, PARAMS_OFFSET, FRAME_DIM));
+      return;
+    }
+    const msg = JSON.parse(ev.data);
+    switch (msg.type) {
+      case 'subscribed':
+        if (msg.session === watching) setStyleText(msg.style ?? '');
+        break;
+      case 'style':
+        if (msg.session === watching) setStyleText(msg.text);
+        break;
+      case 'opened':
+        own = msg.session;
+        watch(own);
+        state.mic = 'on';
+        $('micstate').textContent = `streaming into session ${own}`;
+        break;
+      case 'session_closed':
+        if (msg.session === watching && msg.session !== own) $('state').textContent = `session ${msg.session} closed`;
+        break;
+      case 'error':
+        fail(`server: ${msg.code}: ${msg.message}`);
+        if (msg.ref === 'open') stopMic(false);   // refused (capacity, limits, token): no session of ours
+        break;
+      default:
+        break;
+    }
+  };
+}
+
+// ------------------------------------------------------------------ talk through my microphone
+
+let mic = null;           // {ctx, stream, node}
+
+function toPcm16(f32) {
+  const out = new Int16Array(f32.length);
+  for (let i = 0; i < f32.length; i++) out[i] = Math.max(-1, Math.min(1, f32[i])) * 32767;
+  return out.buffer;
+}
+
+async function startMic() {
+  if (!ws || ws.readyState !== WebSocket.OPEN) { fail('connect to the server first'); return; }
+  state.mic = 'starting';
+  $('micstate').textContent = 'asking for the microphone...';
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+    let ctx;
+    try { ctx = new AudioContext({ sampleRate: MIC_RATE }); } catch { ctx = new AudioContext(); }
+    await ctx.resume();
+    await ctx.audioWorklet.addModule('/mic-worklet.js');
+    const node = new AudioWorkletNode(ctx, 'mm2face-mic',
+      { processorOptions: { chunk: Math.round(ctx.sampleRate * MIC_CHUNK_S) } });
+    const mute = ctx.createGain();
+    mute.gain.value = 0;                    // keeps the graph pulling samples; we do not play the mic back
+    ctx.createMediaStreamSource(stream).connect(node).connect(mute).connect(ctx.destination);
+    mic = { ctx, stream, node };
+    node.port.onmessage = (e) => {
+      if (own && ws && ws.readyState === WebSocket.OPEN) {
+        ws.send(toPcm16(e.data));
+        state.micSamples += e.data.length;
+      }
+    };
+    // The server resamples any rate from 8 to 192 kHz; we tell it the one the browser gave us.
+    send({ type: 'open', sample_rate: ctx.sampleRate, sample_format: 'pcm16', style: state.style,
+           format: 'binary', token: params.get('token') || undefined });
+    $('mic').textContent = 'stop the microphone';
+  } catch (e) {
+    state.mic = 'off';
+    fail(`microphone: ${e.name || ''} ${e.message || e}`);
+    $('micstate').textContent = '';
+  }
+}
+
+function stopMic(closeSession = true) {
+  if (mic) {
+    mic.stream.getTracks().forEach((t) => t.stop());
+    mic.ctx.close();
+    mic = null;
+  }
+  const had = own;
+  own = null;
+  if (had && closeSession) {              // back to the session we watched before
+    send({ type: 'close', session: had, token: params.get('token') || undefined });
+    watch($('session').value || 'default');
+    send({ type: 'subscribe', session: watching, format: 'binary' });
+  }
+  state.mic = 'off';
+  $('mic').textContent = 'talk through my microphone';
+  $('micstate').textContent = '';
+}
+
+// ------------------------------------------------------------------ controls
+
+$('url').value = params.get('ws') || ((location.protocol === 'https:' ? 'wss://' : 'ws://') + (location.host || '127.0.0.1:8765'));
+$('session').value = params.get('session') || 'default';
+$('connect').onclick = connect;
+$('session').onchange = () => {
+  if (own) return;
+  watch($('session').value || 'default');
+  send({ type: 'subscribe', session: watching, format: 'binary' });
+};
+$('send').onclick = () => send({ type: 'style', text: $('style').value, blend_s: 0.5, session: watching,
+                                 token: params.get('token') || undefined });
+$('mic').onclick = () => (mic || own ? stopMic(true) : startMic());
+$('pause').onclick = () => {
+  state.paused = !state.paused;
+  $('pause').textContent = state.paused ? 'resume' : 'pause';
+};
+
+loadHead().then(() => connect()).catch((e) => fail(e.message || e));
+animate();

@@ -1,0 +1,162 @@
+"""The 3D browser viewer in real headless Chromium: ``mm2face-live --serve --wav ... --loop`` with the
+default model serves the page, three.js (from the server, no CDN) and head.glb; the page connects,
+frames arrive, and the mouth's pixels differ between speech and silence. Then "talk through my
+microphone": Chromium's fake capture device plays a speech file into getUserMedia, the page streams
+PCM16 over the same WebSocket into its own session and shows that session's frames.
+
+Screenshots are kept in ``$MM2FACE_ARTEFACTS/browser_viewer`` (default ``out/test-artefacts/...``).
+"""
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from browser_helpers import HeadlessChromium, artefacts_dir
+from mm2face.realtime.sources import DEMO_WAV
+from mm2face.realtime.web_static import WEB_ROOT
+
+pytestmark = pytest.mark.slow    # the default model's start-up and software WebGL: about a minute
+
+SR = 16000
+SILENCE_S = 2.0                  # the looped test file: this much silence, then speech
+SPEECH = (0.5, 5.5)              # seconds of the bundled demo speech used (it pauses 2.9-3.8 s)
+SILENT_WINDOW = (0.5, 1.7)       # loop positions (s) where the face must be at rest (past the mouth-closing tail)
+OPEN_JAW = 0.2                   # jawOpen weight counted as an open mouth
+START_TIMEOUT_S = 240            # model load on a busy 2-core CI machine
+MIN_MOUTH_DIFF = 3.0             # mean |difference| (0-255) of the mouth crops, speech vs silence
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> Path:
+    """2 s of silence then 5 s of the demo speech (16 kHz PCM16), looped by the server and the fake mic."""
+    x, sr = sf.read(DEMO_WAV, dtype="float32")
+    assert sr == SR
+    clip = np.concatenate([np.zeros(int(SILENCE_S * SR), np.float32), x[int(SPEECH[0] * SR):int(SPEECH[1] * SR)]])
+    path = tmp_path_factory.mktemp("browser") / "silence_then_speech.wav"
+    sf.write(path, clip, SR, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def live_server(speech_wav):
+    """``mm2face-live --serve --wav speech_wav --loop`` on a free port; yields (http url, loop length s)."""
+    if not (WEB_ROOT / "vendor" / "three" / "build" / "three.module.js").exists():
+        pytest.fail("three.js is not vendored into realtime/web/vendor: run scripts/bootstrap.sh (npm ci in web/)")
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mm2face.realtime.cli", "--serve", "--port", str(port),
+                             "--wav", str(speech_wav), "--loop", "--threads", "1", "--quiet",
+                             "--capacity", "4"],   # not the start-up measurement: this CPU is shared
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_listening(proc, port)
+        yield f"http://127.0.0.1:{port}/", sf.info(speech_wav).duration
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_listening(proc, port: int) -> None:
+    import time
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mm2face-live exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)          # polling for the listening socket, not waiting for a count
+    pytest.fail(f"mm2face-live did not listen on port {port} within {START_TIMEOUT_S} s")
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+
+
+def _chromium_flags(speech_wav: Path) -> list[str]:
+    return ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-audio-capture={speech_wav}", "--autoplay-policy=no-user-gesture-required"]
+
+
+async def _mouth_shot(page, condition: str, timeout: float) -> tuple[bytes, dict]:
+    """Hold the face (the page's pause) at the first frame on screen for which ``condition`` holds,
+    screenshot the mouth's box, and let it play on."""
+    await page.wait_for(f"({condition}) && (window.mm2face.paused = true)", timeout)
+    try:
+        await page.eval("new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)))")
+        rect = await page.eval("window.mm2face.mouthRect()")
+        state = await page.eval("({jaw: window.mm2face.jawOpen, t: window.mm2face.shownT})")
+        return await page.screenshot(clip={k: rect[k] for k in ("x", "y", "width", "height")}), state
+    finally:
+        await page.eval("window.mm2face.paused = false")
+
+
+async def test_page_renders_the_live_head_and_the_mouth_moves_with_speech(live_server, speech_wav):
+    url, loop_s = live_server
+    out = artefacts_dir("browser_viewer")
+    async with HeadlessChromium(_chromium_flags(speech_wav)) as browser:
+        page = await browser.open(url)
+        await page.wait_for("window.mm2face && window.mm2face.connected && window.mm2face.headLoaded", 120)
+        await page.wait_for("window.mm2face.frames >= 50 && window.mm2face.rendered >= 3", 60)
+        assert await page.eval("window.mm2face.session") == "default"
+        assert await page.eval("window.mm2face.errors.length") == 0, await page.eval("window.mm2face.errors")
+        # The loop position of the frame on screen tells speech from silence (the session clock starts
+        # with the file and the loop has no gap).
+        pos = f"(window.mm2face.shownT % {loop_s})"
+        silent = f"{pos} > {SILENT_WINDOW[0]} && {pos} < {SILENT_WINDOW[1]}"
+        speaking = f"{pos} > {SILENCE_S + 0.2} && window.mm2face.jawOpen > {OPEN_JAW}"
+        quiet_png, quiet = await _mouth_shot(page, silent, 3 * loop_s)
+        speech_png, speech = await _mouth_shot(page, speaking, 3 * loop_s)
+        quiet2_png, quiet2 = await _mouth_shot(page, silent, 3 * loop_s)
+        (out / "mouth_silence.png").write_bytes(quiet_png)
+        (out / "mouth_speech.png").write_bytes(speech_png)
+        (out / "page.png").write_bytes(await page.screenshot())
+        a, b, c = _pixels(quiet_png), _pixels(speech_png), _pixels(quiet2_png)
+        h, w = (min(x.shape[i] for x in (a, b, c)) for i in (0, 1))
+        speech_diff = float(np.abs(b[:h, :w] - a[:h, :w]).mean())
+        rest_diff = float(np.abs(c[:h, :w] - a[:h, :w]).mean())
+        print(f"mouth |speech - silence| {speech_diff:.2f}, |silence - silence| {rest_diff:.2f}; "
+              f"jawOpen {quiet['jaw']:.3f} / {speech['jaw']:.3f} / {quiet2['jaw']:.3f}")
+        assert quiet["jaw"] < 0.05 and quiet2["jaw"] < 0.05, (quiet, quiet2)
+        assert speech_diff > MIN_MOUTH_DIFF, (speech_diff, rest_diff)
+        assert speech_diff > 2 * rest_diff, (speech_diff, rest_diff)
+
+
+async def test_talk_through_the_microphone(live_server, speech_wav):
+    url, _ = live_server
+    out = artefacts_dir("browser_viewer")
+    async with HeadlessChromium(_chromium_flags(speech_wav)) as browser:
+        page = await browser.open(url)
+        await page.wait_for("window.mm2face && window.mm2face.connected && window.mm2face.headLoaded", 120)
+        await page.click("#mic")
+        await page.wait_for("window.mm2face.mic === 'on'", 30)
+        session = await page.eval("window.mm2face.session")
+        assert session.startswith("s-"), session            # the page's own session, not "default"
+        frames0 = await page.eval("window.mm2face.frames")
+        # one second of microphone audio sent, frames of our session back, and the mouth opens with the speech
+        await page.wait_for(f"window.mm2face.micSamples >= {SR} && window.mm2face.frames >= {frames0} + 25", 60)
+        await page.wait_for(f"window.mm2face.jawOpen > {OPEN_JAW}", 60)
+        (out / "page_microphone.png").write_bytes(await page.screenshot())
+        assert await page.eval("window.mm2face.session") == session
+        assert await page.eval("window.mm2face.errors.length") == 0, await page.eval("window.mm2face.errors")
+        # stop: the page closes its session and watches the default session again
+        await page.click("#mic")
+        await page.wait_for("window.mm2face.mic === 'off' && window.mm2face.session === 'default'", 30)
