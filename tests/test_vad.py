@@ -162,3 +162,19 @@ def test_batched_sessions_equal_solo_with_the_gate(small, tts):
         out = np.stack([tf.frame.params for tf in got[k]])
         np.testing.assert_allclose(out, ref[i], atol=1e-4)
     assert max(b.stats["batch_sizes"]) >= 2
+
+
+def test_generate_cli_no_vad_flag(default, tmp_path):
+    import soundfile as sf
+
+    from mm2face.engine.frame import MotionClip
+    from mm2face.engine.generate_cli import main
+    wav = tmp_path / "rumble.wav"
+    sf.write(wav, set_peak(noise_bed("lowfreq", 16000 * 2, BED_DBFS, np.random.default_rng(7)), -6.0), 16000)
+    dims = mouth_dims(default.head_name)
+    moved = {}
+    for flag in ([], ["--no-vad"]):
+        out = tmp_path / f"m{len(flag)}.npz"
+        assert main(["--wav", str(wav), "--out", str(out), "--threads", "1"] + flag) == 0
+        moved[bool(flag)] = float(np.abs(MotionClip.load(out).motion[:, dims]).max())
+    assert moved[False] == 0.0 and moved[True] > 0.01
