@@ -6,6 +6,7 @@ Examples::
     mm2face-live --mic --serve                       # default microphone -> ws://127.0.0.1:8765
     mm2face-live --mic --device pulse --serve --view # a named PortAudio device, plus the viewer
     mm2face-live --wav talk.wav --loop --serve --mqtt 127.0.0.1:1883
+    mm2face-live --mic --livelink 192.168.1.20 --vmc 127.0.0.1   # Unreal Live Link Face, VSeeFace/VMC
     mm2face-live --serve --style "a cheerful host"   # text-only: idle motion from the style alone
 
 While it runs, type a new style on stdin and press Enter to change the style mid-stream.
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from mm2face.realtime import admission
+from mm2face.realtime import outputs as udp_outputs
 from mm2face.realtime.server import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger("mm2face.realtime")
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--no-batch", action="store_true",
                      help="step each session on its own instead of batching ready sessions into one step")
     srv.add_argument("--view", action="store_true", help="open the viewer window on the stream (implies --serve)")
+    udp_outputs.add_arguments(ap)
     admission.add_arguments(ap)
     out = ap.add_argument_group("model and output")
     out.add_argument("--ckpt", metavar="PATH", help="model checkpoint (default: the bundled default checkpoint)")
@@ -209,6 +212,11 @@ async def amain(args) -> int:
         args.wav = str(sources.DEMO_WAV)
 
     # Open the audio source before loading the model, so device problems are reported at once.
+    try:
+        outputs = udp_outputs.open_outputs(args)          # --livelink / --vmc
+    except udp_outputs.OutputError as e:
+        print(f"mm2face-live: {e}", file=sys.stderr)
+        return 2
     source = None
     try:
         if args.mic:
@@ -232,6 +240,7 @@ async def amain(args) -> int:
     hub = Hub(make_session, token=args.token, batch=not args.no_batch, limits=limits,
               server_session_control=args.server_session_control)
     live = await hub.create_session("default", style=args.style)
+    udp_outputs.attach(outputs, live)
     recorded, recorded_audio = [], []
     if args.record or demo_headless:
         live.listeners.append(lambda _live, frames: recorded.extend(frames))
@@ -309,6 +318,9 @@ async def amain(args) -> int:
             if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
                 print("mm2face-live: warning: listening beyond this machine without --token; anyone who can "
                       "reach the port can change the style", file=sys.stderr)
+        for o in outputs:
+            tasks.append(asyncio.create_task(guarded(o.run(), o.name), name=o.name))
+            print(f"mm2face-live: {o} at {o.playout.out_fps:g} fps", file=sys.stderr)
         if args.mqtt:
             from mm2face.realtime.mqtt import MqttBridge, parse_host_port
             host, port = parse_host_port(args.mqtt)

@@ -44,7 +44,7 @@ def parse_host_port(text: str, default_port: int = 1883) -> tuple[str, int]:
     if text.count(":") == 1:
         host, port = text.split(":")
         if not port.isdigit():
-            raise ValueError(f"MQTT port must be a number, got {port!r} (use HOST[:PORT])")
+            raise ValueError(f"port must be a number, got {port!r} (use HOST[:PORT])")
         return host or "127.0.0.1", int(port)
     return text or "127.0.0.1", default_port
 
