@@ -26,7 +26,8 @@ import numpy as np
 from mm2face.benchmarks.common import speech_like_audio, stats_ms
 
 SR = 16000
-STAGES = ("audio_enc_ms", "g_step_ms", "decode_ms")
+STAGES = ("audio_enc_ms", "g_step_ms", "decode_ms", "vad_ms")   # per-hop session stats (engine/session.py)
+STAGE_COLS = 2 + len(STAGES)     # stage records: (session, time, *STAGES)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -87,9 +88,9 @@ def warm_up(model, device="cpu", batches=(1, 2, 8), seconds: float = 2.0) -> Non
         b.run_until_idle()
 
 
-def make_session(model, device="cpu", style: str = "", seed: int = 0):
+def make_session(model, device="cpu", style: str = "", seed: int = 0, vad: bool = True):
     from mm2face.engine.session import StreamConfig, StreamSession
-    return StreamSession(model, StreamConfig(seed=seed), style=style, device=device)
+    return StreamSession(model, StreamConfig(seed=seed, vad=vad), style=style, device=device)
 
 
 # ----------------------------------------------------------------------------- in-process run
@@ -114,12 +115,12 @@ class LoopedAudio:
 
 def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="cpu",
                max_batch: int = 256, style: str = "", progress: bool = False, on_tick=None,
-               finish: bool = False) -> dict:
+               finish: bool = False, vad: bool = True) -> dict:
     """Feed ``audio`` to ``sessions`` sessions at real-time pace (session j starts ``j / sessions`` of a
     hop later than session 0, as independent clients would) through one batcher worker thread.
 
-    Returns ``{"frames": (n, 6) array of (session, seq, t_audio_s, arrival, ready, done), "stages": (m, 5)
-    array of (session, time, audio_enc_ms, g_step_ms, decode_ms), ...}`` with times in
+    Returns ``{"frames": (n, 6) array of (session, seq, t_audio_s, arrival, ready, done), "stages":
+    (m, STAGE_COLS) array of (session, time, *STAGES), ...}`` with times in
     ``time.perf_counter()`` seconds. Records are packed doubles (48 bytes a frame) so that a long soak
     measures the engine's memory, not the recorder's. ``on_tick(elapsed_s)`` is called about once a second.
     """
@@ -140,7 +141,7 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
             stages.extend((key, now, *(st.get(s, math.nan) for s in STAGES)))
 
     batcher = SessionBatcher(model, device=device, max_batch=max_batch, on_frames=on_frames)
-    keys = [batcher.add(make_session(model, device, style, seed=j)) for j in range(sessions)]
+    keys = [batcher.add(make_session(model, device, style, seed=j, vad=vad)) for j in range(sessions)]
     hop_s = model.samples_per_token / SR
     n = int(chunk_s * SR)
     n_chunks = -(-len(audio) // n)
@@ -183,7 +184,7 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
         batcher.stop()
     bs = batcher.stats
     return {"frames": np.frombuffer(recs, np.float64).reshape(-1, 6).copy(),
-            "stages": np.frombuffer(stages, np.float64).reshape(-1, 5).copy(),
+            "stages": np.frombuffer(stages, np.float64).reshape(-1, STAGE_COLS).copy(),
             "record_bytes": (len(recs) + len(stages) + len(lag)) * 8,
             "audio_s": len(audio) / SR, "sessions": sessions,
             "expected_frames": int(sum(expect)), "n_audio_frames": -(-len(audio) // 640),
@@ -203,7 +204,7 @@ def _totals(session) -> dict:
 # ----------------------------------------------------------------------------- WebSocket run
 
 def run_ws(model, audio: np.ndarray, sessions: int = 1, chunk_s: float = 0.02, device="cpu",
-           style: str = "") -> dict:
+           style: str = "", vad: bool = True) -> dict:
     """Stream ``audio`` from ``sessions`` WebSocket clients to the real server in a thread of this
     process, at real-time pace. Frames are binary; receipt is stamped with ``time.time()``."""
     import asyncio
@@ -212,7 +213,7 @@ def run_ws(model, audio: np.ndarray, sessions: int = 1, chunk_s: float = 0.02, d
     from mm2face.realtime.server import Hub, serve_hub
     import websockets
 
-    hub = Hub(lambda st: make_session(model, device, st), max_sessions=max(64, sessions + 1))
+    hub = Hub(lambda st: make_session(model, device, st, vad=vad), max_sessions=max(64, sessions + 1))
     stages: list[tuple] = []
     totals: list[dict] = []
 
@@ -301,7 +302,7 @@ def run_ws(model, audio: np.ndarray, sessions: int = 1, chunk_s: float = 0.02, d
     frames = np.array([r[:6] for r in recs if r[1] < n_audio_frames and math.isfinite(r[3])],
                       np.float64).reshape(-1, 6)
     send = [r[5] - r[6] for r in recs if r[1] < n_audio_frames and math.isfinite(r[6])]
-    return {"frames": frames, "stages": np.array(stages, np.float64).reshape(-1, 5), "audio_s": len(audio) / SR, "sessions": sessions,
+    return {"frames": frames, "stages": np.array(stages, np.float64).reshape(-1, STAGE_COLS), "audio_s": len(audio) / SR, "sessions": sessions,
             "send_s": send, "engine_totals": totals, "clock": "time.time (same host)",
             "transport": "WebSocket to mm2face.realtime.server in this process (binary frames)"}
 
@@ -335,7 +336,7 @@ def summarize(run: dict, hop_s: float = 0.08) -> dict:
             out["jitter_ms"] = {"std": float(iv.std() * 1e3),
                                 "p95_abs_dev": float(np.percentile(np.abs(iv - hop_s), 95) * 1e3)}
         out["worst_session_a2f_p95_ms"] = max(per_session_p95)
-    st = np.asarray(run["stages"], np.float64).reshape(-1, 5)[:, 2:]
+    st = np.asarray(run["stages"], np.float64).reshape(-1, STAGE_COLS)[:, 2:]
     stages = {}
     for i, s in enumerate(STAGES):
         if len(st):

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=("ws", "inproc"), default="ws",
                    help="ws: WebSocket clients -> the real server (default); inproc: batcher in this process")
     p.add_argument("--no-compare", action="store_true", help="skip the same-run comparisons")
+    p.add_argument("--no-vad", action="store_true",
+                   help="stream without the voice-activity gate (engine/vad.py; on by default, as mm2face-live)")
     p.add_argument("--contexts", default="5,10,30", help="contexts (s) for KV cache vs prefix recomputation")
     p.add_argument("--compare-backends", default="eager,static,onnx,int8",
                    help="backends compared with eager (comma list; 'compile' adds a minute of compiling on CPU)")
@@ -79,12 +81,13 @@ def run(args) -> dict:
     if args.transport == "ws":
         try:
             import websockets  # noqa: F401
-            runr = harness.run_ws(model, audio, args.sessions, args.chunk_ms / 1e3, args.device)
+            runr = harness.run_ws(model, audio, args.sessions, args.chunk_ms / 1e3, args.device, vad=not args.no_vad)
         except ImportError:
             print("websockets is not installed here: measuring in-process instead (--transport inproc)")
-            runr = harness.run_inproc(model, audio, args.sessions, args.chunk_ms / 1e3, args.device)
+            runr = harness.run_inproc(model, audio, args.sessions, args.chunk_ms / 1e3, args.device,
+                                      vad=not args.no_vad)
     else:
-        runr = harness.run_inproc(model, audio, args.sessions, args.chunk_ms / 1e3, args.device)
+        runr = harness.run_inproc(model, audio, args.sessions, args.chunk_ms / 1e3, args.device, vad=not args.no_vad)
     res["stream"] = harness.summarize(runr, model.samples_per_token / 16000)
     res["stream"]["wall_s"] = time.perf_counter() - t
     series = harness.latency_series(runr)
