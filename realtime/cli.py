@@ -30,6 +30,8 @@ from pathlib import Path
 
 from mm2face.realtime import admission
 from mm2face.realtime import outputs as udp_outputs
+from mm2face.realtime import protocol as P
+from mm2face.realtime.protocol import FRAME_FORMATS
 from mm2face.realtime.server import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger("mm2face.realtime")
@@ -70,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "recommended whenever --host is not 127.0.0.1")
     srv.add_argument("--mqtt", metavar="HOST[:PORT]", help="also publish frames to an MQTT broker")
     srv.add_argument("--mqtt-prefix", default="mm2face", help="MQTT topic prefix (default: %(default)s)")
+    srv.add_argument("--mqtt-format", choices=FRAME_FORMATS, default="json",
+                     help="MQTT frame payload: the protocol's json or binary frame, or ARKit-52 weights + head "
+                          "rotation as arkit (JSON) or arkit-binary (default: %(default)s; docs/arkit.md)")
+    srv.add_argument("--arkit-retarget", metavar="FILE.npz",
+                     help="ARKit map from `mm2face-retarget fit`, for a real-FLAME checkpoint (default: the "
+                          "stand-in head's exact map); used by the arkit frame formats")
     srv.add_argument("--no-batch", action="store_true",
                      help="step each session on its own instead of batching ready sessions into one step")
     srv.add_argument("--view", action="store_true", help="open the viewer window on the stream (implies --serve)")
@@ -164,6 +172,24 @@ def read_stdin_styles(loop: asyncio.AbstractEventLoop, on_line) -> None:
         threading.Thread(target=reader, name="stdin-style", daemon=True).start()
 
 
+def configure_arkit(hub, head_name: str, retarget_path: str | None, build_now: bool = True) -> None:
+    """The map of the ARKit frame formats: ``--arkit-retarget``, else the stand-in's for a stand-in model
+    (built now when ``build_now``, so that the first ARKit subscriber does not wait for it), else none:
+    ARKit subscriptions are then refused with the reason."""
+    from mm2face.engine.arkit import LinearRetarget, RetargetError, standin_retarget
+    if retarget_path:
+        try:
+            hub.arkit_retarget = LinearRetarget.load(retarget_path)
+        except RetargetError as e:
+            raise SystemExit(f"mm2face-live: --arkit-retarget: {e}") from None
+    elif head_name == "standin":
+        if build_now:
+            hub.arkit_retarget = standin_retarget()
+    else:
+        hub.arkit_error = (f"the model drives the {head_name!r} head, not the stand-in; start mm2face-live with "
+                           f"--arkit-retarget FILE (made by `mm2face-retarget fit`)")
+
+
 def load_the_model(args):
     import torch
     torch.set_grad_enabled(False)
@@ -239,6 +265,7 @@ async def amain(args) -> int:
                                         log=lambda line: print(f"mm2face-live: {line}", file=sys.stderr))
     hub = Hub(make_session, token=args.token, batch=not args.no_batch, limits=limits,
               server_session_control=args.server_session_control)
+    configure_arkit(hub, model.head_name, args.arkit_retarget, build_now=bool(serving or args.mqtt))
     live = await hub.create_session("default", style=args.style)
     udp_outputs.attach(outputs, live)
     recorded, recorded_audio = [], []
@@ -324,7 +351,11 @@ async def amain(args) -> int:
         if args.mqtt:
             from mm2face.realtime.mqtt import MqttBridge, parse_host_port
             host, port = parse_host_port(args.mqtt)
-            bridge = MqttBridge(hub, host, port, prefix=args.mqtt_prefix)
+            try:
+                bridge = MqttBridge(hub, host, port, prefix=args.mqtt_prefix, frame_format=args.mqtt_format)
+            except P.ProtocolError as e:
+                print(f"mm2face-live: --mqtt-format {args.mqtt_format}: {e.message}", file=sys.stderr)
+                return 2
             tasks.append(asyncio.create_task(guarded(bridge.run(), "mqtt"), name="mqtt"))
             print(f"mm2face-live: MQTT to {host}:{port}, topics {args.mqtt_prefix}/default/...", file=sys.stderr)
 

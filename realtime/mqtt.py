@@ -5,11 +5,15 @@ Topics, for every session ``<s>`` of the hub (``prefix`` defaults to ``mm2face``
 ========================  =========  ========  ====================================================
 topic                     direction  QoS/ret   payload
 ========================  =========  ========  ====================================================
-``mm2face/<s>/frames``    out        0 / no    one frame per message, the protocol's JSON ``frame``
-                                               (or the 272-byte binary frame with ``frame_format``)
+``mm2face/<s>/frames``    out        0 / no    one frame per message in ``frame_format``: the protocol's
+                                               JSON ``frame`` (default), the 272-byte binary frame, or
+                                               ARKit-52 (``arkit``: JSON with ``arkit`` + ``head_rot``;
+                                               ``arkit-binary``: 268 bytes); see docs/protocol.md
 ``mm2face/<s>/status``    out        1 / yes   ``{"session", "state": "live"|"closed", "style",
-                                               "guidance", "frames", "dropped"}``; the current state
-                                               (``dropped``: this session's frames the bridge dropped)
+                                               "guidance", "frames", "dropped", "frame_format"}``; the
+                                               current state (``dropped``: this session's frames the
+                                               bridge dropped); ARKit formats add ``arkit_names``,
+                                               ``arkit_map``, ``head_rot_order`` as in ``subscribed``
 ``mm2face/<s>/style``     in         1         plain UTF-8 style text, or JSON
                                                ``{"text", "blend_s", "guidance"}``; an empty
                                                payload (deleting a retained style) is ignored
@@ -77,7 +81,14 @@ class MqttBridge:
     def __init__(self, hub, host: str = "127.0.0.1", port: int = 1883, prefix: str = "mm2face",
                  frame_format: str = "json", max_queue: int = 250, retry_s: float = 2.0):
         self.hub, self.host, self.port, self.prefix = hub, host, port, prefix.rstrip("/")
+        if frame_format not in P.FRAME_FORMATS:
+            raise ValueError(f"MQTT frame format must be one of {list(P.FRAME_FORMATS)}, got {frame_format!r}")
+        hub.check_format(frame_format, "mqtt")              # ARKit needs a map for the model's head
         self.frame_format, self.retry_s = frame_format, retry_s
+        self._format_fields = {}
+        if frame_format in P.ARKIT_FORMATS:
+            from mm2face.engine.arkit import standin_retarget
+            self._format_fields = P.arkit_subscribed_fields(hub.arkit_retarget or standin_retarget())
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self.dropped = 0                          # frames dropped, all sessions
         self.dropped_by: collections.Counter[str] = collections.Counter()   # session name -> frames dropped
@@ -122,16 +133,16 @@ class MqttBridge:
 
     def _on_frames(self, live, frames) -> None:
         topic = f"{self.prefix}/{live.name}/frames"
-        enc = P.encode_frame_json if self.frame_format == "json" else P.encode_frame_binary
-        for f in frames:
-            self._put((topic, enc(f), 0, False), session=live.name)
+        for payload in P.FrameBatchEncoder(frames, self.hub.arkit_retarget).get(self.frame_format):
+            self._put((topic, payload, 0, False), session=live.name)
 
     def _publish_status(self, live, state: str | None = None) -> None:
         if not self._topic_ok(live.name):
             return
         status = {"session": live.name, "state": state or ("closed" if live.closed else "live"),
                   "style": live.style, "guidance": live.guidance, "frames": live.frames_out,
-                  "dropped": self.dropped_by.get(live.name, 0)}
+                  "dropped": self.dropped_by.get(live.name, 0), "frame_format": self.frame_format,
+                  **self._format_fields}
         self._put((f"{self.prefix}/{live.name}/status", json.dumps(status), 1, True))
 
     # -- broker side --------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import numpy as np
 from mm2face.engine.frame import EXP, FPS, FRAME_DIM, HEAD, JAW, SAMPLE_RATE
 from mm2face.realtime.resample import AudioFormatError, check_format
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2                # v2 = v1 + the ARKit frame formats; a v1 client sees v1 unchanged
+SUPPORTED_VERSIONS = (1, 2)         # what a client may ask for in hello (the reply echoes it)
 SERVER_NAME = "mm2face-live"
 
 # Limits (documented in docs/protocol.md).
@@ -32,7 +33,8 @@ MAX_STYLE_CHARS = 2000              # style text; longer texts are rejected, the
 MAX_SESSION_NAME = 64
 MAX_BLEND_S = 10.0
 GUIDANCE_RANGE = (0.0, 10.0)
-FRAME_FORMATS = ("json", "binary")
+ARKIT_FORMATS = ("arkit", "arkit-binary")   # ARKit-52 weights + head yaw/pitch/roll (v2, docs/arkit.md)
+FRAME_FORMATS = ("json", "binary") + ARKIT_FORMATS
 
 # Binary frame (server -> client), little-endian, 272 bytes:
 #   magic b"MMF1" | version u16 | flags u16 | seq u32 | session_num u32 |
@@ -41,7 +43,14 @@ FRAME_FORMATS = ("json", "binary")
 FRAME_MAGIC = b"MMF1"
 FRAME_STRUCT = struct.Struct("<4sHHII4d56f")
 FRAME_BYTES = FRAME_STRUCT.size            # 272
+FRAME_LAYOUT_VERSION = 1                   # the version field of an MMF1 frame (its layout is v1's)
 FLAG_FINAL = 1                              # the frame is the last one emitted by end()
+# ARKit binary frame ("arkit-binary", v2), little-endian, 268 bytes: the same header with magic b"MMA1" and
+# version 2, then 52 x f32 ARKit weights in ARKIT_NAMES order and 3 x f32 head yaw, pitch, roll (rad)
+ARKIT_FRAME_MAGIC = b"MMA1"
+ARKIT_FRAME_STRUCT = struct.Struct("<4sHHII4d52f3f")
+ARKIT_FRAME_BYTES = ARKIT_FRAME_STRUCT.size  # 268
+ARKIT_LAYOUT_VERSION = 2
 
 
 class ErrorCode:
@@ -247,9 +256,10 @@ def parse_text(data: str | bytes) -> Any:
         _check_unicode(token, "token", t)
     if t == "hello":
         v = _field(obj, "version", int, default=PROTOCOL_VERSION, ref=t)
-        if v != PROTOCOL_VERSION:
+        if v not in SUPPORTED_VERSIONS:
             raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
-                                f"protocol version {v} is not supported; this server speaks version {PROTOCOL_VERSION}", t)
+                                f"protocol version {v} is not supported; this server speaks versions "
+                                f"{', '.join(map(str, SUPPORTED_VERSIONS))}", t)
         client = _field(obj, "client", str, default="", ref=t)[:200]
         _check_unicode(client, "client", t)
         return Hello(version=v, token=token, client=client)
@@ -335,10 +345,12 @@ def event_json(type_: str, **fields) -> str:
     return _dumps({"type": type_, **fields})
 
 
-def hello_json(sessions: list[str], auth_required: bool, limits: dict | None = None) -> str:
-    """The server's greeting; ``limits``: its admission limits and sessions in use (see Admission.as_dict)."""
+def hello_json(sessions: list[str], auth_required: bool, limits: dict | None = None,
+               version: int = PROTOCOL_VERSION) -> str:
+    """The server's greeting; ``limits``: its admission limits and sessions in use (see Admission.as_dict);
+    ``version``: the one the client asked for (``versions`` lists all this server speaks)."""
     extra = {} if limits is None else {"limits": limits}
-    return event_json("hello", version=PROTOCOL_VERSION, server=SERVER_NAME, fps=FPS,
+    return event_json("hello", version=version, versions=list(SUPPORTED_VERSIONS), server=SERVER_NAME, fps=FPS,
                       sample_rate=SAMPLE_RATE, frame_dim=FRAME_DIM, frame_bytes=FRAME_BYTES,
                       sessions=sessions, auth_required=auth_required,
                       max_text_bytes=MAX_TEXT_BYTES, max_audio_bytes=MAX_AUDIO_BYTES, **extra)
@@ -363,6 +375,9 @@ class WireFrame:
     input_ready_time: float = math.nan
     style: str = ""
     final: bool = False
+    # (retarget, weights (52,), head_rot (3,)) once some encoder converted this frame to ARKit: the WebSocket
+    # subscribers, MQTT and other listeners of one published frame share one conversion
+    arkit_cache: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def expression(self) -> np.ndarray:
@@ -400,7 +415,7 @@ def encode_frame_binary(f: WireFrame) -> bytes:
     p = np.asarray(f.params, dtype="<f4").reshape(-1)
     if p.shape != (FRAME_DIM,):
         raise ValueError(f"frame params must be ({FRAME_DIM},), got {p.shape}")
-    return FRAME_STRUCT.pack(FRAME_MAGIC, PROTOCOL_VERSION, FLAG_FINAL if f.final else 0, f.seq & 0xFFFFFFFF,
+    return FRAME_STRUCT.pack(FRAME_MAGIC, FRAME_LAYOUT_VERSION, FLAG_FINAL if f.final else 0, f.seq & 0xFFFFFFFF,
                              f.session_num & 0xFFFFFFFF, f.t_audio_s, f.server_send_time,
                              f.audio_arrival_time, f.input_ready_time, *p.tolist())
 
@@ -410,8 +425,8 @@ def decode_frame_binary(data: bytes, session: str = "") -> WireFrame:
     if len(data) != FRAME_BYTES:
         raise ValueError(f"binary frame must be {FRAME_BYTES} bytes, got {len(data)}")
     magic, ver, flags, seq, num, t, send, arr, ready, *p = FRAME_STRUCT.unpack(data)
-    if magic != FRAME_MAGIC or ver != PROTOCOL_VERSION:
-        raise ValueError(f"not a v{PROTOCOL_VERSION} frame (magic {magic!r}, version {ver})")
+    if magic != FRAME_MAGIC or ver != FRAME_LAYOUT_VERSION:
+        raise ValueError(f"not an MMF1 frame (magic {magic!r}, version {ver})")
     return WireFrame(session=session, session_num=num, seq=seq, t_audio_s=t,
                      params=np.asarray(p, np.float32), server_send_time=send, audio_arrival_time=arr,
                      input_ready_time=ready, final=bool(flags & FLAG_FINAL))
@@ -427,6 +442,117 @@ def decode_frame_json(obj: dict | str) -> WireFrame:
     return WireFrame(session=obj["session"], session_num=-1, seq=int(obj["seq"]), t_audio_s=float(obj["t_audio_s"]),
                      params=params, server_send_time=g("server_send_time"), audio_arrival_time=g("audio_arrival_time"),
                      input_ready_time=g("input_ready_time"), style=obj.get("style", ""), final=bool(obj.get("final")))
+
+
+# ----------------------------------------------------------------------------------------------
+# ARKit frames (v2): the same frame as ARKit-52 weights and head yaw/pitch/roll (docs/arkit.md)
+
+@dataclass
+class ArkitWireFrame:
+    """Client side: one decoded ARKit frame. weights: (52,) float32 in ARKIT_NAMES order; head_rot: (3,)
+    float32 rad yaw, pitch, roll; times as in :class:`WireFrame`."""
+    session: str
+    session_num: int
+    seq: int
+    t_audio_s: float
+    weights: np.ndarray
+    head_rot: np.ndarray
+    server_send_time: float = math.nan
+    audio_arrival_time: float = math.nan
+    input_ready_time: float = math.nan
+    style: str = ""
+    final: bool = False
+
+
+def arkit_subscribed_fields(retarget) -> dict:
+    """What an ARKit subscription's ``subscribed`` reply adds: the names (sent once, then frames carry
+    bare arrays in this order), the map's version and the head rotation's order."""
+    from mm2face.engine.arkit import ARKIT_NAMES, HEAD_ROT_NAMES
+    return {"arkit_names": list(ARKIT_NAMES), "arkit_map": retarget.version, "head_rot_order": list(HEAD_ROT_NAMES)}
+
+
+def encode_frame_arkit_json(f: WireFrame, weights: np.ndarray, head_rot: np.ndarray) -> str:
+    obj = {"type": "frame", "session": f.session, "seq": int(f.seq), "t_audio_s": round(float(f.t_audio_s), 6),
+           "server_send_time": _opt_time(f.server_send_time),
+           "audio_arrival_time": _opt_time(f.audio_arrival_time),
+           "input_ready_time": _opt_time(f.input_ready_time),
+           "arkit": [round(float(v), 5) for v in weights],
+           "head_rot": [round(float(v), 6) for v in head_rot],
+           "style": f.style}
+    if f.final:
+        obj["final"] = True
+    return _dumps(obj)
+
+
+def encode_frame_arkit_binary(f: WireFrame, weights: np.ndarray, head_rot: np.ndarray) -> bytes:
+    return ARKIT_FRAME_STRUCT.pack(ARKIT_FRAME_MAGIC, ARKIT_LAYOUT_VERSION, FLAG_FINAL if f.final else 0,
+                                   f.seq & 0xFFFFFFFF, f.session_num & 0xFFFFFFFF, f.t_audio_s, f.server_send_time,
+                                   f.audio_arrival_time, f.input_ready_time,
+                                   *np.asarray(weights, "<f4").tolist(), *np.asarray(head_rot, "<f4").tolist())
+
+
+def decode_frame_arkit_binary(data: bytes, session: str = "") -> ArkitWireFrame:
+    """Client side: 268 packed bytes of an ``arkit-binary`` frame -> :class:`ArkitWireFrame`."""
+    if len(data) != ARKIT_FRAME_BYTES:
+        raise ValueError(f"ARKit binary frame must be {ARKIT_FRAME_BYTES} bytes, got {len(data)}")
+    magic, ver, flags, seq, num, t, send, arr, ready, *v = ARKIT_FRAME_STRUCT.unpack(data)
+    if magic != ARKIT_FRAME_MAGIC or ver != ARKIT_LAYOUT_VERSION:
+        raise ValueError(f"not an MMA1 frame (magic {magic!r}, version {ver})")
+    return ArkitWireFrame(session=session, session_num=num, seq=seq, t_audio_s=t, weights=np.asarray(v[:52], np.float32),
+                          head_rot=np.asarray(v[52:], np.float32), server_send_time=send, audio_arrival_time=arr,
+                          input_ready_time=ready, final=bool(flags & FLAG_FINAL))
+
+
+def decode_frame_arkit_json(obj: dict | str) -> ArkitWireFrame:
+    """Client side: an ARKit ``frame`` JSON message (text or parsed) -> :class:`ArkitWireFrame`."""
+    if isinstance(obj, (str, bytes)):
+        obj = json.loads(obj)
+    g = lambda k: math.nan if obj.get(k) is None else float(obj[k])  # noqa: E731
+    return ArkitWireFrame(session=obj["session"], session_num=-1, seq=int(obj["seq"]), t_audio_s=float(obj["t_audio_s"]),
+                          weights=np.asarray(obj["arkit"], np.float32), head_rot=np.asarray(obj["head_rot"], np.float32),
+                          server_send_time=g("server_send_time"), audio_arrival_time=g("audio_arrival_time"),
+                          input_ready_time=g("input_ready_time"), style=obj.get("style", ""), final=bool(obj.get("final")))
+
+
+class FrameBatchEncoder:
+    """Encodes one batch of frames for any number of subscribers: each format at most once, and the ARKit
+    conversion (one matrix product for the whole batch) at most once, whichever ARKit formats are asked for.
+
+    ``retarget``: the :class:`~mm2face.engine.arkit.LinearRetarget` (None = the stand-in map)."""
+
+    def __init__(self, frames: list[WireFrame], retarget=None):
+        self.frames, self.retarget = frames, retarget
+        self._encoded: dict[str, list] = {}
+        self._arkit = None
+
+    def arkit(self):
+        """The batch as :class:`~mm2face.engine.arkit.ArkitFrames` (computed on first use, or taken from the
+        frames' ``arkit_cache`` when another encoder converted them with the same map)."""
+        if self._arkit is None:
+            from mm2face.engine.arkit import ArkitFrames, to_arkit
+            cached = [f.arkit_cache for f in self.frames]
+            if self.frames and all(c is not None and c[0] is self.retarget for c in cached):
+                self._arkit = ArkitFrames(weights=np.stack([c[1] for c in cached]),
+                                          head_rot=np.stack([c[2] for c in cached]))
+            else:
+                self._arkit = to_arkit(np.stack([f.params for f in self.frames]), self.retarget)
+                for i, f in enumerate(self.frames):
+                    f.arkit_cache = (self.retarget, self._arkit.weights[i], self._arkit.head_rot[i])
+        return self._arkit
+
+    def get(self, fmt: str) -> list:
+        if fmt not in self._encoded:
+            if fmt == "json":
+                self._encoded[fmt] = [encode_frame_json(f) for f in self.frames]
+            elif fmt == "binary":
+                self._encoded[fmt] = [encode_frame_binary(f) for f in self.frames]
+            elif fmt in ARKIT_FORMATS:
+                a = self.arkit()
+                enc = encode_frame_arkit_json if fmt == "arkit" else encode_frame_arkit_binary
+                self._encoded[fmt] = [enc(f, a.weights[i], a.head_rot[i]) for i, f in enumerate(self.frames)]
+            else:
+                raise ValueError(f"unknown frame format {fmt!r}; one of {list(FRAME_FORMATS)}")
+        return self._encoded[fmt]
 
 
 def needs_token(msg) -> bool:

@@ -70,7 +70,7 @@ class LiveSession:
     def __init__(self, hub: "Hub", name: str, num: int, session, style: str, owner=None):
         self.hub, self.name, self.num, self.session, self.owner = hub, name, num, session, owner
         self.style, self.guidance = style, None
-        self.subscribers: dict["ClientConn", str] = {}     # client -> "json" | "binary"
+        self.subscribers: dict["ClientConn", str] = {}     # client -> a protocol FRAME_FORMATS entry
         self.listeners: list[Callable[["LiveSession", list[P.WireFrame]], None]] = []
         self.audio_taps: list[Callable[[np.ndarray], None]] = []   # see every 16 kHz chunk pushed
         # One lock per session; with cross-session batching all sessions share the hub's lock, since
@@ -321,12 +321,9 @@ class LiveSession:
                 self._latency_ms.append(1e3 * (now - wf.input_ready_time))
             if math.isfinite(wf.audio_arrival_time):
                 self._a2f_ms.append(1e3 * (now - wf.audio_arrival_time))
-        encoded: dict[str, list] = {}
+        encoder = P.FrameBatchEncoder(out, self.hub.arkit_retarget)    # each format (and ARKit) once
         for client, fmt in list(self.subscribers.items()):
-            if fmt not in encoded:
-                enc = P.encode_frame_json if fmt == "json" else P.encode_frame_binary
-                encoded[fmt] = [enc(wf) for wf in out]
-            for m in encoded[fmt]:
+            for m in encoder.get(fmt):
                 client.send_frame(m, self)
         self.frames_out += len(out)
         self.last_frame = out[-1]
@@ -614,6 +611,9 @@ class Hub:
         self.errors: collections.Counter[str] = collections.Counter()   # error replies by code
         self._building: collections.Counter = collections.Counter()      # client addr -> sessions being built
         self._nums = itertools.count(1)
+        # ARKit frame formats: the map (None = the stand-in's); arkit_error refuses them, saying why
+        self.arkit_retarget = None
+        self.arkit_error: str | None = None
         self.status_listeners: list[Callable[[LiveSession], None]] = []
         self.session_listeners: list[Callable[[LiveSession, bool], None]] = []   # (session, created?)
         self.started = time.time()
@@ -777,11 +777,22 @@ class Hub:
             raise P.ProtocolError(P.ErrorCode.NOT_OWNER, f"session {live.name!r} belongs to another client; "
                                   "only its owner may end, flush or close it", ref)
 
+    def check_format(self, fmt: str, ref: str) -> None:
+        """ARKit formats need a map for the model's head (the stand-in's, or one from mm2face-retarget)."""
+        if fmt in P.ARKIT_FORMATS and self.arkit_error is not None:
+            raise P.ProtocolError(P.ErrorCode.BAD_MESSAGE, f"{ref}: format {fmt!r} is not available: "
+                                  f"{self.arkit_error}", ref)
+
     def _subscribe(self, client: ClientConn, live: LiveSession, fmt: str) -> None:
+        self.check_format(fmt, "subscribe")
+        extra = {}
+        if fmt in P.ARKIT_FORMATS:
+            from mm2face.engine.arkit import standin_retarget
+            extra = P.arkit_subscribed_fields(self.arkit_retarget or standin_retarget())
         live.subscribers[client] = fmt
         client.subs.add(live.name)
         client.send_control(P.event_json("subscribed", session=live.name, session_num=live.num, format=fmt,
-                                         style=live.style))
+                                         style=live.style, **extra))
 
     async def _on_message(self, client: ClientConn, msg) -> None:
         self._check_auth(client, msg)
@@ -791,7 +802,7 @@ class Hub:
                     raise P.ProtocolError(P.ErrorCode.UNAUTHORIZED, "wrong token", "hello")
                 client.authed = True
             client.send_control(P.hello_json(self.live_sessions(), auth_required=not client.authed,
-                                             limits=self.limits_info()))
+                                             limits=self.limits_info(), version=msg.version))
         elif isinstance(msg, P.Subscribe):
             self._subscribe(client, self._session(msg.session, client, "subscribe"), msg.format)
         elif isinstance(msg, P.Unsubscribe):
@@ -803,6 +814,7 @@ class Hub:
             if client.own is not None:
                 raise P.ProtocolError(P.ErrorCode.SESSION_EXISTS, f"this client already has session "
                                       f"{client.own.name!r}; send close first", "open")
+            self.check_format(msg.format, "open")
             name = msg.session or f"s-{secrets.token_hex(4)}"
             live = await self.create_session(name, style=msg.style, owner=client, idle=msg.idle)
             if msg.guidance is not None:

@@ -122,3 +122,50 @@ async def test_frames_out_style_in_status_retained(broker, make_session):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_arkit_payload_format(broker, make_session):
+    """--mqtt-format arkit: frames carry ARKit-52 weights + head rotation, the retained status names them."""
+    import aiomqtt
+
+    from mm2face.engine.arkit import ARKIT_NAMES, to_arkit
+    hub = Hub(make_session)
+    live = await hub.create_session("ak")
+    with pytest.raises(ValueError, match="frame format"):
+        MqttBridge(hub, "127.0.0.1", broker, frame_format="xml")
+    bridge = MqttBridge(hub, "127.0.0.1", broker, prefix="akt", frame_format="arkit-binary")
+    recorded = []
+    live.listeners.append(lambda _live, frames: recorded.extend(frames))
+    task = asyncio.create_task(bridge.run())
+    try:
+        async with asyncio.timeout(10):
+            await bridge.connected.wait()
+        async with aiomqtt.Client("127.0.0.1", broker) as c:
+            await c.subscribe("akt/ak/#", qos=1)
+            rng = np.random.default_rng(1)
+            n = len(await live.push_audio((0.2 * rng.standard_normal(16000)).astype(np.float32)))
+            n += len(await live.end())
+            frames, status = [], None
+            async with asyncio.timeout(20):
+                async for m in c.messages:
+                    if str(m.topic) == "akt/ak/status":
+                        status = json.loads(m.payload)
+                    elif str(m.topic) == "akt/ak/frames":
+                        frames.append(P.decode_frame_arkit_binary(bytes(m.payload)))
+                    if len(frames) == n and status is not None:
+                        break
+        assert status["frame_format"] == "arkit-binary" and status["arkit_names"] == list(ARKIT_NAMES)
+        assert [f.seq for f in frames] == list(range(n)) and frames[-1].final
+        ref = to_arkit(np.stack([f.params for f in recorded]))
+        np.testing.assert_allclose(np.stack([f.weights for f in frames]), ref.weights, atol=1e-6)
+        np.testing.assert_allclose(np.stack([f.head_rot for f in frames]), ref.head_rot, atol=1e-6)
+        assert bridge.dropped == 0
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # a server whose model has no ARKit map refuses the format with the reason
+    hub2 = Hub(make_session)
+    hub2.arkit_error = "no map for this head"
+    with pytest.raises(P.ProtocolError, match="no map for this head"):
+        MqttBridge(hub2, "127.0.0.1", broker, frame_format="arkit")

@@ -16,7 +16,7 @@ GOOD = ['{"type":"hello","version":1}', '{"type":"subscribe","session":"a","form
         '{"type":"style","text":"happy","blend_s":0.3,"guidance":2}', '{"type":"end"}', '{"type":"flush"}',
         '{"type":"close"}', '{"type":"stats","session":"default"}', '{"type":"unsubscribe"}']
 BAD = ['{"type":"dance"}', '{"type":"style"}', '{"type":"subscribe","format":"xml"}',
-       '{"type":"open","sample_rate":1000}', '{"type":"hello","version":2}',
+       '{"type":"open","sample_rate":1000}', '{"type":"hello","version":3}',
        '{"type":"style","text":"a","blend_s":-1}']
 
 

@@ -35,7 +35,7 @@ def test_parse_known_messages_with_defaults():
     ('{"kind":"x"}', P.ErrorCode.UNKNOWN_TYPE),
     ('{"type":"dance"}', P.ErrorCode.UNKNOWN_TYPE),
     ('{"type":5}', P.ErrorCode.UNKNOWN_TYPE),
-    ('{"type":"hello","version":2}', P.ErrorCode.UNSUPPORTED_VERSION),
+    ('{"type":"hello","version":3}', P.ErrorCode.UNSUPPORTED_VERSION),
     ('{"type":"subscribe","format":"xml"}', P.ErrorCode.BAD_MESSAGE),
     ('{"type":"subscribe","session":""}', P.ErrorCode.BAD_MESSAGE),
     ('{"type":"subscribe","session":7}', P.ErrorCode.BAD_MESSAGE),
