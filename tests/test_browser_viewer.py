@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from browser_helpers import HeadlessChromium, artefacts_dir
+from mm2face.realtime import protocol as P
 from mm2face.realtime.sources import DEMO_WAV
 from mm2face.realtime.web_static import WEB_ROOT
 
@@ -117,6 +118,10 @@ async def test_page_renders_the_live_head_and_the_mouth_moves_with_speech(live_s
         await page.wait_for("window.mm2face && window.mm2face.connected && window.mm2face.headLoaded", 120)
         await page.wait_for("window.mm2face.frames >= 50 && window.mm2face.rendered >= 3", 60)
         assert await page.eval("window.mm2face.session") == "default"
+        # engines' route: ARKit frames from the server where it has them (protocol v2), else v1 frames
+        # mapped in the page with the server's map (the microphone test below takes that route)
+        expected = "arkit-binary" if "arkit-binary" in P.FRAME_FORMATS else "binary"
+        assert await page.eval("window.mm2face.format") == expected
         assert await page.eval("window.mm2face.errors.length") == 0, await page.eval("window.mm2face.errors")
         # The loop position of the frame on screen tells speech from silence (the session clock starts
         # with the file and the loop has no gap).
@@ -144,7 +149,7 @@ async def test_talk_through_the_microphone(live_server, speech_wav):
     url, _ = live_server
     out = artefacts_dir("browser_viewer")
     async with HeadlessChromium(_chromium_flags(speech_wav)) as browser:
-        page = await browser.open(url)
+        page = await browser.open(url + "?format=binary")     # v1 frames, mapped to ARKit in the page
         await page.wait_for("window.mm2face && window.mm2face.connected && window.mm2face.headLoaded", 120)
         await page.click("#mic")
         await page.wait_for("window.mm2face.mic === 'on'", 30)
@@ -156,6 +161,7 @@ async def test_talk_through_the_microphone(live_server, speech_wav):
         await page.wait_for(f"window.mm2face.jawOpen > {OPEN_JAW}", 60)
         (out / "page_microphone.png").write_bytes(await page.screenshot())
         assert await page.eval("window.mm2face.session") == session
+        assert await page.eval("window.mm2face.format") == "binary"
         assert await page.eval("window.mm2face.errors.length") == 0, await page.eval("window.mm2face.errors")
         # stop: the page closes its session and watches the default session again
         await page.click("#mic")

@@ -100,6 +100,29 @@ def read_glb(data: bytes) -> tuple[dict, bytes]:
     return gltf, binary
 
 
+_NUMPY_OF = {FLOAT: np.float32, UNSIGNED_BYTE: np.uint8, UNSIGNED_SHORT: np.uint16, UNSIGNED_INT: np.uint32}
+_WIDTH_OF = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
+
+
+def accessor_array(gltf: dict, binary: bytes, index: int) -> np.ndarray:
+    """The data of accessor ``index`` as a ``(count, width)`` array (sparse substitution applied;
+    an accessor without a buffer view is zeros). Tightly packed views only, as :func:`build_glb` writes."""
+    acc = gltf["accessors"][index]
+    dtype, width = _NUMPY_OF[acc["componentType"]], _WIDTH_OF[acc["type"]]
+
+    def view(i, dt, n):
+        v = gltf["bufferViews"][i]
+        return np.frombuffer(binary, dt, n, v["byteOffset"]).copy()
+
+    out = (view(acc["bufferView"], dtype, acc["count"] * width).reshape(-1, width)
+           if "bufferView" in acc else np.zeros((acc["count"], width), dtype))
+    sp = acc.get("sparse")
+    if sp:
+        idx = view(sp["indices"]["bufferView"], _NUMPY_OF[sp["indices"]["componentType"]], sp["count"])
+        out[idx.astype(np.int64)] = view(sp["values"]["bufferView"], dtype, sp["count"] * width).reshape(-1, width)
+    return out
+
+
 class _Builder:
     """Accumulates buffer views and accessors of one binary buffer."""
 

@@ -4,9 +4,12 @@
 // URL parameters: ?session=NAME (default "default"), &token=T (servers started with --token),
 // &ws=ws://host:port (another server), &buffer_ms=100 (play-out delay).
 //
-// Frames: the page subscribes in the binary format (272 bytes, 56 floats) and maps each frame to the
-// 52 ARKit weights of the head's morph targets with the server's own linear map
-// (/arkit_retarget.json, mm2face.engine.arkit.LinearRetarget) and the head pose to the "head" node.
+// Frames: the page subscribes in the "arkit-binary" format (protocol v2, 268 bytes: 52 ARKit weights in
+// the order the "subscribed" reply names, then head yaw, pitch, roll) and sets the head's morph targets
+// of the same names and the "head" node's rotation, as any engine would. A server without the ARKit
+// formats gets the v1 "binary" format (56 floats), mapped to the 52 weights in the page with the
+// server's own linear map (/arkit_retarget.json, mm2face.engine.arkit.LinearRetarget). ?format=binary
+// forces that route.
 // Frames come in pairs (one motion token = 2 frames, 80 ms); a small play-out buffer shows them evenly
 // at 25 fps, interpolated between frames.
 //
@@ -18,7 +21,11 @@ import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
 
 const MAGIC = 0x4d4d4631;           // "MMF1", big-endian read of the binary frame's first 4 bytes
 const FRAME_BYTES = 272;
-const PARAMS_OFFSET = 48;           // 56 float32 after the header
+const ARKIT_MAGIC = 0x4d4d4131;     // "MMA1": the arkit-binary frame
+const ARKIT_FRAME_BYTES = 268;
+const PARAMS_OFFSET = 48;           // after the 48-byte header: 56 float32 (MMF1) or 52 + 3 float32 (MMA1)
+const N_ARKIT = 52;
+const HELLO_VERSION = 2;            // v2 = v1 + the ARKit frame formats
 const FRAME_DIM = 56;
 const HEAD_POSE = 50;               // frame[50:53]: head pose, axis-angle (rad)
 const MIC_RATE = 16000;             // the model's rate; Chromium resamples the microphone to it
@@ -69,9 +76,10 @@ scene.add(fill);
 
 let face = null;          // the SkinnedMesh with the 52 morph targets
 let headBone = null;      // node "head": the frame's head pose turns it
-let morphIndex = null;    // ARKit index -> morphTargetInfluences index
-let retarget = null;      // {pos, neg, bias, names}
-const jawOpenK = 17;      // ARKIT_NAMES.indexOf('jawOpen'); checked against the server's list below
+let retarget = null;      // {pos, neg, bias, names}: the server's ARKit map, for v1 frames
+let wireNames = null;     // ARKit names in the order frames carry them (the subscription's)
+let morphIndex = null;    // wire index -> morphTargetInfluences index
+let jawK = -1;            // wire index of jawOpen
 
 async function fetchWhenReady(url) {
   // The server builds head.glb on the first page request (a few seconds): 503 + Retry-After until then.
@@ -93,7 +101,6 @@ async function loadHead() {
     fetchWhenReady('/arkit_retarget.json').then((r) => r.json()),
   ]);
   retarget = rt;
-  if (rt.names[jawOpenK] !== 'jawOpen') throw new Error('arkit_retarget.json: unexpected ARKit name order');
   state.retargetLoaded = true;
   const gltf = await new GLTFLoader().parseAsync(glb, '');
   gltf.scene.traverse((o) => {
@@ -101,17 +108,23 @@ async function loadHead() {
   });
   headBone = gltf.scene.getObjectByName('head');
   if (!face || !headBone) throw new Error('head.glb has no morph-target mesh or no "head" node');
-  morphIndex = rt.names.map((n) => {
-    const i = face.morphTargetDictionary[n];
-    if (i === undefined) throw new Error(`head.glb has no morph target ${n}`);
-    return i;
-  });
+  useNames(rt.names);
   face.frustumCulled = false;
   scene.add(gltf.scene);
   state.headLoaded = true;
 }
 
 // ------------------------------------------------------------------ frames -> ARKit weights, head rotation
+
+function useNames(names) {
+  morphIndex = names.map((n) => {
+    const i = face.morphTargetDictionary[n];
+    if (i === undefined) throw new Error(`head.glb has no morph target ${n}`);
+    return i;
+  });
+  wireNames = names;
+  jawK = names.indexOf('jawOpen');
+}
 
 function arkitWeights(p) {
   const { pos, neg, bias } = retarget;
@@ -126,8 +139,13 @@ function arkitWeights(p) {
     w[k] = Math.min(1, Math.max(0, s));
   }
   const close = retarget.names.indexOf('mouthClose');
-  w[close] = Math.min(w[close], w[jawOpenK]);
+  w[close] = Math.min(w[close], w[retarget.names.indexOf('jawOpen')]);
   return w;
+}
+
+// ARKit head yaw, pitch, roll (rad) in the head's own axes: R = Ry(yaw) Rx(pitch) Rz(roll)
+function headQuaternionYpr(yaw, pitch, roll) {
+  return new THREE.Quaternion().setFromEuler(new THREE.Euler(pitch, yaw, roll, 'YXZ'));
 }
 
 function headQuaternion(p) {
@@ -145,10 +163,9 @@ const arrivals = [];      // performance.now() of recent frames, for the fps fig
 
 function nowS() { return performance.now() / 1000; }
 
-function onFrame(seq, t, arrival, p) {
-  if (!retarget) return;
+function onFrame(seq, t, arrival, w, q) {
   if (frames.length && seq <= frames[frames.length - 1].seq) frames.length = 0;   // a new session started
-  frames.push({ seq, t, w: arkitWeights(p), q: headQuaternion(p) });
+  frames.push({ seq, t, w, q });
   state.frames++;
   state.lastSeq = seq;
   const play = nowS() - (clockOffset ?? 0);
@@ -179,7 +196,7 @@ function applyPlayout() {
   const inf = face.morphTargetInfluences;
   for (let k = 0; k < a.w.length; k++) inf[morphIndex[k]] = a.w[k] + (b.w[k] - a.w[k]) * u;
   headBone.quaternion.slerpQuaternions(a.q, b.q, u);
-  state.jawOpen = inf[morphIndex[jawOpenK]];
+  state.jawOpen = inf[morphIndex[jawK]];
   state.shownT = a.t + (b.t - a.t) * u;
   if (a.seq !== shownSeq) { shownSeq = a.seq; state.rendered++; }
 }
@@ -218,11 +235,12 @@ function animate() {
   }
 }
 
-// ------------------------------------------------------------------ WebSocket, protocol v1
+// ------------------------------------------------------------------ WebSocket, protocol v1 / v2
 
 let ws = null;
 let watching = null;      // the session whose frames are shown
 let own = null;           // our own session (microphone), once opened
+state.format = params.get('format') === 'binary' ? 'binary' : 'arkit-binary';
 
 function send(obj) {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
@@ -240,6 +258,33 @@ function watch(name) {
   frames.length = 0;
   clockOffset = null;
   latencies.length = 0;
+  send({ type: 'subscribe', session: name, format: state.format });
+}
+
+function hello(version) {
+  const token = params.get('token');
+  send({ type: 'hello', version, client: 'mm2face-web', ...(token ? { token } : {}) });
+}
+
+function toV1() {            // a server without the ARKit formats: v1 frames, mapped in the page
+  if (state.format === 'binary') return false;
+  state.format = 'binary';
+  useNames(retarget.names);
+  return true;
+}
+
+function onBinary(buf) {
+  const dv = new DataView(buf);
+  const magic = buf.byteLength >= 4 ? dv.getUint32(0, false) : 0;
+  const seq = () => dv.getUint32(8, true), t = () => dv.getFloat64(16, true), arr = () => dv.getFloat64(32, true);
+  if (magic === ARKIT_MAGIC && buf.byteLength === ARKIT_FRAME_BYTES) {
+    const w = new Float32Array(buf, PARAMS_OFFSET, N_ARKIT);
+    const r = new Float32Array(buf, PARAMS_OFFSET + 4 * N_ARKIT, 3);
+    onFrame(seq(), t(), arr(), w, headQuaternionYpr(r[0], r[1], r[2]));
+  } else if (magic === MAGIC && buf.byteLength === FRAME_BYTES && state.format === 'binary') {
+    const p = new Float32Array(buf, PARAMS_OFFSET, FRAME_DIM);
+    onFrame(seq(), t(), arr(), arkitWeights(p), headQuaternion(p));
+  }
 }
 
 function connect() {
@@ -252,10 +297,9 @@ function connect() {
   ws.onopen = () => {
     state.connected = true;
     $('state').textContent = 'connected';
-    const token = params.get('token');
-    send(token ? { type: 'hello', version: 1, client: 'mm2face-web', token } : { type: 'hello', version: 1, client: 'mm2face-web' });
+    hello(state.format === 'binary' ? 1 : HELLO_VERSION);
+    watching = null;
     watch($('session').value || 'default');
-    send({ type: 'subscribe', session: watching, format: 'binary' });
   };
   ws.onclose = (ev) => {
     state.connected = false;
@@ -265,24 +309,22 @@ function connect() {
   ws.onerror = () => fail(`WebSocket error on ${url}`);
   ws.onmessage = (ev) => {
     if (typeof ev.data !== 'string') {
-      if (ev.data.byteLength !== FRAME_BYTES) return;
-      const dv = new DataView(ev.data);
-      if (dv.getUint32(0, false) !== MAGIC) return;
-      onFrame(dv.getUint32(8, true), dv.getFloat64(16, true), dv.getFloat64(32, true),
-              new Float32Array(ev.data, PARAMS_OFFSET, FRAME_DIM));
+      onBinary(ev.data);
       return;
     }
     const msg = JSON.parse(ev.data);
     switch (msg.type) {
       case 'subscribed':
-        if (msg.session === watching) setStyleText(msg.style ?? '');
+        if (msg.session !== watching) break;
+        setStyleText(msg.style ?? '');
+        if (msg.format === 'arkit-binary' && msg.arkit_names) useNames(msg.arkit_names);
         break;
       case 'style':
         if (msg.session === watching) setStyleText(msg.text);
         break;
       case 'opened':
         own = msg.session;
-        watch(own);
+        watch(own);        // the opener is subscribed already; this makes the page's bookkeeping follow
         state.mic = 'on';
         $('micstate').textContent = `streaming into session ${own}`;
         break;
@@ -290,6 +332,15 @@ function connect() {
         if (msg.session === watching && msg.session !== own) $('state').textContent = `session ${msg.session} closed`;
         break;
       case 'error':
+        if (msg.code === 'unsupported_version' && msg.ref === 'hello' && toV1()) {
+          hello(1);
+          watch(watching);
+          break;
+        }
+        if (msg.ref === 'subscribe' && msg.code === 'bad_message' && /format/.test(msg.message)) {
+          if (toV1()) watch(watching);
+          break;
+        }
         fail(`server: ${msg.code}: ${msg.message}`);
         if (msg.ref === 'open') stopMic(false);   // refused (capacity, limits, token): no session of ours
         break;
@@ -333,7 +384,7 @@ async function startMic() {
     };
     // The server resamples any rate from 8 to 192 kHz; we tell it the one the browser gave us.
     send({ type: 'open', sample_rate: ctx.sampleRate, sample_format: 'pcm16', style: state.style,
-           format: 'binary', token: params.get('token') || undefined });
+           format: state.format, token: params.get('token') || undefined });
     $('mic').textContent = 'stop the microphone';
   } catch (e) {
     state.mic = 'off';
@@ -353,7 +404,6 @@ function stopMic(closeSession = true) {
   if (had && closeSession) {              // back to the session we watched before
     send({ type: 'close', session: had, token: params.get('token') || undefined });
     watch($('session').value || 'default');
-    send({ type: 'subscribe', session: watching, format: 'binary' });
   }
   state.mic = 'off';
   $('mic').textContent = 'talk through my microphone';
@@ -368,7 +418,6 @@ $('connect').onclick = connect;
 $('session').onchange = () => {
   if (own) return;
   watch($('session').value || 'default');
-  send({ type: 'subscribe', session: watching, format: 'binary' });
 };
 $('send').onclick = () => send({ type: 'style', text: $('style').value, blend_s: 0.5, session: watching,
                                  token: params.get('token') || undefined });
