@@ -9,6 +9,18 @@ cd "$ROOT"
 APT_PKGS=(ffmpeg espeak-ng libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libportaudio2
           pulseaudio pulseaudio-utils mosquitto sox xvfb xauth
           chromium fonts-dejavu-core)   # chromium: the browser viewer's headless test
+# Opt-in extras, comma-separated in MM2FACE_BOOTSTRAP_EXTRAS (the demo needs none):
+#   test  what the test suite needs beyond the demo (scripts/test.sh sets it): PyAudio, the second
+#         PortAudio binding of `mm2face-live --mic --audio-backend pyaudio`. PyPI serves it as a source
+#         archive only, so it is built against PortAudio's headers with a C compiler (and Python's headers).
+PIP_EXTRAS="dev"
+if [[ ",${MM2FACE_BOOTSTRAP_EXTRAS:-}," == *,test,* ]]; then
+  APT_PKGS+=(portaudio19-dev gcc libc6-dev)
+  hdr_py=".venv/bin/python"; [ -x "$hdr_py" ] || hdr_py="${PYTHON:-python3}"
+  "$hdr_py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    2>/dev/null || APT_PKGS+=(python3-dev)
+  PIP_EXTRAS="dev,pyaudio"
+fi
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -26,7 +38,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY="$ROOT/.venv/bin/python"
-stamp=".venv/.mm2face-installed"
+stamp=".venv/.mm2face-installed"   # one stamp per extras set; [dev,pyaudio] also satisfies [dev]
+[ "$PIP_EXTRAS" = dev ] || stamp="$stamp-${PIP_EXTRAS//,/-}"
 want="$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VPY" -m pip install -q --upgrade pip
@@ -34,8 +47,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
     "$VPY" -m pip install -q "torch==2.13.0"
   fi
-  "$VPY" -m pip install -q -e ".[dev]"
+  "$VPY" -m pip install -q -e ".[$PIP_EXTRAS]"
   echo "$want" > "$stamp"
+  echo "$want" > .venv/.mm2face-installed
 fi
 # Node tooling (web/package.json, pinned): three.js for the browser viewer and the Khronos glTF
 # validator for the tests, into the ignored web/node_modules. The viewer's three.js files are then

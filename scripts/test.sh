@@ -3,7 +3,8 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k flame`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/bootstrap.sh"
+# The test extras: PyAudio (built from source against portaudio19-dev) for the mic tests' second backend.
+MM2FACE_BOOTSTRAP_EXTRAS="${MM2FACE_BOOTSTRAP_EXTRAS:+$MM2FACE_BOOTSTRAP_EXTRAS,}test" bash "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 export MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 exec "$ROOT/.venv/bin/python" -m pytest -ra --durations=15 "$@"
