@@ -60,11 +60,18 @@ def list_input_devices(backend: str = "sounddevice") -> list[str]:
 
 
 def _pyaudio():
+    """The ``pyaudio`` module; :class:`DeviceError` saying what to do when it is missing or broken (installed,
+    but its C module or the PortAudio library under it does not load)."""
     try:
         import pyaudio
-    except ImportError:
-        raise DeviceError("--audio-backend pyaudio needs PyAudio: pip install 'mm2face-live[pyaudio]' "
-                          "(on Linux first: apt-get install portaudio19-dev); or use --audio-backend sounddevice") from None
+    except ImportError as e:
+        if e.name == "pyaudio":
+            raise DeviceError("--audio-backend pyaudio needs PyAudio: pip install 'mm2face-live[pyaudio]' "
+                              "(on Linux first: apt-get install portaudio19-dev gcc); "
+                              "or use --audio-backend sounddevice") from None
+        raise DeviceError(f"--audio-backend pyaudio: PyAudio is installed but does not load ({e}). Rebuild it: "
+                          "pip install --force-reinstall --no-deps --no-cache-dir pyaudio (on Linux first: "
+                          "apt-get install portaudio19-dev gcc); or use --audio-backend sounddevice") from None
     return pyaudio
 
 
@@ -79,8 +86,9 @@ def _device_help(backend: str) -> str:
 
 
 def resolve_device(name: str | None, backend: str = "sounddevice"):
-    """Return ``(device, native_rate_hz)`` for an input device name (substring match) or the
-    default input; raises :class:`DeviceError` with the device list when there is none."""
+    """Return ``(device, native_rate_hz, device_name)`` for an input device name (substring match) or
+    the default input; ``device`` is what the backend opens (sounddevice: the name, PyAudio: the index).
+    Raises :class:`DeviceError` with the device list when there is none."""
     if backend not in BACKENDS:
         raise DeviceError(f"unknown audio backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "sounddevice":
@@ -90,7 +98,7 @@ def resolve_device(name: str | None, backend: str = "sounddevice"):
         except (ValueError, sd.PortAudioError) as e:
             what = f"input device {name!r}" if name else "a default input device"
             raise DeviceError(f"could not find {what} ({e}).\n{_device_help(backend)}") from None
-        return info["name"], int(info["default_samplerate"])
+        return info["name"], int(info["default_samplerate"]), info["name"]
     pa = _pyaudio().PyAudio()
     try:
         if name is None:
@@ -98,11 +106,11 @@ def resolve_device(name: str | None, backend: str = "sounddevice"):
                 info = pa.get_default_input_device_info()
             except OSError:
                 raise DeviceError(f"no default input device.\n{_device_help(backend)}") from None
-            return int(info["index"]), int(info["defaultSampleRate"])
+            return int(info["index"]), int(info["defaultSampleRate"]), info["name"]
         for i in range(pa.get_device_count()):
             info = pa.get_device_info_by_index(i)
             if info["maxInputChannels"] > 0 and name.lower() in info["name"].lower():
-                return i, int(info["defaultSampleRate"])
+                return i, int(info["defaultSampleRate"]), info["name"]
         raise DeviceError(f"could not find input device {name!r}.\n{_device_help(backend)}")
     finally:
         pa.terminate()
@@ -122,15 +130,20 @@ class MicSource:
     def __init__(self, device: str | None = None, backend: str = "sounddevice", chunk_s: float = CHUNK_S,
                  stall_s: float = 2.0):
         self.device_name, self.backend, self.chunk_s, self.stall_s = device, backend, chunk_s, stall_s
-        self.device, self.native_rate = resolve_device(device, backend)
+        self.device, self.native_rate, self.resolved_name = resolve_device(device, backend)
         self.rate = None
         self._stream = None
         self._pa = None
 
     def _open(self, loop, queue):
-        def deliver(mono: np.ndarray):
-            t = time.time()
-            loop.call_soon_threadsafe(queue.put_nowait, (mono, t))
+        def deliver(mono: np.ndarray) -> bool:
+            """Hand a block to the event loop; False once the loop is closed (a close that did not finish
+            in CLOSE_WAIT_S left the device running): the callback then ends the stream."""
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (mono, time.time()))
+            except RuntimeError:
+                return False
+            return True
 
         errors = []
         for rate in dict.fromkeys((SAMPLE_RATE, self.native_rate)):
@@ -140,7 +153,8 @@ class MicSource:
                     import sounddevice as sd
 
                     def cb(indata, frames, time_info, status):
-                        deliver(indata[:, 0].astype(np.float32, copy=True))
+                        if not deliver(indata[:, 0].astype(np.float32, copy=True)):
+                            raise sd.CallbackAbort
                     # blocksize=0 lets PortAudio pick block sizes: fixed small blocks stall some
                     # host APIs (the ALSA "pulse" plugin delivers one block and stops).
                     self._stream = sd.InputStream(device=self.device, channels=1, samplerate=rate,
@@ -151,8 +165,8 @@ class MicSource:
                     pyaudio = _pyaudio()
 
                     def cb(in_data, frame_count, time_info, status):
-                        deliver(np.frombuffer(in_data, "<i2").astype(np.float32) / 32768.0)
-                        return (None, pyaudio.paContinue)
+                        alive = deliver(np.frombuffer(in_data, "<i2").astype(np.float32) / 32768.0)
+                        return (None, pyaudio.paContinue if alive else pyaudio.paAbort)
                     self._pa = pyaudio.PyAudio()
                     self._stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=rate, input=True,
                                                  input_device_index=self.device, frames_per_buffer=block,
@@ -163,7 +177,7 @@ class MicSource:
             except Exception as e:
                 errors.append(f"{rate} Hz: {e}")
                 self.close()
-        raise DeviceError(f"could not open input device {self.device!r} ({'; '.join(errors)}).\n"
+        raise DeviceError(f"could not open input device {self.resolved_name!r} ({'; '.join(errors)}).\n"
                           f"{_device_help(self.backend)}")
 
     def close(self):
@@ -173,7 +187,7 @@ class MicSource:
                 if self.backend == "sounddevice":
                     s.abort(); s.close()  # noqa: E702   (abort: no wait for pending buffers)
                 else:
-                    s.stop_stream(); s.close()  # noqa: E702
+                    s.close()  # Pa_CloseStream aborts an active stream (stop_stream would wait for buffers)
             except Exception:
                 pass
         if self._pa is not None:
@@ -185,14 +199,15 @@ class MicSource:
         queue: asyncio.Queue = asyncio.Queue()
         self._open(loop, queue)
         rs = StreamResampler(self.rate)
-        log.info("capturing from %r at %d Hz via %s", self.device, self.rate, self.backend)
+        log.info("capturing from %r at %d Hz via %s", self.resolved_name, self.rate, self.backend)
         try:
             while True:
                 try:
                     mono, t = await asyncio.wait_for(queue.get(), self.stall_s)
                 except asyncio.TimeoutError:
-                    raise DeviceError(f"input device {self.device!r} delivered no audio for {self.stall_s:.0f} s "
-                                      f"(unplugged or its sound server stopped?).\n{_device_help(self.backend)}") from None
+                    raise DeviceError(f"input device {self.resolved_name!r} delivered no audio for "
+                                      f"{self.stall_s:.0f} s (unplugged or its sound server stopped?).\n"
+                                      f"{_device_help(self.backend)}") from None
                 audio = rs.process(mono)
                 if len(audio):
                     yield Chunk(audio, len(audio), t)
@@ -204,7 +219,8 @@ class MicSource:
             closer.start()
             closer.join(CLOSE_WAIT_S)
             if closer.is_alive():
-                log.warning("input device %r did not close within %.0f s; leaving it", self.device, CLOSE_WAIT_S)
+                log.warning("input device %r did not close within %.0f s; leaving it", self.resolved_name,
+                            CLOSE_WAIT_S)
 
 
 def load_wav_16k(path) -> np.ndarray:
