@@ -61,3 +61,17 @@ def test_cli_lists_commands(capsys):
     assert json.loads(capsys.readouterr().out)["eager"] == "ok"
     with pytest.raises(SystemExit):
         cli.main(["--help"])
+
+
+def test_outputs_cost_per_frame(tmp_path):
+    out = tmp_path / "outputs"
+    assert cli.main(["outputs", "--frames", "120", "--realtime-s", "0.8", "--out", str(out)]) == 0
+    res, md = check_outputs(out, "outputs")
+    udp = res["udp"]
+    assert set(udp) == {"Live Link Face (25 fps)", "VMC (25 fps)", "VMC (60 fps)"}
+    for name, r in udp.items():
+        assert r["total"]["n"] == 120 - 50 and r["total"]["mean"] >= r["encode"]["mean"] > 0
+    # the paced run sent every frame (60 fps: 2.4 bundles per frame)
+    assert udp["Live Link Face (25 fps)"]["realtime_sent"] == udp["Live Link Face (25 fps)"]["realtime_frames"] == 20
+    assert udp["VMC (60 fps)"]["realtime_sent"] >= 2 * udp["VMC (60 fps)"]["realtime_frames"]
+    assert "json" in res["ws_formats"] and "Live Link Face" in md
