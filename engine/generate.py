@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mm2face.engine.frame import SAMPLES_PER_FRAME
+from mm2face.engine.frame import HEAD, SAMPLES_PER_FRAME
 from mm2face.engine.session import StreamConfig, add_blinks, mouth_dims
+from mm2face.engine.style import GestureTrack, resolve_style
 from mm2face.engine.vad import VadConfig, vad_frame_weights
 
 _D = StreamConfig()          # one place for the sampling defaults: streaming and offline must agree
@@ -28,13 +29,15 @@ def audio_vectors(model, audio_16k: np.ndarray | None, n_tok: int, device="cpu")
 @torch.no_grad()
 def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = _D.guidance,
              temperature: float = _D.temperature, top_k: int = _D.top_k, n_frames: int | None = None,
-             device="cpu", return_tokens: bool = False, blinks: bool = True, vad: bool = _D.vad):
+             device="cpu", return_tokens: bool = False, blinks: bool = True,
+             parse_styles: bool = _D.parse_styles, vad: bool = _D.vad):
     """Motion ``(T, 56) float32`` for ``audio_16k: (samples,)`` float32 16 kHz (or ``None`` for
     text only, then ``n_frames`` is required) and a style ``text``.
 
     T = ceil(samples / 640) (25 fps) unless ``n_frames`` is given. Defaults equal StreamConfig's
-    (``blinks``: procedural blinks, see :func:`mm2face.engine.session.blink_overlay`; ``vad``: the
-    voice-activity gate of :mod:`mm2face.engine.vad`, mouth at rest where no speech is heard)."""
+    (``blinks``: procedural blinks, see :func:`mm2face.engine.session.blink_overlay`; ``parse_styles``:
+    the style parser and gesture layer of :mod:`mm2face.engine.style`, False = raw text to the model;
+    ``vad``: the voice-activity gate of :mod:`mm2face.engine.vad`, mouth at rest where no speech is heard)."""
     model = model.eval()
     dev = torch.device(device)
     if audio_16k is None:
@@ -48,7 +51,9 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
             n_frames = -(-len(audio_16k) // SAMPLES_PER_FRAME)
     n_tok = max(1, -(-n_frames // model.down))
     av = audio_vectors(model, audio_16k, n_tok, dev)
-    text_emb = model.text_embed(text).to(dev)[None]
+    style = resolve_style(text, model.text_encoder, parse_styles)   # the caption the model reads, gestures
+    guidance = guidance * style.guidance_gain
+    text_emb = model.text_embed(style.caption).to(dev)[None]
     gen = torch.Generator().manual_seed(int(seed))
     cache = model.gpt.new_cache()
     prev = model.gpt.bos
@@ -59,7 +64,7 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
         toks.append(prev)
     codes = torch.tensor(toks, device=dev)[None]
     t_tok = torch.arange(n_tok, device=dev)[None]                               # tokens since the style was set
-    code = model.refiner_style(text)
+    code = model.refiner_style(style.caption)
     code = None if code is None else code[None, None].expand(1, n_tok, -1)
     audio_t = None if audio_16k is None else torch.from_numpy(audio_16k).to(dev)[None]
     frames = model.refine(av[None], model.vq.decode(codes), code, t_tok, audio_t)
@@ -68,6 +73,8 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
         w = vad_frame_weights(audio_16k, len(motion), VadConfig(lookahead_samples=model.lookahead_samples))
         dims = mouth_dims(model.head_name)
         motion[:, dims] *= w[:, None]
+    if style.gestures:                               # the same gesture layer as StreamSession
+        motion[:, HEAD] += GestureTrack(style.gestures, 0).offsets(0, len(motion))
     if blinks:                                       # the same procedural blinks as StreamSession
         motion = add_blinks(motion, 0, seed, model.head_name)
     return (motion, toks) if return_tokens else motion

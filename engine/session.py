@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
-from mm2face.engine.frame import FPS, JAW
+from mm2face.engine.frame import FPS, HEAD, JAW
 from mm2face.engine.gpt import KVCache, stack_caches, unstack_cache
+from mm2face.engine.style import GestureTrack, resolve_style
 from mm2face.engine.units import UNIT_INDEX
 from mm2face.engine.vad import VadConfig, VadStream
 
@@ -95,6 +96,8 @@ class StreamConfig:
     tail_s: float = 0.32          # end(): silent tail after the input, seconds, during which the mouth closes
     flush_idle_s: float = 0.08    # flush(): silence inserted (one hop) while the face returns to idle
     blinks: bool = True           # add procedural blinks (stand-in head; same in generate(blinks=True))
+    parse_styles: bool = True     # read free-text styles with engine/style.py (template caption + head gestures);
+                                  # False: the raw text goes to the model, no gesture layer (research)
     vad: bool = True              # voice-activity gate (engine/vad.py): mouth and jaw rest while no speech is heard
 
 
@@ -135,9 +138,11 @@ class StreamSession:
         self.feat_next = 0                                 # next CNN feature index to compute
         # style
         self.style = style
-        e = m.text_embed(style).to(self.device)
+        self.resolved = resolve_style(style, m.text_encoder, self.cfg.parse_styles)   # caption, gestures, gain
+        e = m.text_embed(self.resolved.caption).to(self.device)
         self.emb_from, self.emb_to = e, e
-        r = m.refiner_style(style)                        # the refiner's own style code (None without one)
+        r = m.refiner_style(self.resolved.caption)        # the refiner's own style code (None without one)
+        self.gestures = GestureTrack(self.resolved.gestures, 0)   # the gesture layer's head offsets
         self.rcode_from = self.rcode_to = None if r is None else r.to(self.device)
         self.blend_k0, self.blend_n = 0, 1
         self.guidance = float(self.cfg.guidance)
@@ -195,18 +200,27 @@ class StreamSession:
     def set_style(self, text: str, blend_s: float | None = None) -> None:
         """New style text, effective from the next token, cross-faded over ``blend_s`` seconds."""
         text = "" if text is None else str(text)
-        new = self.model.text_embed(text).to(self.device)
-        r = self.model.refiner_style(text)
+        resolved = resolve_style(text, self.model.text_encoder, self.cfg.parse_styles)
+        new = self.model.text_embed(resolved.caption).to(self.device)
+        r = self.model.refiner_style(resolved.caption)
         cur, cur_r = self._style_emb(self.k), self._refiner_code(self.k)
         blend_s = self.cfg.blend_s if blend_s is None else max(0.0, float(blend_s))
         self.emb_from, self.emb_to = cur, new
         self.rcode_from, self.rcode_to = cur_r, None if r is None else r.to(self.device)
         self.blend_k0 = self.k
+        self.blend_n = max(1, int(round(blend_s * FPS / self.down)))
         if text != self.style:                       # the refiner's "time since the style was set" restarts,
             self.style_k0 = self.k                   # and its head offset fades from where it is now
             self.ref_head_from = self.ref_head
-        self.blend_n = max(1, int(round(blend_s * FPS / self.down)))
+            self.gestures = self.gestures.then(resolved.gestures, self.k * self.down, self.blend_n * self.down)
         self.style = text
+        self.resolved = resolved
+
+    @property
+    def effective_guidance(self) -> float:
+        """The text guidance the G step uses: :attr:`guidance` times the style's intensity gain
+        (:meth:`mm2face.engine.style.StyleIntent.guidance_gain`; 1 with the parser off)."""
+        return self.guidance * self.resolved.guidance_gain
 
     def set_guidance(self, scale: float) -> None:
         scale = float(scale)
@@ -307,6 +321,8 @@ class StreamSession:
         self.hist.append(tok)
         self.hist = self.hist[-m.vq.receptive_tokens:]
         params = m.to_params(frames_norm)                                    # (down, 56)
+        if self.gestures.gestures or self.gestures.prev is not None:       # the gesture layer (engine/style.py)
+            params[:, HEAD] += torch.from_numpy(self.gestures.offsets(self.k * self.down, self.down)).to(params)
         if self.cfg.blinks and m.head_name == "standin":
             ov = torch.from_numpy(blink_overlay(self.k * self.down, self.down, self.cfg.seed)).to(params)
             for u in ("blink_left", "blink_right"):
@@ -390,7 +406,7 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
     # -- one G step
     prev = torch.tensor([s.prev for s in sessions], device=dev)
     text = torch.stack([s._style_emb(s.k) for s in sessions])
-    guid = torch.tensor([s.guidance for s in sessions], device=dev)
+    guid = torch.tensor([s.effective_guidance for s in sessions], device=dev)
     if N == 1:
         logits = model.g_logits(prev, av, text, sessions[0].cache, guid)
     else:

@@ -67,7 +67,10 @@ def generate_motion(model, text: str, audio_16k, n_frames: int, device: str, see
     from mm2face.engine.generate import generate
     kw = {k: v for k, v in dict(guidance=guidance, **sampling).items() if v is not None}
     audio = None if audio_16k is None else np.asarray(audio_16k, np.float32)
-    return np.asarray(generate(model, audio, text, seed=seed, n_frames=n_frames, device=device, **kw), np.float32)
+    # the corpus's captions go to the model as they are (no style parser or gesture layer): they describe
+    # the clip's own course, which the scores compare with; `mm2face-eval styles` scores the parser
+    return np.asarray(generate(model, audio, text, seed=seed, n_frames=n_frames, device=device,
+                               parse_styles=False, **kw), np.float32)
 
 
 def load_checkpoint(ckpt: str | None, device: str):
@@ -341,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mm2face-eval",
         description="Score an MM2Face checkpoint on a corpus split (LVE/FVE, jaw and lip-gap correlation, "
-                    "mouth closed in pauses, caption style adherence) next to the mean-frame baseline.")
+                    "mouth closed in pauses, caption style adherence) next to the mean-frame baseline. "
+                    "`mm2face-eval styles --set FILE` scores a labelled set of free-text styles instead "
+                    "(see `mm2face-eval styles --help`).")
     p.add_argument("--ckpt", default=None, help="checkpoint path (default: the shipped default checkpoint)")
     p.add_argument("--data", required=True, help="corpus directory (MMHead layout or the synthetic corpus)")
     p.add_argument("--split", default="test", help="split to score (default: test)")
@@ -367,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["styles"]:                     # mm2face-eval styles --set FILE: free-text style sets
+        from mm2face.training.style_eval import main as styles_main
+        return styles_main(argv[1:])
     args = build_parser().parse_args(argv)
     import torch
     torch.set_num_threads(max(1, args.threads))

@@ -157,6 +157,7 @@ class StyleRule:
     pattern: str                          # regex matched (case-insensitive) against the caption text
     up: list[str] = field(default_factory=list)
     margin: float = 0.25                  # the score must exceed this (unit activation; rest = 0)
+    all_units: bool = False               # True: per frame the least active key unit (all must move), not the mean
 
     def score(self, motion: np.ndarray) -> float:
         """90th percentile over frames of the key units' mean activation (rest = 0).
@@ -166,20 +167,27 @@ class StyleRule:
         score about 0.4-0.8 (10th-90th percentile) and the others mostly below 0.35."""
         if not len(motion):
             return 0.0
-        return float(np.percentile(motion[:, [unit(u) for u in self.up]].mean(axis=1), 90))
+        a = motion[:, [unit(u) for u in self.up]]
+        return float(np.percentile(a.min(axis=1) if self.all_units else a.mean(axis=1), 90))
 
 
 STYLE_RULES: list[StyleRule] = [
-    StyleRule("happy", r"\b(happ\w*|joy\w*|smil\w*|cheerful|delight\w*|glad|laugh\w*|grin\w*)",
+    # whole word forms, not stems: "\bhapp\w*" matched "happened"; "unhappy" has no word boundary before "happ"
+    StyleRule("happy", r"\b(happy|happier|happiest|happily|happiness|joy\w*|smil\w*|cheer\w*|delight\w*|glad|"
+                       r"laugh\w*|grin\w*|pleased)\b",
               ["lip_corner_puller_left", "lip_corner_puller_right"]),
-    StyleRule("sad", r"\b(sad\w*|sorrow\w*|unhapp\w*|grie\w*|depress\w*|melanchol\w*|frown\w*|upset)",
+    StyleRule("sad", r"\b(sad\w*|sorrow\w*|unhapp\w*|grie\w*|depress\w*|melanchol\w*|frown\w*|upset|downcast)\b",
               ["lip_corner_depressor", "inner_brow_raiser"]),
-    StyleRule("angry", r"\b(angr\w*|anger|furious|rage\w*|annoy\w*|irritat\w*|mad)\b",
+    StyleRule("angry", r"\b(angr\w*|anger|furious|rage\w*|annoy\w*|irritat\w*|mad|glar\w*)\b",
               ["brow_lowerer"]),
-    StyleRule("surprised", r"\b(surpris\w*|amaz\w*|astonish\w*|shock\w*|startl\w*)",
+    StyleRule("surprised", r"\b(surpris\w*|amaz\w*|astonish\w*|shock\w*|startl\w*|raises the eyebrows)\b",
               ["inner_brow_raiser", "outer_brow_raiser_left", "outer_brow_raiser_right", "upper_lid_raiser"]),
-    StyleRule("disgusted", r"\b(disgust\w*|repuls\w*|gross\w*|revolt\w*)",
+    StyleRule("disgusted", r"\b(disgust\w*|repuls\w*|gross\w*|revolt\w*|sneer\w*)\b",
               ["nose_wrinkler", "upper_lip_raiser"]),
+    # fear: the one unit only fear moves (lip stretcher) together with the inner brows, both at once:
+    # surprise raises the brows without it, speech stretches the lips without the brows (synth_face.EMOTION_UNITS)
+    StyleRule("fearful", r"\b(fear\w*|scared|scary|afraid|frighten\w*|terrif\w*|anxious\w*)\b",
+              ["lip_stretcher", "inner_brow_raiser"], all_units=True),
 ]
 # "frowns" describes sadness/displeasure; rules for happy and sad must not both fire on one caption.
 # A caption that matches more than one emotion rule is skipped (ambiguous), see style_checks().
@@ -212,6 +220,74 @@ POSE_RULES: list[PoseRule] = [
     PoseRule("tilt_left", r"\btilt\w*\s+(?:\w+\s+){0,2}(to\s+the\s+)?left", 2, -1),
     PoseRule("tilt_right", r"\btilt\w*\s+(?:\w+\s+){0,2}(to\s+the\s+)?right", 2, +1),
 ]
+def zigzag(x: np.ndarray, hysteresis: float) -> list[tuple[int, float]]:
+    """Turning points ``[(frame, value)]`` of the series ``x (T,)``: a running extreme counts as a turning
+    point once ``x`` has moved ``hysteresis`` back from it (jitter below that is ignored); the first frame
+    and the last extreme close the list, so consecutive points are the series' swings."""
+    x = np.asarray(x, np.float64).ravel()
+    if not len(x):
+        return []
+    pts = [(0, float(x[0]))]
+    hi = lo = ext_i = 0
+    direction = 0                                # 0 = undecided, +1 rising, -1 falling
+    for i in range(1, len(x)):
+        if direction == 0:                       # before the first swing: the earlier extreme starts it
+            hi = i if x[i] >= x[hi] else hi      # ties: the latest frame (a swing starts where rest ends)
+            lo = i if x[i] <= x[lo] else lo
+            if x[hi] - x[lo] >= hysteresis:
+                start, ext_i, direction = (lo, hi, 1) if hi > lo else (hi, lo, -1)
+                pts[0] = (start, float(x[start]))
+            continue
+        if direction * (x[i] - x[ext_i]) > 0:
+            ext_i = i
+        elif direction * (x[ext_i] - x[i]) >= hysteresis:
+            pts.append((ext_i, float(x[ext_i])))
+            direction, ext_i = -direction, i
+    if direction != 0 and ext_i != pts[-1][0]:
+        pts.append((ext_i, float(x[ext_i])))
+    return pts
+
+
+SWING_HYSTERESIS_RAD = 0.02   # head jitter below this does not end a swing (about 1 degree)
+
+
+@dataclass
+class OscillationRule:
+    """Caption keywords -> a back-and-forth movement of one head axis (a nod, a head shake).
+
+    A nod is a swing down and one back up (rx grows, then falls; MMHead's "Head down" is rx > 0); a shake
+    is three alternating yaw swings (left-right-left or right-left-right). The score is the smallest swing
+    of the best such group (rad) whose swings all fit in ``max_s`` seconds, so one held turn or a slow
+    drift scores low; it passes above ``margin_rad``. The synthetic corpus draws nods of 0.08-0.18 rad and
+    shakes of 0.12-0.28 rad (training/synth_face.py)."""
+    name: str
+    pattern: str
+    axis: int                             # 0 = rx (pitch), 1 = ry (yaw)
+    swings: int                           # consecutive alternating swings that make one gesture
+    first_sign: int = 0                   # +1: the first swing must go up in value (a nod goes down: rx > 0)
+    max_s: float = 1.6
+    margin_rad: float = 0.05
+
+    def score(self, motion: np.ndarray) -> float:
+        pts = zigzag(motion[:, HEAD][:, self.axis], SWING_HYSTERESIS_RAD)
+        best = 0.0
+        for i in range(len(pts) - self.swings):
+            grp = pts[i:i + self.swings + 1]
+            if (grp[-1][0] - grp[0][0]) / FPS > self.max_s:
+                continue
+            first = grp[1][1] - grp[0][1]
+            if self.first_sign and first * self.first_sign <= 0:
+                continue
+            best = max(best, min(abs(b[1] - a[1]) for a, b in zip(grp, grp[1:])))
+        return float(best)
+
+
+OSCILLATION_RULES: list[OscillationRule] = [
+    OscillationRule("nod", r"\bnod(s|ded|ding)?\b", 0, swings=2, first_sign=+1, max_s=1.6),
+    OscillationRule("shake", r"\bshak\w*\s+(?:\w+\s+){0,2}head\b|\bhead\s+shak\w*", 1, swings=3, max_s=2.4),
+]
+POSE_RULES += OSCILLATION_RULES          # the caption matcher and style_checks treat them as pose rules
+
 # Pairs that contradict each other: a caption matching both is skipped.
 _POSE_OPPOSITES = {("turn_left", "turn_right"), ("up", "down"), ("tilt_left", "tilt_right")}
 

@@ -90,7 +90,7 @@ def sample_inputs(model, clips, seed: int, progress: bool = True, desc: str = "s
             T = len(c.motion)
             audio = c.audio_16k if has_audio(c) else None
             _, toks = generate(model, audio, clip_caption(c), seed=seed + i, n_frames=T, return_tokens=True,
-                               blinks=False)
+                               blinks=False, parse_styles=False)     # the clip's own caption, as in training
             frames = model.vq.decode(torch.tensor(toks)[None])[0]
             gt = model.normalize(torch.from_numpy(np.asarray(c.motion, np.float32)))
             gt = torch.cat([gt, gt[-1:].expand(len(frames) - T, -1)]) if len(frames) > T else gt[:len(frames)]
