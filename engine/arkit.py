@@ -389,6 +389,51 @@ def standin_projection_residuals(head=None) -> dict[str, float]:
     return dict((_standin_map() if head is None else _build_standin_map(head)).projection_rel_residual)
 
 
+def standin_table_markdown(head=None) -> str:
+    """The stand-in map as a markdown table (docs/arkit.md): each ARKit shape and what drives it."""
+    from .units import UNITS as _U
+    rt = standin_retarget(head)
+    names = list((head.expression_names if head is not None else None) or _U)
+    jaw_src = {"jawOpen": f"jaw rx (opens) / {JAW_OPEN_FULL_RAD} rad", "jawLeft": f"jaw ry > 0 / {JAW_SIDE_FULL_RAD} rad",
+               "jawRight": f"jaw ry < 0 (magnitude) / {JAW_SIDE_FULL_RAD} rad"}
+    rows = ["| # | ARKit shape | driven by (weight per unit of the frame value) |", "|---:|---|---|"]
+    for k, n in enumerate(ARKIT_NAMES):
+        if n in jaw_src:
+            src = jaw_src[n]
+        else:
+            parts = [f"`{names[d]}`" + ("" if abs(rt.pos[k, d] - 1) < 5e-4 else f" x {rt.pos[k, d]:.3f}")
+                     for d in np.flatnonzero(rt.pos[k, :N_EXP] > 0)]
+            src = ", ".join(parts) if parts else "-- (not driven)"
+        rows.append(f"| {k} | `{n}` | {src} |")
+    return "\n".join(rows)
+
+
+def standin_errors(head=None, n_frames: int = 16, seed: int = 0) -> dict[str, float]:
+    """Measured reconstruction errors (mm) of ``neutral + weights @ arkit_morph_targets`` against the head's
+    own mesh, head pose zeroed: mapped units only (exact), jaw rx over [0, JAW_OPEN_FULL_RAD] only, and both
+    (random unit values in [0, 1]); plus the projection residuals of the units without a counterpart."""
+    from .flame import head_vertices, load_head
+    h = head if head is not None else load_head("standin")
+    m_ = _standin_map() if head is None else _build_standin_map(head)
+    rt, T = m_.retarget, m_.targets.astype(np.float64)
+    names = list(h.expression_names or UNITS)
+    owned = [names.index(u) for u, shapes in STANDIN_TABLE.items()
+             if u in names and all(rt.pos[ARKIT_INDEX[s], names.index(u)] > 0 for s in shapes)
+             and u not in ("mouth_close", "lip_suck") and not any(u == k.split("->")[0] for k in m_.projection_rel_residual)]
+    rng = np.random.default_rng(seed)
+    err = lambda m: float(np.linalg.norm(h.v_template + np.einsum("tk,kvc->tvc", rt.weights(m), T)
+                                         - head_vertices(h, m), axis=-1).max() * 1e3)
+    units = np.zeros((n_frames, FRAME_DIM), np.float32)
+    units[:, owned] = rng.uniform(0, 1, (n_frames, len(owned)))
+    jaw = np.zeros((n_frames, FRAME_DIM), np.float32)
+    jaw[:, JAW.start] = np.linspace(0, JAW_OPEN_FULL_RAD, n_frames)
+    both = units.copy()
+    both[:, JAW.start] = rng.uniform(0, JAW_OPEN_FULL_RAD, n_frames)
+    out = {"units_max_mm": err(units), "jaw_only_max_mm": err(jaw), "jaw_and_units_max_mm": err(both)}
+    out.update({f"projection_rel_residual.{k}": v for k, v in m_.projection_rel_residual.items()})
+    return out
+
+
 # ----------------------------------------------------------------------------- Live Link Face CSV
 
 
@@ -494,4 +539,4 @@ def fit_flame_retarget(head, neutral, targets, *, ridge: float = 1e-6, jaw_probe
 __all__ = ["ARKIT_NAMES", "ARKIT_INDEX", "ARKIT_MAP_VERSION", "N_ARKIT", "HEAD_ROT_NAMES", "ArkitFrames",
            "LinearRetarget", "RetargetError", "to_arkit", "head_rotation", "standin_retarget",
            "arkit_morph_targets", "standin_projection_residuals", "fit_flame_retarget", "STANDIN_TABLE",
-           "PROJECTED_UNITS", "UNDRIVEN", "LLF_CSV_HEADER", "live_link_csv", "llf_timecode", "JAW_OPEN_FULL_RAD", "JAW_SIDE_FULL_RAD", "FLAME_FIT_VERSION"]
+           "PROJECTED_UNITS", "UNDRIVEN", "standin_table_markdown", "standin_errors", "LLF_CSV_HEADER", "live_link_csv", "llf_timecode", "JAW_OPEN_FULL_RAD", "JAW_SIDE_FULL_RAD", "FLAME_FIT_VERSION"]

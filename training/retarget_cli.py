@@ -3,6 +3,7 @@
     mm2face-retarget fit --flame ~/FLAME2020/generic_model.pkl --targets arkit_shapes/ --out flame_arkit.npz
     mm2face-retarget fit --flame generic_model.pkl --targets shapes.npz --out flame_arkit.npz
     mm2face-retarget info flame_arkit.npz
+    mm2face-retarget standin           # the stand-in head's exact map: its table and measured errors
 
 ``fit`` reads a neutral mesh and the 52 ARKit target meshes of *your* avatar on FLAME's topology (same vertex
 count and order as the FLAME model), and finds, for each of FLAME's 50 expression components and 3 jaw axes
@@ -161,6 +162,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_standin(args) -> int:
+    from mm2face.engine.arkit import ARKIT_MAP_VERSION, standin_errors, standin_table_markdown
+    print(f"stand-in ARKit map {ARKIT_MAP_VERSION}\n")
+    print(standin_table_markdown())
+    print("\nmeasured on the stand-in head (neutral + weights @ arkit_morph_targets vs the head's own mesh):")
+    for k, v in standin_errors(n_frames=args.frames).items():
+        print(f"  {k}: {v:.4g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mm2face-retarget", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="show what a map file drives")
     i.add_argument("file", help="map .npz from `fit`")
     i.set_defaults(func=cmd_info)
+    s = sub.add_parser("standin", help="print the stand-in head's ARKit map (markdown) and its measured errors")
+    s.add_argument("--frames", type=int, default=16, help="random frames per error measurement (default 16)")
+    s.set_defaults(func=cmd_standin)
     return ap
 
 
