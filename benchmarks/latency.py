@@ -91,6 +91,8 @@ def run(args) -> dict:
     res["stream"] = harness.summarize(runr, model.samples_per_token / 16000)
     res["stream"]["wall_s"] = time.perf_counter() - t
     series = harness.latency_series(runr)
+    if not args.no_vad:
+        res["vad_cost"] = compare.vad_cost(audio, model.down)
     if not args.no_compare:
         ctx = [float(x) for x in args.contexts.split(",") if x]
         res["kv_vs_prefix"] = compare.kv_vs_prefix(model, ctx, device=args.device)
@@ -151,6 +153,12 @@ def markdown(res: dict) -> str:
                 row += [r["kv_backend_after_prefix_ms"].get("p50", float("nan"))]
             rows.append(row)
         lines.append(md_table(head, rows))
+    vc = res.get("vad_cost")
+    if vc:
+        lines += ["", f"Voice-activity gate (Silero VAD, onnxruntime, 1 thread; in the latency above): "
+                  f"{vc['cpu_us_per_hop']:.0f} µs of CPU per {vc['hop_ms']:.0f} ms hop "
+                  f"({vc['cpu_us_per_chunk']:.0f} µs per 32 ms model call; wall {vc['wall_us_per_hop']:.0f} µs "
+                  f"per hop), best of 3 passes over the {vc['hops']} hops."]
     so = res.get("streaming_vs_offline")
     if so:
         lve = so.get("lve_mm_stream_vs_offline")
