@@ -382,3 +382,11 @@ def test_retarget_cli_fits_from_obj_files_and_npz(tmp_path, capsys):
         main(["fit", "--flame", str(pkl), "--targets", str(folder), "--allow-missing", "--out", str(tmp_path / "z.npz")])
     with pytest.raises(SystemExit, match="FLAME model file not found"):
         main(["fit", "--flame", str(tmp_path / "nope.pkl"), "--targets", str(npz), "--out", str(tmp_path / "z.npz")])
+
+
+def test_retarget_cli_prints_the_standin_map(capsys):
+    from mm2face.training.retarget_cli import main
+    assert main(["standin", "--frames", "2"]) == 0
+    out = capsys.readouterr().out
+    assert A.ARKIT_MAP_VERSION in out and "| 23 | `mouthSmileLeft` | `lip_corner_puller_left` |" in out
+    assert "jaw_only_max_mm" in out and "projection_rel_residual.lips_part" in out
