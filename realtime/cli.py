@@ -265,9 +265,13 @@ async def amain(args) -> int:
                                         log=lambda line: print(f"mm2face-live: {line}", file=sys.stderr))
     hub = Hub(make_session, token=args.token, batch=not args.no_batch, limits=limits,
               server_session_control=args.server_session_control)
-    configure_arkit(hub, model.head_name, args.arkit_retarget, build_now=bool(serving or args.mqtt))
+    configure_arkit(hub, model.head_name, args.arkit_retarget, build_now=bool(serving or args.mqtt or outputs))
     live = await hub.create_session("default", style=args.style)
-    udp_outputs.attach(outputs, live)
+    try:
+        udp_outputs.attach(outputs, live, hub.arkit_retarget, hub.arkit_error)
+    except udp_outputs.OutputError as e:
+        print(f"mm2face-live: {e}", file=sys.stderr)
+        return 2
     recorded, recorded_audio = [], []
     if args.record or demo_headless:
         live.listeners.append(lambda _live, frames: recorded.extend(frames))

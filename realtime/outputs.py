@@ -46,12 +46,15 @@ class OutputError(ValueError):
     """An output cannot be set up (bad HOST:PORT, unknown host, bad rate); the message says what to change."""
 
 
-def output_values(motion: np.ndarray) -> np.ndarray:
+def output_values(motion: np.ndarray, arkit=None, retarget=None) -> np.ndarray:
     """``motion: (T, 56)`` frames -> ``(T, 58) float32``: ARKit weights (52, [0, 1]), head yaw, pitch,
-    roll (rad, ``engine.arkit``'s convention) and the head's axis-angle (rad, FLAME axes)."""
-    from mm2face.engine.arkit import to_arkit
+    roll (rad, ``engine.arkit``'s convention) and the head's axis-angle (rad, FLAME axes).
+    ``arkit``: the frames' ArkitFrames if already converted, else ``to_arkit(motion, retarget)``."""
     motion = np.asarray(motion, np.float32).reshape(-1, 56)
-    ak = to_arkit(motion)
+    if arkit is None:
+        from mm2face.engine.arkit import to_arkit
+        arkit = to_arkit(motion, retarget)
+    ak = arkit
     out = np.empty((len(motion), VALUES_DIM), np.float32)
     out[:, WEIGHTS] = ak.weights
     out[:, HEAD_YPR] = ak.head_rot
@@ -311,13 +314,20 @@ def open_outputs(args) -> list[UdpOutput]:
     return outs
 
 
-def attach(outputs: list[UdpOutput], live) -> None:
-    """Feed ``outputs`` from ``live``'s frames (a LiveSession frame listener; one ARKit conversion per batch)."""
+def attach(outputs: list[UdpOutput], live, retarget=None, arkit_error: str | None = None) -> None:
+    """Feed ``outputs`` from ``live``'s frames (a LiveSession frame listener). ``retarget``: the ARKit
+    map (the hub's ``arkit_retarget``; None = the stand-in's); the conversion is done once per batch and
+    shared with the server's ARKit subscribers and MQTT through the frames' cache. ``arkit_error`` (the
+    hub's: the model's head has no map) refuses the outputs with :class:`OutputError`."""
     if not outputs:
         return
+    if arkit_error:
+        raise OutputError(f"{' and '.join(o.name for o in outputs)} send ARKit weights, but {arkit_error}")
+    from mm2face.realtime.protocol import FrameBatchEncoder
 
     def on_frames(_live, frames) -> None:
-        values = output_values(np.stack([f.params for f in frames]))
+        ak = FrameBatchEncoder(frames, retarget).arkit()
+        values = output_values(np.stack([f.params for f in frames]), ak)
         times = [f.t_audio_s for f in frames]
         for out in outputs:
             out.push(times, values)

@@ -138,3 +138,26 @@ def test_cli_output_errors_are_explained_before_loading_the_model():
         r = subprocess.run(LIVE + args + ["--random-model", "--seconds", "1"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (args, r.stderr)
         assert msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+async def test_attach_converts_each_batch_once_and_refuses_a_head_without_a_map():
+    from mm2face.engine.arkit import to_arkit
+    from mm2face.realtime.protocol import FrameBatchEncoder, WireFrame
+    rng = np.random.default_rng(0)
+    motion = rng.uniform(0, 0.5, (2, 56)).astype(np.float32)
+    frames = [WireFrame(session="default", session_num=0, seq=k, t_audio_s=k / 25, params=motion[k]) for k in range(2)]
+    FrameBatchEncoder(frames, None).arkit()                 # as the server does for an ARKit subscriber
+    cached = frames[0].arkit_cache[1].copy()
+    out = O.UdpOutput("test", "127.0.0.1", 9, lambda t, v: b"")
+    live = type("Live", (), {"listeners": []})()
+    O.attach([out], live)
+    live.listeners[0](live, frames)
+    got = out.playout.drain()
+    out.close()
+    assert [t for t, _ in got] == [0.0, 0.04]
+    want = O.output_values(motion, to_arkit(motion))
+    np.testing.assert_allclose(np.stack([v for _, v in got]), want, atol=1e-6)
+    np.testing.assert_array_equal(got[0][1][O.WEIGHTS], cached)           # the frame's cached conversion
+    np.testing.assert_allclose(got[1][1][O.HEAD_ROTVEC], motion[1, 50:53])
+    with pytest.raises(O.OutputError, match="VMC send ARKit weights, but the model drives"):
+        O.attach([O.vmc_output("127.0.0.1", 9)], live, None, "the model drives the 'flame' head, not the stand-in")
