@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""Reference client for the mm2face-live WebSocket protocol v1 (docs/protocol.md).
+"""Reference client for the mm2face-live WebSocket protocol v2 (docs/protocol.md).
 
 Depends only on ``websockets`` and ``numpy`` (+ ``soundfile`` for ``stream``), so it can be copied
 out of this repository. The binary frame layout is unpacked here by hand on purpose.
 
-    python examples/client.py subscribe [--session default] [--binary] [--seconds 10]
+    python examples/client.py subscribe [--session default] [--binary | --arkit] [--seconds 10]
     python examples/client.py stream speech.wav [--style "cheerful"] [--fast] [--out frames.npy]
     python examples/client.py style "a calm, friendly speaker" [--session default] [--blend 0.5]
     python examples/client.py stats
 
 ``subscribe`` and ``stream`` print each frame's jaw opening and, at the end, the latencies measured
-from the frames' server timestamps (same machine: same clock).
+from the frames' server timestamps (same machine: same clock). ``subscribe --arkit`` receives ARKit-52
+frames instead (docs/arkit.md) and prints jawOpen and the strongest blendshape.
 """
 from __future__ import annotations
 
@@ -42,9 +43,29 @@ def as_frame(raw) -> dict | None:
     if msg.get("type") != "frame":
         if msg.get("type") in ("error", "warning"):
             print(f"{msg['type']}: {msg['code']}: {msg['message']}", file=sys.stderr)
+            if msg["type"] == "error" and msg.get("ref") == "subscribe":
+                sys.exit(1)
+        elif msg.get("type") == "subscribed" and "arkit_names" in msg:
+            ARKIT_NAMES[:] = msg["arkit_names"]          # sent once; frames carry bare arrays in this order
         return None
-    msg["params"] = np.asarray(msg["expression"] + msg["head_pose"] + msg["jaw_pose"], np.float32)
+    if "arkit" in msg:
+        msg["weights"] = np.asarray(msg["arkit"], np.float32)
+    else:
+        msg["params"] = np.asarray(msg["expression"] + msg["head_pose"] + msg["jaw_pose"], np.float32)
     return msg
+
+
+ARKIT_NAMES: list[str] = []
+
+
+def describe(f: dict) -> str:
+    """One line per frame: the jaw opening (rad), or for ARKit frames jawOpen and the strongest shape."""
+    if "weights" in f:
+        w = f["weights"]
+        top = int(np.argmax(w))
+        jaw = w[ARKIT_NAMES.index("jawOpen")] if "jawOpen" in ARKIT_NAMES else float("nan")
+        return f"jawOpen {jaw:.2f}  strongest {ARKIT_NAMES[top] if ARKIT_NAMES else top} {w[top]:.2f}"
+    return f"jaw {f['params'][53]:+.3f} rad"
 
 
 class Latency:
@@ -70,7 +91,7 @@ async def cmd_subscribe(args):
     lat, n = Latency(), 0
     async with connect(args.url) as ws:
         await ws.send(json.dumps({"type": "subscribe", "session": args.session,
-                                  "format": "binary" if args.binary else "json"}))
+                                  "format": "arkit" if args.arkit else "binary" if args.binary else "json"}))
         t_end = time.time() + args.seconds if args.seconds else float("inf")
         async for raw in ws:
             f = as_frame(raw)
@@ -79,7 +100,7 @@ async def cmd_subscribe(args):
             lat.add(f, time.time())
             n += 1
             if n % 25 == 0 or args.verbose:
-                print(f"seq {f['seq']:6d}  t {f['t_audio_s']:7.2f} s  jaw {f['params'][53]:+.3f} rad")
+                print(f"seq {f['seq']:6d}  t {f['t_audio_s']:7.2f} s  {describe(f)}")
             if time.time() > t_end:
                 break
     print(f"{n} frames; {lat.report()}")
@@ -143,7 +164,9 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("subscribe", help="print a session's frames and their latency")
     p.add_argument("--session", default="default")
-    p.add_argument("--binary", action="store_true", help="packed 272-byte frames instead of JSON")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--binary", action="store_true", help="packed 272-byte frames instead of JSON")
+    fmt.add_argument("--arkit", action="store_true", help="ARKit-52 blendshape weights + head rotation (JSON)")
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until closed)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every frame")
     p = sub.add_parser("stream", help="open a session, stream an audio file into it, receive its frames")

@@ -75,6 +75,11 @@ def test_text_only_server_and_reference_client(tmp_path):
         n = int(r.stdout.strip().splitlines()[-1].split()[0])
         assert 40 <= n <= 60, r.stdout
         assert "audio-to-face n/a" in r.stdout               # idle frames have no audio arrival time
+        # ARKit frames (protocol v2) from the same server, names from the subscribed reply
+        r = subprocess.run([sys.executable, str(ROOT / "examples" / "client.py"), "--url", url, "subscribe",
+                            "--seconds", "1.2", "--arkit"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "jawOpen" in r.stdout and "strongest" in r.stdout, r.stdout
         # A client session: stream a 44.1 kHz file as fast as possible, get 25 fps of frames back.
         audio, rate = sf.read(str(DEMO_WAV), dtype="float32")
         clip = tmp_path / "a.wav"
