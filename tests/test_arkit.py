@@ -390,3 +390,40 @@ def test_retarget_cli_prints_the_standin_map(capsys):
     out = capsys.readouterr().out
     assert A.ARKIT_MAP_VERSION in out and "| 23 | `mouthSmileLeft` | `lip_corner_puller_left` |" in out
     assert "jaw_only_max_mm" in out and "projection_rel_residual.lips_part" in out
+
+
+# What drives each ARKit shape in map version standin-arkit/1 (frame value, + = its positive part).
+MAP_V1 = {
+    "eyeBlinkLeft": "blink_left+", "eyeSquintLeft": "lid_tightener+", "eyeWideLeft": "upper_lid_raiser+",
+    "eyeBlinkRight": "blink_right+", "eyeSquintRight": "lid_tightener+", "eyeWideRight": "upper_lid_raiser+",
+    "jawLeft": "jaw_ry+", "jawRight": "jaw_ry-", "jawOpen": "jaw_rx+", "mouthClose": "mouth_close+",
+    "mouthFunnel": "lip_funneler+", "mouthPucker": "lip_pucker+", "mouthLeft": "mouth_left+",
+    "mouthRight": "mouth_right+", "mouthSmileLeft": "lip_corner_puller_left+",
+    "mouthSmileRight": "lip_corner_puller_right+", "mouthFrownLeft": "lip_corner_depressor+",
+    "mouthFrownRight": "lip_corner_depressor+", "mouthDimpleLeft": "dimpler+", "mouthDimpleRight": "dimpler+",
+    "mouthStretchLeft": "lip_stretcher+", "mouthStretchRight": "lip_stretcher+",
+    "mouthRollLower": "lip_suck+ lower_lip_roll+", "mouthRollUpper": "lip_suck+", "mouthShrugLower": "chin_raiser+",
+    "mouthPressLeft": "lip_tightener+ lip_pressor+", "mouthPressRight": "lip_tightener+ lip_pressor+",
+    "mouthLowerDownLeft": "lower_lip_depressor+ lips_part+", "mouthLowerDownRight": "lower_lip_depressor+ lips_part+",
+    "mouthUpperUpLeft": "upper_lip_raiser+ lips_part+", "mouthUpperUpRight": "upper_lip_raiser+ lips_part+",
+    "browDownLeft": "brow_lowerer+", "browDownRight": "brow_lowerer+", "browInnerUp": "inner_brow_raiser+",
+    "browOuterUpLeft": "outer_brow_raiser_left+", "browOuterUpRight": "outer_brow_raiser_right+",
+    "cheekPuff": "cheek_puff+", "cheekSquintLeft": "cheek_raiser+", "cheekSquintRight": "cheek_raiser+",
+    "noseSneerLeft": "nose_wrinkler+", "noseSneerRight": "nose_wrinkler+",
+}
+
+
+def test_map_changes_bump_the_version():
+    """The map's structure is frozen per version: a change must bump ARKIT_MAP_VERSION (and docs/arkit.md)."""
+    from mm2face.engine.frame import dim_name
+    rt = standin_retarget()
+    name = lambda i: UNITS[i] if i < 50 else dim_name(i)
+    got = {}
+    for k, n in enumerate(ARKIT_NAMES):
+        src = [name(i) + "+" for i in np.flatnonzero(rt.pos[k] > 0)] + [name(i) + "-" for i in np.flatnonzero(rt.neg[k] > 0)]
+        if src:
+            got[n] = " ".join(src)
+    frozen = {"standin-arkit/1": MAP_V1}
+    assert A.ARKIT_MAP_VERSION in frozen, "a new map version: add its table here (and to docs/arkit.md)"
+    assert got == frozen[A.ARKIT_MAP_VERSION], \
+        "the stand-in ARKit map changed: bump ARKIT_MAP_VERSION, add its table here and update docs/arkit.md"
