@@ -174,7 +174,11 @@ def resolve_udp(host: str, port: int) -> tuple[socket.socket, tuple]:
 
 class UdpOutput:
     """One UDP destination: frames pushed by the frame listener, paced by a :class:`Playout`,
-    encoded by ``encode(t_audio_s, values (58,)) -> bytes`` and sent by :meth:`run` (an asyncio task)."""
+    encoded by ``encode(t_audio_s, values (58,)) -> bytes`` and sent while :meth:`run` runs.
+
+    The sending happens in event loop callbacks, not in a task's loop: a push sends what is due at
+    once and arms one timer for the next tick, so a frame costs no more wake-ups than its pacing needs.
+    """
 
     def __init__(self, name: str, host: str, port: int, encode: Callable[[float, np.ndarray], bytes],
                  out_fps: float = FPS):
@@ -183,7 +187,8 @@ class UdpOutput:
         self.sock, self.addr = resolve_udp(host, port)
         self.sent = self.send_errors = self.dropped = 0
         self._warned = False
-        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None     # set while run() runs
+        self._timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"{self.name} to {self.host}:{self.port}"
@@ -194,8 +199,24 @@ class UdpOutput:
             now = asyncio.get_running_loop().time()
         for t, v in zip(t_audio_s, values):
             self.playout.push(t, v, now)
-        if self._wake is not None:
-            self._wake.set()
+        if self._loop is not None:
+            self._service()
+
+    def _service(self) -> None:
+        """Send what is due, then arm the timer for the next tick (or none until more frames come)."""
+        now = self._loop.time()
+        for t, v in self.playout.pop_due(now):
+            self.send(t, v)
+        due = self.playout.next_due(now)
+        if self._timer is not None and (due is None or self._timer.when() != due):
+            self._timer.cancel()
+            self._timer = None
+        if due is not None and self._timer is None:
+            self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._service()
 
     def send(self, t_audio_s: float, values: np.ndarray) -> None:
         """Encode and send one frame now. Never raises for network trouble: logged once, counted."""
@@ -213,25 +234,16 @@ class UdpOutput:
                             self, e.strerror or e)
 
     async def run(self) -> None:
-        """Send each tick when it is due, until cancelled; then send what is left at once."""
-        loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        """Send each tick when it is due, until cancelled; then finish what is queued (see DRAIN_MAX_S)."""
+        loop = self._loop = asyncio.get_running_loop()
         try:
-            while True:
-                now = loop.time()
-                for t, v in self.playout.pop_due(now):
-                    self.send(t, v)
-                due = self.playout.next_due(now)
-                self._wake.clear()
-                # a timer sets the same event as push(); not asyncio.wait_for, which on Python <= 3.11
-                # can swallow a cancellation that arrives as the wait completes (the task never stopped)
-                timer = None if due is None else loop.call_at(due, self._wake.set)
-                try:
-                    await self._wake.wait()
-                finally:
-                    if timer is not None:
-                        timer.cancel()
+            self._service()
+            await loop.create_future()              # the work happens in push() and the timer
         finally:
+            self._loop = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             # frames already made still go out at their pace (the face finishes what it says),
             # for at most DRAIN_MAX_S; whatever is left then goes at once
             try:

@@ -130,14 +130,17 @@ async def test_stopping_sends_every_frame_already_made():
     assert got == [f"{k / 25:.2f}" for k in range(6)]
 
 
-def test_cli_output_errors_are_explained_before_loading_the_model():
-    for args, msg in ((["--livelink", "127.0.0.1:99999"], "out of range"),
-                      (["--vmc", "127.0.0.1:abc"], "port must be a number"),
+def test_cli_output_errors_are_explained_before_loading_the_model(capsys):
+    from mm2face.realtime import cli
+    r = subprocess.run(LIVE + ["--livelink", "127.0.0.1:99999", "--random-model"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "out of range" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for args, msg in ((["--vmc", "127.0.0.1:abc"], "port must be a number"),
                       (["--vmc", "127.0.0.1", "--vmc-fps", "0"], "output rate must be in"),
                       (["--livelink", "127.0.0.1", "--livelink-subject", "x" * 500], "at most 468")):
-        r = subprocess.run(LIVE + args + ["--random-model", "--seconds", "1"], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2, (args, r.stderr)
-        assert msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert cli.main(args + ["--random-model", "--quiet"]) == 2, args
+        err = capsys.readouterr().err
+        assert msg in err, err
 
 
 async def test_attach_converts_each_batch_once_and_refuses_a_head_without_a_map():
