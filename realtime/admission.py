@@ -202,3 +202,27 @@ def limits_from_args(args, make_session=None, batched: bool = True, log=None) ->
             log(est.describe())
     return Limits(max_sessions=args.max_sessions, max_sessions_per_client=args.max_sessions_per_client,
                   capacity=capacity, idle_timeout_s=args.idle_timeout)
+
+
+CONTROL_RATE_PER_S = 50.0         # control messages one connection may send per second, sustained
+CONTROL_BURST = 100               # ... and in a burst
+
+
+class RateLimiter:
+    """Token bucket: ``allow()`` is True while the caller stays within ``rate_per_s`` (``burst`` at once)."""
+
+    def __init__(self, rate_per_s: float = CONTROL_RATE_PER_S, burst: int = CONTROL_BURST,
+                 clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = rate_per_s, burst, clock
+        self.tokens, self.t = float(burst), clock()
+        self.dropped = 0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.dropped += 1
+        return False

@@ -24,6 +24,7 @@ from mm2face.realtime.resample import AudioFormatError, check_format
 
 PROTOCOL_VERSION = 2                # v2 = v1 + the ARKit frame formats; a v1 client sees v1 unchanged
 SUPPORTED_VERSIONS = (1, 2)         # what a client may ask for in hello (the reply echoes it)
+HELLO_DEFAULT_VERSION = 1           # a hello without "version" is a v1 client's: its reply says 1, as before
 SERVER_NAME = "mm2face-live"
 
 # Limits (documented in docs/protocol.md).
@@ -71,6 +72,7 @@ class ErrorCode:
     CAPACITY = "capacity"                    # open refused: the server is at its real-time capacity or session limit
     SESSION_LIMIT = "session_limit"          # open refused: this client address holds its maximum of sessions
     DRAINING = "draining"                    # open refused: the server is shutting down
+    RATE_LIMITED = "rate_limited"            # too many control messages per second; the excess was dropped
     INTERNAL = "internal"                    # the server failed (a bug, never the client's input)
 
 
@@ -255,7 +257,7 @@ def parse_text(data: str | bytes) -> Any:
     if token is not None:
         _check_unicode(token, "token", t)
     if t == "hello":
-        v = _field(obj, "version", int, default=PROTOCOL_VERSION, ref=t)
+        v = _field(obj, "version", int, default=HELLO_DEFAULT_VERSION, ref=t)
         if v not in SUPPORTED_VERSIONS:
             raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
                                 f"protocol version {v} is not supported; this server speaks versions "

@@ -37,7 +37,7 @@ import numpy as np
 from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
 from mm2face.realtime import web_static
-from mm2face.realtime.admission import Admission, IdleReaper, Limits
+from mm2face.realtime.admission import Admission, IdleReaper, Limits, RateLimiter
 from mm2face.realtime.resample import StreamResampler
 
 log = logging.getLogger("mm2face.realtime")
@@ -51,6 +51,7 @@ SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer per client: bounds the frame
 WS_MAX_SIZE = 4 * P.MAX_AUDIO_BYTES   # websockets closes the socket (1009) above this; we answer below it
 IDLE_AFTER_S = 0.5            # a client session whose audio has played out this long ago (s) goes idle
 IDLE_MAX_BURST_FRAMES = 25    # idle clock: after a stall longer than this (frames) it re-anchors, no burst
+INGEST_SLICE_SAMPLES = 1280   # a client audio message is fed in slices of this many 16 kHz samples (80 ms, one hop)
 
 
 class SessionClosed(Exception):
@@ -515,6 +516,8 @@ class ClientConn:
         self.subs: set[str] = set()
         self.outbox: collections.deque = collections.deque()   # (is_frame, message, LiveSession | None)
         self.addr = _peer_host(ws)                              # client address: per-client session limit
+        self.control_rate = RateLimiter()                       # control messages per second
+        self._rate_warned_at = -math.inf
         self.n_frames_queued = 0
         self.n_control_queued = 0
         self.dropped = 0
@@ -707,6 +710,7 @@ class Hub:
         try:
             async for data in ws:
                 await self.dispatch(client, data, received_at(ws))
+                await asyncio.sleep(0)        # one message per turn: a flooding client cannot hog the loop
         except Exception as e:  # abrupt disconnects end up here (ConnectionClosedError)
             log.debug("client %d disconnected: %s", client.id, e)
         finally:
@@ -728,6 +732,14 @@ class Hub:
         with its own code; ``internal`` is left for server bugs. Returns the error code sent, if any."""
         rx_time = time.time() if rx_time is None else rx_time
         try:
+            if not isinstance(data, (bytes, bytearray, memoryview)) and not client.control_rate.allow():
+                if rx_time - client._rate_warned_at < 1.0:
+                    self.errors[P.ErrorCode.RATE_LIMITED] += 1
+                    return P.ErrorCode.RATE_LIMITED        # dropped; told at most once a second
+                client._rate_warned_at = rx_time
+                raise P.ProtocolError(P.ErrorCode.RATE_LIMITED, f"more than {client.control_rate.rate:.0f} "
+                                      "control messages per second from this connection; the excess is dropped "
+                                      "(this reply comes at most once a second). Slow down")
             if isinstance(data, (bytes, bytearray, memoryview)):
                 await self._on_audio(client, bytes(data), rx_time)
             else:
@@ -894,7 +906,10 @@ class Hub:
                     P.WarningCode.AUDIO_CLIPPED, f"{chk.n_clipped} samples beyond [-1, 1] were clipped; "
                     "float32 audio must be scaled to [-1, 1] (reported once per session)", live.name))
         audio = live.resampler.process(chk.audio)
-        await live.push_audio(audio, arrival_time=arrival)
+        # Fair ingestion: a long message goes in one hop at a time, each slice joining the next batched
+        # round with everyone else's ready hops, so no session waits behind another's upload.
+        for i in range(0, len(audio), INGEST_SLICE_SAMPLES):
+            await live.push_audio(audio[i:i + INGEST_SLICE_SAMPLES], arrival_time=arrival)
 
 
 def _peer_host(ws) -> str | None:

@@ -168,3 +168,25 @@ async def test_mqtt_status_counts_drops_per_session(make_session):
     bridge._publish_status(a)
     status = json.loads([item for item in list(bridge.queue._queue) if item[0].endswith("a/status")][-1][1])
     assert status["dropped"] == 2
+
+
+def test_control_rate_limiter_with_a_fake_clock():
+    from mm2face.realtime.admission import RateLimiter
+    now = [0.0]
+    r = RateLimiter(rate_per_s=10, burst=5, clock=lambda: now[0])
+    assert [r.allow() for _ in range(7)] == [True] * 5 + [False] * 2
+    now[0] = 0.35                                   # 3.5 tokens back
+    assert [r.allow() for _ in range(4)] == [True, True, True, False]
+    assert r.dropped == 3
+
+
+async def test_a_flood_of_control_messages_is_cut_with_rate_limited(make_session):
+    from websockets.asyncio.client import connect
+    hub = Hub(make_session)
+    await hub.create_session("default")
+    async with serve_hub(hub, "127.0.0.1", 0) as srv, connect(f"ws://127.0.0.1:{srv.port}") as ws:
+        for _ in range(400):
+            await ws.send('{"type":"stats"}')
+        m, seen = await recv_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+    assert m["code"] == "rate_limited" and "per second" in m["message"]
+    assert 90 <= sum(1 for x in seen if x.get("type") == "stats") < 400
