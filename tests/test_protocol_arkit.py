@@ -35,6 +35,7 @@ def test_versions_and_formats_parse():
     assert ei.value.code == P.ErrorCode.UNSUPPORTED_VERSION and "1, 2" in ei.value.message
     assert P.parse_text('{"type":"subscribe","format":"arkit"}') == P.Subscribe("default", "arkit")
     assert P.parse_text('{"type":"open","format":"arkit-binary"}').format == "arkit-binary"
+    assert P.parse_text('{"type":"hello"}').version == 1                      # no version: a v1 client
     assert json.loads(P.hello_json([], False, version=1))["version"] == 1      # a v1 client's reply says 1
     assert json.loads(P.hello_json([], False))["versions"] == [1, 2]
 
