@@ -35,26 +35,27 @@ import uuid
 
 import numpy as np
 
+from mm2face.engine.arkit import N_ARKIT
 from mm2face.engine.frame import FPS
 
 DEFAULT_PORT = 11111                  # the Live Link Face app's default target port (Unreal's listener)
 PACKET_VERSION = 6
-N_ARKIT = 52                          # ARKit blendshape weights, Apple order
-N_CURVES = 61                         # 52 weights + head yaw/pitch/roll + left/right eye yaw/pitch/roll
-HEAD_CURVES = slice(52, 55)           # HeadYaw, HeadPitch, HeadRoll (rad)
-EYE_CURVES = slice(55, 61)            # Left/RightEye Yaw, Pitch, Roll (rad): 0, no gaze model
 EXTRA_CURVE_NAMES = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
-                     "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+                     "RightEyeYaw", "RightEyePitch", "RightEyeRoll")     # after the 52 ARKit weights
+N_CURVES = N_ARKIT + len(EXTRA_CURVE_NAMES)          # 61
+HEAD_CURVES = slice(N_ARKIT, N_ARKIT + 3)            # HeadYaw, HeadPitch, HeadRoll (rad)
+EYE_CURVES = slice(N_ARKIT + 3, N_CURVES)            # Left/RightEye Yaw, Pitch, Roll (rad): 0, no gaze model
 MIN_PACKET_BYTES = 264                # Unreal's AppleARKitLiveLinkSource rejects smaller packets
 MAX_PACKET_BYTES = 774                # ... and larger ones
-FIXED_BYTES = 306                     # packet size without the subject name's bytes
-MAX_SUBJECT_BYTES = MAX_PACKET_BYTES - FIXED_BYTES   # 468 bytes of UTF-8
+DEVICE_ID_CHARS = 36                  # a UUID's text form
 DEVICE_NAMESPACE = uuid.UUID("6f1f2b1e-3c55-4d0a-9a51-2e6d6d32666d")   # device ids: uuid5(this, subject)
 SUBFRAME_EPS = 1e-6                   # a frame number within this of an integer is on the grid
 
 _ID_STRUCT = struct.Struct("!Bi")                 # version, device id length
 _LEN_STRUCT = struct.Struct("!i")
 _BODY_STRUCT = struct.Struct(f"!ifiiB{N_CURVES}f")  # frame, subframe, fps num, den, count, curves
+FIXED_BYTES = _ID_STRUCT.size + DEVICE_ID_CHARS + _LEN_STRUCT.size + _BODY_STRUCT.size   # 306: all but the name
+MAX_SUBJECT_BYTES = MAX_PACKET_BYTES - FIXED_BYTES   # 468 bytes of UTF-8
 
 
 class LiveLinkError(ValueError):

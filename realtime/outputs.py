@@ -1,14 +1,16 @@
 """UDP outputs of ``mm2face-live``: Unreal Live Link Face (``--livelink``) and VMC (``--vmc``).
 
 Frames reach the outputs through the default session's frame listeners, the same fan-out that
-feeds ``--record``: :func:`attach` converts each published batch to ARKit weights once
-(:func:`output_values`) and hands it to every output. The engine publishes frames in bursts (two
+feeds ``--record``: :func:`attach` converts each published batch to ARKit weights once (with the
+hub's map, shared with the server's ARKit subscribers through the frames' cache) and hands it to
+every output. The engine publishes frames in bursts (two
 frames per 80 ms token), so each output plays them out on the audio clock through a
 :class:`Playout`: a frame showing audio time ``t_audio_s`` leaves at ``t_audio_s + offset``, where
 ``offset`` is the largest ``arrival - t_audio_s`` of the last :data:`OFFSET_WINDOW_S` seconds. Steady
 input therefore leaves at a steady 25 fps, a late frame leaves at once (and later frames keep its
 delay for a while), and ``--vmc-fps`` other than 25 interpolates linearly between frames on an
 ``out_fps`` grid of audio times (one frame of added delay, so the next frame is there in time).
+When the stream stops, frames already made keep their pace for up to :data:`DRAIN_MAX_S`.
 
 Sending never blocks nor raises into the event loop: the sockets are non-blocking, a full send
 buffer drops that packet, and an unreachable host is logged once and counted (``send_errors``).
@@ -26,11 +28,11 @@ from typing import Callable
 
 import numpy as np
 
+from mm2face.engine.arkit import N_ARKIT
 from mm2face.engine.frame import FPS, HEAD
 
 log = logging.getLogger("mm2face.realtime")
 
-N_ARKIT = 52
 VALUES_DIM = N_ARKIT + 3 + 3         # output values: 52 ARKit weights, head yaw/pitch/roll (rad), head axis-angle (rad, FLAME)
 WEIGHTS = slice(0, N_ARKIT)
 HEAD_YPR = slice(N_ARKIT, N_ARKIT + 3)
@@ -54,10 +56,9 @@ def output_values(motion: np.ndarray, arkit=None, retarget=None) -> np.ndarray:
     if arkit is None:
         from mm2face.engine.arkit import to_arkit
         arkit = to_arkit(motion, retarget)
-    ak = arkit
     out = np.empty((len(motion), VALUES_DIM), np.float32)
-    out[:, WEIGHTS] = ak.weights
-    out[:, HEAD_YPR] = ak.head_rot
+    out[:, WEIGHTS] = arkit.weights
+    out[:, HEAD_YPR] = arkit.head_rot
     out[:, HEAD_ROTVEC] = motion[:, HEAD]
     return out
 
