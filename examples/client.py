@@ -29,7 +29,7 @@ FRAME = struct.Struct("<4sHHII4d56f")       # magic, version, flags, seq, sessio
 
 def unpack(data: bytes) -> dict:
     magic, ver, flags, seq, num, t, send, arrival, ready, *params = FRAME.unpack(data)
-    assert magic == b"MMF1" and ver == 1, "not a protocol v1 frame"
+    assert magic == b"MMF1" and ver == 1, "not an MMF1 frame (layout version 1)"
     nan_none = lambda x: None if x != x else x  # noqa: E731
     return {"seq": seq, "session_num": num, "t_audio_s": t, "server_send_time": send,
             "audio_arrival_time": nan_none(arrival), "input_ready_time": nan_none(ready),

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mm2face-live", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Drive a FLAME face from live audio and style text at 25 fps, and serve the frames "
-                    "over WebSockets (protocol v1, docs/protocol.md) and MQTT.",
+                    "over WebSockets (protocol v2, docs/protocol.md) and MQTT.",
         epilog="examples:\n" + __doc__.split("Examples::")[1].split("While it runs")[0].rstrip() +
                "\n\nType a line on stdin to change the style while it runs. Without --mic/--wav/--demo the face\n"
                "runs in text-only mode: idle motion driven by the style alone. Clients: docs/protocol.md,\n"
@@ -345,7 +345,7 @@ async def amain(args) -> int:
                 srv = None
         if args.serve:
             url = f"ws://{args.host}:{srv.port}"
-            print(f"mm2face-live: serving {url} (session 'default', protocol v1)", file=sys.stderr, flush=True)
+            print(f"mm2face-live: serving {url} (session 'default', protocol v{P.PROTOCOL_VERSION})", file=sys.stderr, flush=True)
             if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
                 print("mm2face-live: warning: listening beyond this machine without --token; anyone who can "
                       "reach the port can change the style", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The mm2face-live WebSocket server (protocol v1, see docs/protocol.md), a thin asyncio layer.
+"""The mm2face-live WebSocket server (protocol v2, see docs/protocol.md), a thin asyncio layer.
 
     hub = Hub(make_session)                       # make_session(style) -> StreamSession
     default = await hub.create_session("default", style="calm")
@@ -963,7 +963,7 @@ def _http_page(connection, request):
     static = web_static.static_response(connection, request.path)
     if static is not None:
         return static
-    return connection.respond(404, "mm2face-live speaks WebSocket protocol v1 here; see docs/protocol.md\n")
+    return connection.respond(404, "mm2face-live speaks WebSocket protocol v2 here; see docs/protocol.md\n")
 
 
 @contextlib.asynccontextmanager
