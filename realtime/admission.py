@@ -20,6 +20,7 @@ from typing import Callable
 
 from mm2face.realtime import protocol as P
 
+DRAIN_TIMEOUT_S = 10.0            # graceful shutdown: how long running sessions get to finish
 HOP_S = 0.08                      # one motion token: 2 frames at 25 fps, the server's unit of work
 CAPACITY_UTILISATION = 0.5        # a batched hop of every session may take at most this share of a hop
 CAPACITY_BATCH_SIZES = (1, 2, 4, 8, 16)   # batch sizes timed by measure_capacity
@@ -186,6 +187,9 @@ def add_arguments(ap) -> None:
                         f"it under {CAPACITY_UTILISATION * 100:.0f}%% of the {HOP_S * 1e3:.0f} ms hop)")
     g.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="S",
                    help="close a client session idle this long with no subscriber (0 = never; default: %(default)s)")
+    g.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S, metavar="S",
+                   help="on SIGTERM/SIGINT: refuse new sessions and give running ones this long to finish "
+                        "before closing them (default: %(default)s)")
     g.add_argument("--server-session-control", choices=("none", "style", "all"), default="style",
                    help="what clients may send to the server's own session (mic/wav/text-only): nothing, "
                         "style changes, or also end and flush (default: %(default)s)")

@@ -397,6 +397,8 @@ async def amain(args) -> int:
             loop.call_later(args.seconds, stop.set)
 
         await stop.wait()
+        if args.serve:       # graceful drain: no new sessions, running ones get --drain-timeout to finish
+            await hub.drain(args.drain_timeout)
         for t in tasks:
             t.cancel()
         # A task stuck in a driver or a worker thread must not cost the recordings, nor keep the process

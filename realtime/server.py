@@ -38,6 +38,7 @@ from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
 from mm2face.realtime import web_static
 from mm2face.realtime.admission import Admission, IdleReaper, Limits, RateLimiter
+from mm2face.realtime.metrics import HubMetrics, log_event
 from mm2face.realtime.resample import StreamResampler
 
 log = logging.getLogger("mm2face.realtime")
@@ -51,6 +52,7 @@ SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer per client: bounds the frame
 WS_MAX_SIZE = 4 * P.MAX_AUDIO_BYTES   # websockets closes the socket (1009) above this; we answer below it
 IDLE_AFTER_S = 0.5            # a client session whose audio has played out this long ago (s) goes idle
 IDLE_MAX_BURST_FRAMES = 25    # idle clock: after a stall longer than this (frames) it re-anchors, no burst
+SPEAKING_HOLD_S = 1.0         # a session counts as speaking this long after its last real audio arrived
 INGEST_SLICE_SAMPLES = 1280   # a client audio message is fed in slices of this many 16 kHz samples (80 ms, one hop)
 
 
@@ -327,6 +329,7 @@ class LiveSession:
             for m in encoder.get(fmt):
                 client.send_frame(m, self)
         self.frames_out += len(out)
+        self.hub.frames_total += len(out)
         self.last_frame = out[-1]
         for fn in list(self.listeners):
             try:
@@ -336,6 +339,11 @@ class LiveSession:
         return out
 
     # -- stats --------------------------------------------------------------------------------
+
+    def is_idle(self, now: float | None = None) -> bool:
+        """No real audio has arrived for ``SPEAKING_HOLD_S`` (idle, text-only, or not yet speaking)."""
+        now = time.time() if now is None else now
+        return now - self.last_audio_time > SPEAKING_HOLD_S
 
     def fps(self) -> float:
         ts = [t for t in self._send_times if t > time.time() - 2.0]
@@ -379,8 +387,9 @@ class Batcher:
     nothing to do never delays the others. Sessions on different models are stepped separately.
     """
 
-    def __init__(self, max_batch: int = 64):
+    def __init__(self, max_batch: int = 64, on_step: Callable[[float, int], None] | None = None):
         self.max_batch = max_batch
+        self.on_step = on_step                  # (seconds, batch size) after every engine step
         self.lock = asyncio.Lock()              # shared by every session of the hub
         self.sessions: list[LiveSession] = []
         self._waiters: list[asyncio.Future] = []
@@ -420,7 +429,10 @@ class Batcher:
                         for group in groups.values():
                             for i in range(0, len(group), self.max_batch):
                                 part = group[i:i + self.max_batch]
+                                t_step = time.perf_counter()
                                 await asyncio.to_thread(step_sessions, [s.session for s in part])
+                                if self.on_step is not None:
+                                    self.on_step(time.perf_counter() - t_step, len(part))
                                 self.steps += 1
                                 self.batch_sizes.append(len(part))
                                 for s in part:
@@ -606,13 +618,16 @@ class Hub:
             raise ValueError(f"server_session_control must be one of {list(SERVER_SESSION_CONTROL)}")
         self.server_session_control = server_session_control
         self.send_buffer_bytes = send_buffer_bytes
-        self.batcher = Batcher() if batch else None
+        self.frames_total = 0                    # frames published by all sessions
+        self.metrics = HubMetrics(self)
+        self.batcher = Batcher(on_step=self.metrics.observe_hop) if batch else None
         self.idle_clock = IdleClock(self)
         self.sessions: dict[str, LiveSession] = {}
         self.clients: set[ClientConn] = set()
         self.dropped_total = 0
         self.errors: collections.Counter[str] = collections.Counter()   # error replies by code
         self._building: collections.Counter = collections.Counter()      # client addr -> sessions being built
+        self._sessions_changed = asyncio.Event()                           # set when a session closes
         self._nums = itertools.count(1)
         # ARKit frame formats: the map (None = the stand-in's); arkit_error refuses them, saying why
         self.arkit_retarget = None
@@ -629,7 +644,11 @@ class Hub:
             raise P.ProtocolError(P.ErrorCode.SESSION_EXISTS, f"session {name!r} already exists; "
                                   "pick another name or omit it", "open")
         if owner is not None:          # the operator's own sessions are not subject to admission
-            self.admission.check_open(len(self.sessions), self.sessions_of(owner.addr), owner.addr or "?")
+            try:
+                self.admission.check_open(len(self.sessions), self.sessions_of(owner.addr), owner.addr or "?")
+            except P.ProtocolError as e:
+                log_event("session_refused", code=e.code, client=owner.addr, sessions=len(self.sessions))
+                raise
         self.sessions[name] = None  # reserve the name (and a place) while the session is built
         addr = owner.addr if owner is not None else None
         self._building[addr] += 1
@@ -651,6 +670,8 @@ class Hub:
             self.batcher.sessions.append(live)
         for fn in list(self.session_listeners):
             fn(live, True)
+        log_event("session_opened", session=name, client=owner.addr if owner is not None else None,
+                  sessions=len(self.sessions))
         return live
 
     async def close_session(self, live: LiveSession, reason: str = "closed") -> None:
@@ -666,6 +687,9 @@ class Hub:
             c.subs.discard(live.name)
             c.send_control(msg)
         live.subscribers.clear()
+        self._sessions_changed.set()
+        log_event("session_closed", session=live.name, reason=reason, frames=live.frames_out,
+                  dropped=live.dropped_frames, client=live.owner.addr if live.owner is not None else None)
         for fn in list(self.session_listeners):
             fn(live, False)
 
@@ -683,6 +707,36 @@ class Hub:
         """Client sessions (open or being built) whose owner connected from ``addr``."""
         return sum(1 for s in self.sessions.values() if s is not None and s.owner is not None
                    and s.owner.addr == addr) + self._building.get(addr, 0)
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether a new client session would be admitted now, and why (``/readyz``)."""
+        cap, n = self.limits.effective_capacity, len(self.sessions)
+        if self.admission.draining:
+            return False, "draining (shutting down, no new sessions)"
+        if n >= cap:
+            return False, f"full: {n} of {cap} sessions"
+        return True, f"{n} of {cap} sessions"
+
+    async def drain(self, grace_s: float, reason: str = "server shutting down") -> int:
+        """Graceful shutdown: refuse new sessions (``draining``), give the running client sessions up to
+        ``grace_s`` to finish (their owners close them), then close the rest with ``session_closed``
+        and ``reason``. Returns how many were closed by the drain."""
+        self.admission.draining = True
+        log_event("drain_started", grace_s=grace_s, sessions=self.live_sessions())
+        loop = asyncio.get_running_loop()
+        t_end = loop.time() + grace_s
+        while self._client_sessions() and loop.time() < t_end:
+            self._sessions_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sessions_changed.wait(), max(0.0, t_end - loop.time()))
+        left = self._client_sessions()
+        for live in left:
+            await self.close_session(live, reason=f"{reason} (drain after {grace_s:g} s)")
+        log_event("drain_done", closed=len(left))
+        return len(left)
+
+    def _client_sessions(self) -> list[LiveSession]:
+        return [s for s in self.sessions.values() if s is not None and s.owner is not None and not s.closed]
 
     def limits_info(self) -> dict:
         return self.admission.as_dict(len(self.sessions))
@@ -956,14 +1010,34 @@ def stamped_connection_class():
     return StampedConnection
 
 
-def _http_page(connection, request):
-    """Plain HTTP GET (not a WebSocket upgrade): the browser viewer's files (see web_static)."""
+def _http_page(connection, request, hub: "Hub | None" = None):
+    """Plain HTTP GET (not a WebSocket upgrade): the operations endpoints, then the browser viewer's files (see web_static)."""
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return None
+    ops = _ops_response(connection, request.path.split("?")[0], hub) if hub is not None else None
+    if ops is not None:
+        return ops
     static = web_static.static_response(connection, request.path)
     if static is not None:
         return static
     return connection.respond(404, "mm2face-live speaks WebSocket protocol v2 here; see docs/protocol.md\n")
+
+
+def _ops_response(connection, path: str, hub: "Hub"):
+    """``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``; None for any other path."""
+    if path == "/metrics":
+        body, ctype = hub.metrics.exposition()
+        response = connection.respond(200, body.decode("utf-8"))
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = ctype
+        return response
+    if path == "/healthz":
+        return connection.respond(200, f"ok: up {time.time() - hub.started:.0f} s, {len(hub.live_sessions())} "
+                                       "sessions\n")
+    if path == "/readyz":
+        ready, why = hub.ready()
+        return connection.respond(200 if ready else 503, ("ready: " if ready else "not ready: ") + why + "\n")
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -973,7 +1047,7 @@ async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     from websockets.asyncio.server import serve
 
     async with serve(hub.handler, host, port, max_size=WS_MAX_SIZE, compression=None,
-                     max_queue=64, process_request=_http_page,
+                     max_queue=64, process_request=lambda conn, req: _http_page(conn, req, hub),
                      create_connection=stamped_connection_class()) as server:
         server.port = next(iter(server.sockets)).getsockname()[1]
         try:
