@@ -12,8 +12,10 @@ delay for a while), and ``--vmc-fps`` other than 25 interpolates linearly betwee
 ``out_fps`` grid of audio times (one frame of added delay, so the next frame is there in time).
 When the stream stops, frames already made keep their pace for up to :data:`DRAIN_MAX_S`.
 
-Sending never blocks nor raises into the event loop: the sockets are non-blocking, a full send
-buffer drops that packet, and an unreachable host is logged once and counted (``send_errors``).
+Each output sends from a thread of its own, so its pacing wake-ups never take the event loop's
+turns; the loop only converts and queues. Sending never blocks nor raises: the sockets are
+non-blocking, a full send buffer drops that packet, and an unreachable host is logged once and
+counted (``send_errors``).
 See docs/outputs.md for what each protocol carries.
 """
 from __future__ import annotations
@@ -21,9 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import logging
 import math
+import queue
 import socket
+import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -42,6 +48,9 @@ GRID_EPS = 1e-9                       # audio times closer than this are the sam
 MAX_OUT_FPS = 240.0                   # --vmc-fps upper bound
 DEFAULT_SUBJECT = "mm2face"
 DRAIN_MAX_S = 1.0                     # on stop: frames already made keep their pace for at most this long
+
+
+_STOP = object()                      # UdpOutput's queue: the stream is stopping
 
 
 class OutputError(ValueError):
@@ -174,11 +183,13 @@ def resolve_udp(host: str, port: int) -> tuple[socket.socket, tuple]:
 
 
 class UdpOutput:
-    """One UDP destination: frames pushed by the frame listener, paced by a :class:`Playout`,
-    encoded by ``encode(t_audio_s, values (58,)) -> bytes`` and sent while :meth:`run` runs.
+    """One UDP destination: frames pushed by the frame listener, paced by a :class:`Playout` and
+    sent, encoded by ``encode(t_audio_s, values (58,)) -> bytes``, from a sender thread of its own
+    while :meth:`run` runs.
 
-    The sending happens in event loop callbacks, not in a task's loop: a push sends what is due at
-    once and arms one timer for the next tick, so a frame costs no more wake-ups than its pacing needs.
+    The event loop only queues frames (:meth:`push`); the thread waits for each tick, encodes and
+    sends, so pacing wake-ups (25 or ``out_fps`` a second) and a slow network stack never cost the
+    loop a turn. ``sender_cpu_s``: the thread's CPU time once it has stopped.
     """
 
     def __init__(self, name: str, host: str, port: int, encode: Callable[[float, np.ndarray], bytes],
@@ -187,37 +198,17 @@ class UdpOutput:
         self.playout = Playout(out_fps)
         self.sock, self.addr = resolve_udp(host, port)
         self.sent = self.send_errors = self.dropped = 0
+        self.sender_cpu_s = math.nan
         self._warned = False
-        self._loop: asyncio.AbstractEventLoop | None = None     # set while run() runs
-        self._timer: asyncio.TimerHandle | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()      # (times, values, now) or _STOP
 
     def __repr__(self) -> str:
         return f"{self.name} to {self.host}:{self.port}"
 
     def push(self, t_audio_s, values: np.ndarray, now: float | None = None) -> None:
-        """Queue frames ``t_audio_s: (n,)`` with ``values: (n, 58)`` (call on the event loop's thread)."""
-        if now is None:
-            now = asyncio.get_running_loop().time()
-        for t, v in zip(t_audio_s, values):
-            self.playout.push(t, v, now)
-        if self._loop is not None:
-            self._service()
-
-    def _service(self) -> None:
-        """Send what is due, then arm the timer for the next tick (or none until more frames come)."""
-        now = self._loop.time()
-        for t, v in self.playout.pop_due(now):
-            self.send(t, v)
-        due = self.playout.next_due(now)
-        if self._timer is not None and (due is None or self._timer.when() != due):
-            self._timer.cancel()
-            self._timer = None
-        if due is not None and self._timer is None:
-            self._timer = self._loop.call_at(due, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._service()
+        """Queue frames ``t_audio_s: (n,)`` with ``values: (n, 58)`` that arrived at ``now``
+        (``time.monotonic()`` seconds; default: now). Thread-safe, never blocks."""
+        self._queue.put((list(t_audio_s), np.asarray(values, np.float32), time.monotonic() if now is None else now))
 
     def send(self, t_audio_s: float, values: np.ndarray) -> None:
         """Encode and send one frame now. Never raises for network trouble: logged once, counted."""
@@ -234,34 +225,49 @@ class UdpOutput:
                 log.warning("%s: cannot send (%s); still running, frames to it are lost until it is reachable",
                             self, e.strerror or e)
 
-    async def run(self) -> None:
-        """Send each tick when it is due, until cancelled; then finish what is queued (see DRAIN_MAX_S)."""
-        loop = self._loop = asyncio.get_running_loop()
+    def _sender(self) -> None:
+        """The sender thread: queued frames into the play-out, each tick sent when due. After _STOP,
+        frames already made keep their pace for at most DRAIN_MAX_S; the rest then go at once."""
+        stop_at = None
         try:
-            self._service()
-            await loop.create_future()              # the work happens in push() and the timer
+            while True:
+                now = time.monotonic()
+                for t, v in self.playout.pop_due(now):
+                    self.send(t, v)
+                due = self.playout.next_due(now)
+                if stop_at is not None and (due is None or due > stop_at):
+                    break
+                try:
+                    item = self._queue.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
+                except queue.Empty:
+                    continue
+                if item is _STOP:
+                    stop_at = time.monotonic() + DRAIN_MAX_S
+                    continue
+                times, values, arrival = item
+                for t, v in zip(times, values):
+                    self.playout.push(t, v, arrival)
         finally:
-            self._loop = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            # frames already made still go out at their pace (the face finishes what it says),
-            # for at most DRAIN_MAX_S; whatever is left then goes at once
-            try:
-                deadline = loop.time() + DRAIN_MAX_S
-                while (due := self.playout.next_due(loop.time())) is not None and due <= deadline:
-                    await asyncio.sleep(max(0.0, due - loop.time()))
-                    for t, v in self.playout.pop_due(loop.time()):
-                        self.send(t, v)
-            except asyncio.CancelledError:
-                pass
             for t, v in self.playout.drain():
                 self.send(t, v)
             self.sock.close()
+            self.sender_cpu_s = time.thread_time()
             log.info("%s: sent %d, dropped %d (send buffer full), %d send errors",
                      self, self.sent, self.dropped, self.send_errors)
 
+    async def run(self) -> None:
+        """Run the sender thread until cancelled; then let it finish what is queued (see DRAIN_MAX_S)."""
+        thread = threading.Thread(target=self._sender, name=f"{self.name} sender", daemon=True)
+        thread.start()
+        try:
+            await asyncio.get_running_loop().create_future()       # until cancelled
+        finally:
+            self._queue.put(_STOP)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.to_thread(thread.join, DRAIN_MAX_S + 1.0)
+
     def close(self) -> None:
+        """Close the socket of an output that never ran."""
         self.sock.close()
 
 

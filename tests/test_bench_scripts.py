@@ -74,4 +74,5 @@ def test_outputs_cost_per_frame(tmp_path):
     # the paced run sent every frame (60 fps: 2.4 bundles per frame)
     assert udp["Live Link Face (25 fps)"]["realtime_sent"] == udp["Live Link Face (25 fps)"]["realtime_frames"] == 20
     assert udp["VMC (60 fps)"]["realtime_sent"] >= 2 * udp["VMC (60 fps)"]["realtime_frames"]
+    assert all(r["sender_cpu_us_per_frame"] > 0 for r in udp.values())
     assert "json" in res["ws_formats"] and "Live Link Face" in md

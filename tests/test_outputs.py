@@ -4,7 +4,9 @@ import asyncio
 import logging
 import socket
 import subprocess
+import struct
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -115,8 +117,8 @@ async def test_stopping_sends_every_frame_already_made():
     rx.setblocking(False)
     out = O.UdpOutput("test", "127.0.0.1", rx.getsockname()[1], lambda t, v: f"{t:.2f}".encode())
     task = asyncio.create_task(out.run())
-    await asyncio.sleep(0)                                  # let it start, then queue a burst far in the future
-    out.push([k / 25 for k in range(6)], np.zeros((6, 3), np.float32), now=asyncio.get_running_loop().time() + 100)
+    await asyncio.sleep(0)                                  # let it start, then queue a burst due in 100 s
+    out.push([k / 25 for k in range(6)], np.zeros((6, 3), np.float32), now=time.monotonic() + 100)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -151,16 +153,25 @@ async def test_attach_converts_each_batch_once_and_refuses_a_head_without_a_map(
     frames = [WireFrame(session="default", session_num=0, seq=k, t_audio_s=k / 25, params=motion[k]) for k in range(2)]
     FrameBatchEncoder(frames, None).arkit()                 # as the server does for an ARKit subscriber
     cached = frames[0].arkit_cache[1].copy()
-    out = O.UdpOutput("test", "127.0.0.1", 9, lambda t, v: b"")
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(10)
+    out = O.UdpOutput("test", "127.0.0.1", rx.getsockname()[1], lambda t, v: struct.pack(f"!d{len(v)}f", t, *v))
     live = type("Live", (), {"listeners": []})()
     O.attach([out], live)
-    live.listeners[0](live, frames)
-    got = out.playout.drain()
-    out.close()
-    assert [t for t, _ in got] == [0.0, 0.04]
-    want = O.output_values(motion, to_arkit(motion))
-    np.testing.assert_allclose(np.stack([v for _, v in got]), want, atol=1e-6)
-    np.testing.assert_array_equal(got[0][1][O.WEIGHTS], cached)           # the frame's cached conversion
-    np.testing.assert_allclose(got[1][1][O.HEAD_ROTVEC], motion[1, 50:53])
+    task = asyncio.create_task(out.run())
+    await asyncio.sleep(0)
+    live.listeners[0](live, frames)                         # the listener, as LiveSession calls it
+    got = [await asyncio.to_thread(rx.recv, 1000) for _ in range(2)]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    rx.close()
+    got = [struct.unpack(f"!d{O.VALUES_DIM}f", g) for g in got]
+    assert [g[0] for g in got] == [0.0, 0.04]
+    values = np.array([g[1:] for g in got], np.float32)
+    np.testing.assert_allclose(values, O.output_values(motion, to_arkit(motion)), atol=1e-6)
+    np.testing.assert_array_equal(values[0, O.WEIGHTS], cached)               # the frame's cached conversion
+    np.testing.assert_allclose(values[1, O.HEAD_ROTVEC], motion[1, 50:53])
+    assert out.sent == 2 and out.sender_cpu_s > 0
     with pytest.raises(O.OutputError, match="VMC send ARKit weights, but the model drives"):
         O.attach([O.vmc_output("127.0.0.1", 9)], live, None, "the model drives the 'flame' head, not the stand-in")
