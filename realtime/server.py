@@ -38,6 +38,7 @@ from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
 from mm2face.realtime import web_static
 from mm2face.realtime.admission import Admission, IdleReaper, Limits, RateLimiter
+from mm2face.realtime.idle_loop import IdleLoop
 from mm2face.realtime.metrics import HubMetrics, log_event
 from mm2face.realtime.resample import StreamResampler
 
@@ -53,11 +54,26 @@ WS_MAX_SIZE = 4 * P.MAX_AUDIO_BYTES   # websockets closes the socket (1009) abov
 IDLE_AFTER_S = 0.5            # a client session whose audio has played out this long ago (s) goes idle
 IDLE_MAX_BURST_FRAMES = 25    # idle clock: after a stall longer than this (frames) it re-anchors, no burst
 SPEAKING_HOLD_S = 1.0         # a session counts as speaking this long after its last real audio arrived
+REAP_EVERY_S = 1.0            # how often idle client sessions without subscribers are checked for the timeout
+IDLE_TIMEOUT_REASON = "idle timeout: no audio and no subscriber"
 INGEST_SLICE_SAMPLES = 1280   # a client audio message is fed in slices of this many 16 kHz samples (80 ms, one hop)
 
 
 class SessionClosed(Exception):
     pass
+
+
+@dataclass
+class _PlayedFrame:
+    """A frame of recorded idle motion (see :class:`~mm2face.realtime.idle_loop.IdleLoop`), numbered on
+    the wire clock."""
+    seq: int
+    params: np.ndarray                 # (56,) float32
+    style: str
+
+    @property
+    def t_audio_s(self) -> float:
+        return self.seq / FPS
 
 
 @dataclass
@@ -95,6 +111,10 @@ class LiveSession:
         self.idle_active = False             # now inside an idle stretch
         self.input_over = False              # end/flush since the last audio: go idle without grace
         self.play_end = time.time()          # a session opened without audio goes idle after the grace
+        # Cheap idle: after a few seconds of idle motion with one style, play a recording of it instead
+        # of stepping the model (see idle_loop.py); frames keep counting on: wire seq = engine seq + offset.
+        self.idle_loop = IdleLoop() if hub.idle_replay else None
+        self.seq_offset = 0                  # frames played back from the idle loop so far
         # Client-fed audio format (for sessions opened by a client).
         self.sample_rate, self.sample_format = SAMPLE_RATE, "pcm16"
         self.resampler = StreamResampler(SAMPLE_RATE)
@@ -131,7 +151,8 @@ class LiveSession:
                 raise SessionClosed(self.name)
             if self.idle_active:             # audio resumes after idle frames: it starts right after them
                 self.idle_active = False
-                self._idle_event("active", self.samples_in / SAMPLE_RATE)
+                self._stop_idle_loop()
+                self._idle_event("active", self.t_wire_s())
             self.samples_in += len(audio_16k)
             self.audio_samples_in += len(audio_16k)
             self._arrivals.append(_Arrival(self.samples_in, t, True))
@@ -205,11 +226,33 @@ class LiveSession:
                 return 0
             self.idle_active = True
             self.play_end = now                    # idle time starts now (the grace is not made up)
-            self._idle_event("idle", self.samples_in / SAMPLE_RATE)
+            if self.idle_loop is not None:
+                self.idle_loop.reset()
+            self._idle_event("idle", self.t_wire_s())
         n = math.ceil((now + 1.0 / FPS - self.play_end) * FPS - 1e-6)
         if n > IDLE_MAX_BURST_FRAMES:              # the loop stalled: re-anchor rather than burst
             self.play_end, n = now, 1
         return max(0, n)
+
+    def t_wire_s(self) -> float:
+        """The session clock as clients see it: input taken in, plus idle time played back."""
+        return self.samples_in / SAMPLE_RATE + self.seq_offset / FPS
+
+    def replaying(self) -> bool:
+        return self.idle_loop is not None and self.idle_loop.playing and self.idle_active
+
+    def play_idle(self, n_frames: int) -> list[P.WireFrame]:
+        """Publish ``n_frames`` of recorded idle motion (no model step); call under the lock."""
+        params = self.idle_loop.play(n_frames)
+        base = (self.last_frame.seq + 1) if self.last_frame is not None else self.seq_offset
+        frames = [_PlayedFrame(base + i, p, self.style) for i, p in enumerate(params)]
+        self.seq_offset += n_frames
+        self._played(n_frames * SAMPLES_PER_FRAME, time.time())
+        return self._publish(frames)
+
+    def _stop_idle_loop(self) -> None:
+        if self.idle_loop is not None and self.idle_loop.playing:
+            self.idle_loop.stop(self.last_frame.params if self.last_frame is not None else None)
 
     async def idle_tick(self, now: float) -> list[P.WireFrame]:
         """Unbatched idle step: push the due idle time and publish its frames."""
@@ -217,6 +260,8 @@ class LiveSession:
             n = self.idle_due(now)
             if n <= 0:
                 return []
+            if self.replaying():
+                return self.play_idle(n)
             self._push_no_audio_locked(n * SAMPLES_PER_FRAME)
 
             def work():
@@ -232,6 +277,8 @@ class LiveSession:
             if guidance is not None:
                 self.session.set_guidance(guidance)
         await self._run(work)
+        if self.style != text or guidance is not None:
+            self._stop_idle_loop()
         self.style = text
         if guidance is not None:
             self.guidance = guidance
@@ -245,6 +292,7 @@ class LiveSession:
         async with self.lock:
             if self.closed:
                 raise SessionClosed(self.name)
+            self._stop_idle_loop()
             self._last_input_time = time.time()
             n0 = self.samples_in
             frames = await asyncio.to_thread(self.session.end)
@@ -258,6 +306,7 @@ class LiveSession:
         async with self.lock:
             if self.closed:
                 raise SessionClosed(self.name)
+            self._stop_idle_loop()
             self._last_input_time = time.time()
             n0 = self.samples_in
             frames = await asyncio.to_thread(self.session.flush)
@@ -308,8 +357,17 @@ class LiveSession:
                 log.error("session %s produced a malformed frame %s; skipped", self.name, getattr(f, "seq", "?"))
                 continue
             t = float(f.t_audio_s)
-            arrival, ready = self._times_for(int(f.seq), t)
-            wf = P.WireFrame(session=self.name, session_num=self.num, seq=int(f.seq), t_audio_s=t, params=params,
+            if isinstance(f, _PlayedFrame):          # idle playback: already numbered on the wire clock
+                seq, arrival, ready = f.seq, math.nan, time.time()
+            else:
+                arrival, ready = self._times_for(int(f.seq), t)
+                seq = int(f.seq) + self.seq_offset
+                if self.idle_loop is not None:
+                    params = self.idle_loop.blend(params)
+                    if self.idle_active and not math.isfinite(arrival):
+                        self.idle_loop.record(params)
+            t = seq / FPS if self.seq_offset else t
+            wf = P.WireFrame(session=self.name, session_num=self.num, seq=seq, t_audio_s=t, params=params,
                              audio_arrival_time=arrival, input_ready_time=ready,
                              style=str(getattr(f, "style", self.style) or ""),
                              final=final and i == len(frames) - 1)
@@ -366,7 +424,7 @@ class LiveSession:
         return {
             "session": self.name, "style": self.style, "guidance": self.guidance,
             "frames": self.frames_out, "audio_s": self.audio_samples_in / SAMPLE_RATE,
-            "time_s": self.samples_in / SAMPLE_RATE, "fps": self.fps(),
+            "time_s": self.t_wire_s(), "idle_played_s": self.seq_offset / FPS, "fps": self.fps(),
             "latency_ms_p50": float(np.percentile(lat, 50)) if lat else None,
             "latency_ms_p95": float(np.percentile(lat, 95)) if lat else None,
             "audio_to_send_ms_p50": float(np.percentile(self._a2f_ms, 50)) if self._a2f_ms else None,
@@ -505,7 +563,9 @@ class IdleClock:
         async with b.lock:
             for s in sessions:
                 n = s.idle_due(now)
-                if n > 0:
+                if n > 0 and s.replaying():
+                    s.play_idle(n)                 # recorded idle motion: no engine step
+                elif n > 0:
                     s._push_no_audio_locked(n * SAMPLES_PER_FRAME)
                     s.session.push_no_audio(n * SAMPLES_PER_FRAME)
                     fed.append(s)
@@ -605,7 +665,7 @@ class Hub:
     def __init__(self, make_session: Callable[[str], object], token: str | None = None,
                  max_frames_per_client: int = OUTBOX_MAX_FRAMES, max_sessions: int = 64,
                  send_buffer_bytes: int = SEND_BUFFER_BYTES, batch: bool = True, limits: Limits | None = None,
-                 server_session_control: str = "style"):
+                 server_session_control: str = "style", idle_replay: bool = True):
         self.make_session = make_session
         self.token = token
         self.max_frames_per_client = max_frames_per_client
@@ -617,6 +677,7 @@ class Hub:
         if server_session_control not in SERVER_SESSION_CONTROL:
             raise ValueError(f"server_session_control must be one of {list(SERVER_SESSION_CONTROL)}")
         self.server_session_control = server_session_control
+        self.idle_replay = idle_replay           # idle client sessions play back recorded idle motion
         self.send_buffer_bytes = send_buffer_bytes
         self.frames_total = 0                    # frames published by all sessions
         self.metrics = HubMetrics(self)
@@ -734,6 +795,25 @@ class Hub:
             await self.close_session(live, reason=f"{reason} (drain after {grace_s:g} s)")
         log_event("drain_done", closed=len(left))
         return len(left)
+
+    async def reap_idle(self, now: float | None = None) -> list[str]:
+        """Close client sessions idle (no audio) with no subscriber for the idle timeout; their names."""
+        live = self._client_sessions()
+        due = self.reaper.observe({s: bool(s.subscribers) or not s.is_idle() for s in live}, now)
+        for s in due:
+            if s.owner is not None and s.owner.own is s:
+                s.owner.own = None
+                s.owner.send_control(P.event_json("session_closed", session=s.name, reason=IDLE_TIMEOUT_REASON))
+            await self.close_session(s, reason=IDLE_TIMEOUT_REASON)
+        return [s.name for s in due]
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_EVERY_S)
+            try:
+                await self.reap_idle()
+            except Exception:  # noqa: BLE001 - the reaper must not die with one bad session
+                log.exception("idle reaper failed")
 
     def _client_sessions(self) -> list[LiveSession]:
         return [s for s in self.sessions.values() if s is not None and s.owner is not None and not s.closed]
@@ -1050,9 +1130,12 @@ async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
                      max_queue=64, process_request=lambda conn, req: _http_page(conn, req, hub),
                      create_connection=stamped_connection_class()) as server:
         server.port = next(iter(server.sockets)).getsockname()[1]
+        reaper = asyncio.ensure_future(hub._reap_loop()) if hub.limits.idle_timeout_s > 0 else None
         try:
             yield server
         finally:
+            if reaper is not None:
+                reaper.cancel()
             hub.idle_clock.close()
             if hub.batcher is not None:
                 hub.batcher.close()
