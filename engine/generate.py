@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mm2face.engine.frame import HEAD, SAMPLES_PER_FRAME
+from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.session import StreamConfig, add_blinks, mouth_dims
 from mm2face.engine.style import GestureTrack, resolve_style
 from mm2face.engine.vad import VadConfig, vad_frame_weights
@@ -52,7 +52,6 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
     n_tok = max(1, -(-n_frames // model.down))
     av = audio_vectors(model, audio_16k, n_tok, dev)
     style = resolve_style(text, model.text_encoder, parse_styles)   # the caption the model reads, gestures
-    guidance = guidance * style.guidance_gain
     text_emb = model.text_embed(style.caption).to(dev)[None]
     gen = torch.Generator().manual_seed(int(seed))
     cache = model.gpt.new_cache()
@@ -73,8 +72,7 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
         w = vad_frame_weights(audio_16k, len(motion), VadConfig(lookahead_samples=model.lookahead_samples))
         dims = mouth_dims(model.head_name)
         motion[:, dims] *= w[:, None]
-    if style.gestures:                               # the same gesture layer as StreamSession
-        motion[:, HEAD] += GestureTrack(style.gestures, 0).offsets(0, len(motion))
+    GestureTrack(style.gestures, 0, gain=style.expression_gain).apply(motion, 0, model.head_name)  # as StreamSession
     if blinks:                                       # the same procedural blinks as StreamSession
         motion = add_blinks(motion, 0, seed, model.head_name)
     return (motion, toks) if return_tokens else motion

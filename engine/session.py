@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
-from mm2face.engine.frame import FPS, HEAD, JAW
+from mm2face.engine.frame import FPS, JAW
 from mm2face.engine.gpt import KVCache, stack_caches, unstack_cache
 from mm2face.engine.style import GestureTrack, resolve_style
 from mm2face.engine.units import UNIT_INDEX
@@ -142,7 +142,7 @@ class StreamSession:
         e = m.text_embed(self.resolved.caption).to(self.device)
         self.emb_from, self.emb_to = e, e
         r = m.refiner_style(self.resolved.caption)        # the refiner's own style code (None without one)
-        self.gestures = GestureTrack(self.resolved.gestures, 0)   # the gesture layer's head offsets
+        self.gestures = GestureTrack(self.resolved.gestures, 0, gain=self.resolved.expression_gain)  # the layer
         self.rcode_from = self.rcode_to = None if r is None else r.to(self.device)
         self.blend_k0, self.blend_n = 0, 1
         self.guidance = float(self.cfg.guidance)
@@ -212,15 +212,10 @@ class StreamSession:
         if text != self.style:                       # the refiner's "time since the style was set" restarts,
             self.style_k0 = self.k                   # and its head offset fades from where it is now
             self.ref_head_from = self.ref_head
-            self.gestures = self.gestures.then(resolved.gestures, self.k * self.down, self.blend_n * self.down)
+            self.gestures = self.gestures.then(resolved.gestures, self.k * self.down, self.blend_n * self.down,
+                                               resolved.expression_gain)
         self.style = text
         self.resolved = resolved
-
-    @property
-    def effective_guidance(self) -> float:
-        """The text guidance the G step uses: :attr:`guidance` times the style's intensity gain
-        (:meth:`mm2face.engine.style.StyleIntent.guidance_gain`; 1 with the parser off)."""
-        return self.guidance * self.resolved.guidance_gain
 
     def set_guidance(self, scale: float) -> None:
         scale = float(scale)
@@ -321,8 +316,7 @@ class StreamSession:
         self.hist.append(tok)
         self.hist = self.hist[-m.vq.receptive_tokens:]
         params = m.to_params(frames_norm)                                    # (down, 56)
-        if self.gestures.gestures or self.gestures.prev is not None:       # the gesture layer (engine/style.py)
-            params[:, HEAD] += torch.from_numpy(self.gestures.offsets(self.k * self.down, self.down)).to(params)
+        self.gestures.apply(params, self.k * self.down, m.head_name)      # gestures + intensity (engine/style.py)
         if self.cfg.blinks and m.head_name == "standin":
             ov = torch.from_numpy(blink_overlay(self.k * self.down, self.down, self.cfg.seed)).to(params)
             for u in ("blink_left", "blink_right"):
@@ -406,7 +400,7 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
     # -- one G step
     prev = torch.tensor([s.prev for s in sessions], device=dev)
     text = torch.stack([s._style_emb(s.k) for s in sessions])
-    guid = torch.tensor([s.effective_guidance for s in sessions], device=dev)
+    guid = torch.tensor([s.guidance for s in sessions], device=dev)
     if N == 1:
         logits = model.g_logits(prev, av, text, sessions[0].cache, guid)
     else:

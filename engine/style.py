@@ -14,7 +14,8 @@ The default model learned its style input from the synthetic corpus's caption te
    empty style reads :data:`CALM_CAPTION`, never the unconditional null style (which shows whatever
    emotion the training clips had).
 3. :func:`gesture_offsets` draws the head gestures as a deterministic offset on the head pose
-   (axis-angle rad), a function of the time since the style was set only, so streaming equals offline.
+   (axis-angle rad), a function of the time since the style was set only, so streaming equals offline;
+   an intensity word scales the emotion's expression units (:data:`EXPRESSION_UNITS`) by the same layer.
    The model cannot nod or shake its head on request (0 of 8 shakes from template captions, nods of
    0.05-0.08 rad), so gestures are this layer's work, not the model's.
 
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mm2face.engine.frame import FPS
+from mm2face.engine.frame import FPS, HEAD
+from mm2face.engine.units import UNIT_INDEX
 
 EMOTIONS = ("happy", "sad", "angry", "surprised", "disgusted", "fearful")
 GESTURES = ("nod", "shake", "turn_left", "turn_right", "up", "down", "tilt_left", "tilt_right")
@@ -146,8 +148,14 @@ EMOTION_CAPTIONS = {
 }
 EMOTION_SEQUENCE_CAPTION = "The person first looks {a}, then becomes {b}."
 CALM_CAPTION = "The person looks calm throughout."
-# intensity -> guidance multiplier: the text guidance is how strongly the caption is followed
-INTENSITY_GUIDANCE = ((0.8, 0.6), (1.3, 1.0), (float("inf"), 1.25))   # (intensity below, gain)
+# Intensity ("slightly", "extremely") scales the model's expression units that show emotion (brows, lids,
+# cheeks, nose, mouth corners; not the units speech articulates with) by the intent's intensity. Scaling
+# the text guidance instead did not order the faces (held-out v1, docs/model.md).
+EXPRESSION_UNITS = ("inner_brow_raiser", "outer_brow_raiser_left", "outer_brow_raiser_right", "brow_lowerer",
+                    "upper_lid_raiser", "cheek_raiser", "lid_tightener", "nose_wrinkler", "lip_corner_puller_left",
+                    "lip_corner_puller_right", "dimpler", "lip_corner_depressor", "chin_raiser", "nostril_dilator")
+INTENSITY_RANGE = (0.5, 1.5)  # the expression gain is clipped to this
+_EXPR_IDX = [UNIT_INDEX[u] for u in EXPRESSION_UNITS]
 
 # ------------------------------------------------------------------------------------ gesture layer
 GESTURE_ONSET_S = 0.3         # first gesture this long after the style is set
@@ -206,9 +214,9 @@ class StyleIntent:
             return EMOTION_CAPTIONS[names[0]]
         return EMOTION_SEQUENCE_CAPTION.format(a=names[0], b=names[-1])
 
-    def guidance_gain(self) -> float:
-        """Multiplier on the text guidance for the emotion's intensity (1 = as configured)."""
-        return next(g for lim, g in INTENSITY_GUIDANCE if self.intensity < lim) if self.emotions else 1.0
+    def expression_gain(self) -> float:
+        """Gain on :data:`EXPRESSION_UNITS` for the emotion's intensity (1 without an emotion)."""
+        return float(np.clip(self.intensity, *INTENSITY_RANGE)) if self.emotions else 1.0
 
 
 @dataclass
@@ -387,13 +395,22 @@ def gesture_offsets(gestures, t_s: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GestureTrack:
-    """The gesture layer's course over a stream: the gestures of the style set at frame ``frame0``,
-    cross-faded over ``blend_frames`` from the track before it (``prev``), so a style change eases from
-    where the head is. A pure function of the frame number: streaming and offline add the same offsets."""
+    """The layer's course over a stream: the gestures and expression gain of the style set at frame
+    ``frame0``, cross-faded over ``blend_frames`` from the track before it (``prev``), so a style change
+    eases from where the head is. A pure function of the frame number: streaming and offline agree."""
     gestures: tuple[Gesture, ...] = ()
     frame0: int = 0
     blend_frames: int = 1
     prev: "GestureTrack | None" = None
+    gain: float = 1.0                 # expression gain (intensity) on EXPRESSION_UNITS
+
+    @property
+    def active(self) -> bool:
+        """Does the track change anything (gestures, a gain, or a fade from an earlier track)?"""
+        return bool(self.gestures) or self.gain != 1.0 or self.prev is not None
+
+    def _weight(self, seq: np.ndarray) -> np.ndarray:
+        return np.clip((seq - self.frame0 + 1) / max(self.blend_frames, 1), 0.0, 1.0).astype(np.float32)
 
     def offsets(self, seq0: int, n: int) -> np.ndarray:
         """Head-pose offsets ``(n, 3)`` float32 rad for frames ``seq0 .. seq0 + n - 1``."""
@@ -401,17 +418,39 @@ class GestureTrack:
         own = gesture_offsets(self.gestures, (seq - self.frame0) / FPS)
         if self.prev is None:
             return own
-        w = np.clip((seq - self.frame0 + 1) / max(self.blend_frames, 1), 0.0, 1.0)[:, None].astype(np.float32)
+        w = self._weight(seq)[:, None]
         return self.prev.offsets(seq0, n) * (1 - w) + own * w
 
-    def then(self, gestures, frame0: int, blend_frames: int) -> "GestureTrack":
+    def gains(self, seq0: int, n: int) -> np.ndarray:
+        """Expression gains ``(n,)`` float32 for frames ``seq0 .. seq0 + n - 1``."""
+        own = np.full(n, self.gain, np.float32)
+        if self.prev is None:
+            return own
+        w = self._weight(np.arange(seq0, seq0 + n))
+        return self.prev.gains(seq0, n) * (1 - w) + own * w
+
+    def then(self, gestures, frame0: int, blend_frames: int, gain: float = 1.0) -> "GestureTrack":
         """The track after a style change at ``frame0``; finished cross-fades are dropped from the chain."""
         cur = self
         if cur.prev is not None and frame0 >= cur.frame0 + cur.blend_frames - 1:
-            cur = GestureTrack(cur.gestures, cur.frame0)
-        if cur.prev is None and not cur.gestures and not gestures:
+            cur = GestureTrack(cur.gestures, cur.frame0, gain=cur.gain)
+        if not cur.active and not gestures and gain == 1.0:
             return GestureTrack((), frame0)
-        return GestureTrack(tuple(gestures), frame0, blend_frames, cur)
+        return GestureTrack(tuple(gestures), frame0, blend_frames, cur, float(gain))
+
+    def apply(self, params, seq0: int, head: str):
+        """Add the head offsets to ``params (n, 56)`` (numpy or torch, in place) and, for the stand-in
+        head, scale its expression units by the gain; returns ``params``."""
+        if not self.active:
+            return params
+        n = len(params)
+        off, g = self.offsets(seq0, n), self.gains(seq0, n)
+        if hasattr(params, "new_tensor"):                      # torch
+            off, g = params.new_tensor(off), params.new_tensor(g)
+        params[:, HEAD] += off
+        if head == "standin" and (self.gain != 1.0 or self.prev is not None):
+            params[:, _EXPR_IDX] *= g[:, None]
+        return params
 
 
 @dataclass
@@ -421,7 +460,7 @@ class ResolvedStyle:
     text: str
     caption: str
     gestures: tuple[Gesture, ...] = ()
-    guidance_gain: float = 1.0
+    expression_gain: float = 1.0
     intent: StyleIntent | None = field(default=None, repr=False)
 
 
@@ -432,4 +471,4 @@ def resolve_style(text: str, encoder=None, parse: bool = True, config: StylePars
         return ResolvedStyle(text=text, caption=text)
     intent = parse_style(text, encoder, config)
     return ResolvedStyle(text=text, caption=intent.caption(), gestures=intent.gestures,
-                         guidance_gain=intent.guidance_gain(), intent=intent)
+                         expression_gain=intent.expression_gain(), intent=intent)

@@ -32,12 +32,25 @@ def test_negation_removes_the_emotion_and_keeps_the_rest():
     assert k.emotion is None and kinds(k) == ["nod"]
 
 
-def test_intensity_words_scale_the_guidance():
+def test_intensity_words_scale_the_expression():
     low, mid, high = (parse_style(t) for t in ("slightly amused", "amused", "extremely amused"))
     assert low.emotion == mid.emotion == high.emotion == "happy"
     assert low.intensity < mid.intensity < high.intensity
-    assert low.guidance_gain() < mid.guidance_gain() < high.guidance_gain()
-    assert parse_style("calm").guidance_gain() == 1.0
+    assert low.expression_gain() < mid.expression_gain() == 1.0 < high.expression_gain()
+    assert parse_style("very calm").expression_gain() == 1.0        # no emotion: nothing to scale
+
+
+def test_expression_gain_scales_emotion_units_only_and_fades():
+    from mm2face.engine.units import UNIT_INDEX
+    p = np.full((50, 56), 0.5, np.float32)
+    GestureTrack((), 0, gain=0.6).apply(p, 0, "standin")
+    assert p[0, UNIT_INDEX["lip_corner_puller_left"]] == pytest.approx(0.3)
+    assert p[0, UNIT_INDEX["lips_part"]] == 0.5 and p[0, 53] == 0.5        # articulation and jaw untouched
+    q = np.full((50, 56), 0.5, np.float32)
+    GestureTrack((), 0, gain=0.6).apply(q, 0, "flame")                      # FLAME's PCA slots: no gain
+    assert (q == 0.5).all()
+    g = GestureTrack((), 0, gain=1.5).then((), 10, 20, gain=0.5).gains(0, 40)
+    assert g[0] == pytest.approx(1.5) and g[-1] == pytest.approx(0.5) and np.all(np.diff(g) <= 1e-6)
 
 
 def test_mixtures_keep_every_cue():
@@ -69,7 +82,7 @@ def test_mood_words_that_are_also_directions():
 def test_empty_and_unknown_words_are_calm():
     for t in ("", "   ", None):
         r = resolve_style(t)
-        assert r.caption == CALM_CAPTION and r.gestures == () and r.guidance_gain == 1.0
+        assert r.caption == CALM_CAPTION and r.gestures == () and r.expression_gain == 1.0
     i = parse_style("zebra quantum spreadsheet")             # no encoder: unread, calm
     assert i.emotion is None and i.calm and i.source == ("none",)
 
