@@ -77,6 +77,12 @@ class Page:
             params["clip"] = {**clip, "scale": 1}
         return base64.b64decode((await self.call("Page.captureScreenshot", **params))["data"])
 
+    async def set_files(self, selector: str, paths: list[str]) -> None:
+        """Choose files in an ``<input type=file>`` (fires its change event, as a user's choice does)."""
+        root = (await self.call("DOM.getDocument"))["root"]["nodeId"]
+        node = (await self.call("DOM.querySelector", nodeId=root, selector=selector))["nodeId"]
+        await self.call("DOM.setFileInputFiles", files=[str(p) for p in paths], nodeId=node)
+
     async def click(self, selector: str) -> None:
         """A real mouse click (a user gesture, as getUserMedia and audio playback expect) on an element."""
         box = await self.eval(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"

@@ -2,7 +2,8 @@
 default model serves the page, three.js (from the server, no CDN) and head.glb; the page connects,
 frames arrive, and the mouth's pixels differ between speech and silence. Then "talk through my
 microphone": Chromium's fake capture device plays a speech file into getUserMedia, the page streams
-PCM16 over the same WebSocket into its own session and shows that session's frames.
+PCM16 over the same WebSocket into its own session and shows that session's frames. Last, "speak a
+file": the page streams a chosen file into its own session and plays it, its audio clock driving the face.
 
 Screenshots are kept in ``$MM2FACE_ARTEFACTS/browser_viewer`` (default ``out/test-artefacts/...``).
 """
@@ -166,3 +167,30 @@ async def test_talk_through_the_microphone(live_server, speech_wav):
         # stop: the page closes its session and watches the default session again
         await page.click("#mic")
         await page.wait_for("window.mm2face.mic === 'off' && window.mm2face.session === 'default'", 30)
+
+
+async def test_speak_a_file_plays_its_audio_with_the_face(live_server, speech_wav):
+    url, loop_s = live_server
+    out = artefacts_dir("browser_viewer")
+    async with HeadlessChromium(_chromium_flags(speech_wav)) as browser:
+        page = await browser.open(url)
+        await page.wait_for("window.mm2face && window.mm2face.connected && window.mm2face.headLoaded", 120)
+        await page.set_files("#file", [speech_wav])
+        await page.wait_for("window.mm2face.audio === 'playing'", 60)
+        session = await page.eval("window.mm2face.session")
+        assert session.startswith("s-"), session
+        # while the file is heard (past its 2 s of silence) the mouth opens
+        await page.wait_for(f"window.mm2face.audioPlayedS > {SILENCE_S} && window.mm2face.jawOpen > {OPEN_JAW}",
+                            3 * loop_s)
+        (out / "page_file.png").write_bytes(await page.screenshot())
+        # the whole file is played, then the page closes its session and watches the default one again
+        await page.wait_for("window.mm2face.audio === 'off' && window.mm2face.session === 'default'", 30 + loop_s)
+        played = await page.eval("window.mm2face.audioPlayedS")
+        late, total, stalls, stall_s = await page.eval(
+            "[window.mm2face.audioLateFrames, window.mm2face.audioFrames, window.mm2face.audioStalls, "
+            "window.mm2face.audioStallS]")
+        print(f"file played {played:.2f} s of {loop_s:.2f} s; audio paused {stalls}x ({stall_s:.1f} s) for frames; "
+              f"{late} of {total} frames arrived after their audio was heard")
+        assert played == pytest.approx(loop_s, abs=0.05)
+        assert total >= 0.95 * loop_s * 25                 # every frame of the file came back
+        assert await page.eval("window.mm2face.errors.length") == 0, await page.eval("window.mm2face.errors")

@@ -2,7 +2,8 @@
 // WebSocket of protocol v1 (docs/protocol.md), rendered with three.js served by mm2face-live itself.
 //
 // URL parameters: ?session=NAME (default "default"), &token=T (servers started with --token),
-// &ws=ws://host:port (another server), &buffer_ms=100 (play-out delay).
+// &ws=ws://host:port (another server), &buffer_ms=100 (play-out delay), &audio_margin_ms=300 (a played
+// file starts this long after its first frame came back), &format=binary (v1 frames).
 //
 // Frames: the page subscribes in the "arkit-binary" format (protocol v2, 268 bytes: 52 ARKit weights in
 // the order the "subscribed" reply names, then head yaw, pitch, roll) and sets the head's morph targets
@@ -166,6 +167,7 @@ function nowS() { return performance.now() / 1000; }
 function onFrame(seq, t, arrival, w, q) {
   if (frames.length && seq <= frames[frames.length - 1].seq) frames.length = 0;   // a new session started
   frames.push({ seq, t, w, q });
+  if (player && own && watching === own) onFileFrame(t);
   state.frames++;
   state.lastSeq = seq;
   const play = nowS() - (clockOffset ?? 0);
@@ -188,7 +190,8 @@ function median(a) {
 let shownSeq = -1;
 function applyPlayout() {
   if (!face || !frames.length || clockOffset === null || state.paused) return;   // paused: hold the face
-  const play = nowS() - clockOffset;
+  const heard = audioClock();          // a file playing: its audio clock drives the face
+  const play = heard ?? nowS() - clockOffset;
   let i = 0;
   while (i + 1 < frames.length && frames[i + 1].t <= play) i++;
   const a = frames[i], b = frames[Math.min(i + 1, frames.length - 1)];
@@ -231,7 +234,7 @@ function animate() {
     $('frames').textContent = state.frames;
     $('fps').textContent = state.fps ? `${state.fps.toFixed(1)} fps` : '';
     $('latency').textContent = state.latencyMs === null ? '- (no audio frames yet)'
-      : `audio → browser ${state.latencyMs.toFixed(0)} ms (median of ${latencies.length}), shown +${Math.round(bufferS * 1000)} ms later`;
+      : `${state.latencyMs.toFixed(0)} ms audio → browser, + ${Math.round(bufferS * 1000)} ms buffer`;
   }
 }
 
@@ -239,7 +242,9 @@ function animate() {
 
 let ws = null;
 let watching = null;      // the session whose frames are shown
-let own = null;           // our own session (microphone), once opened
+let own = null;           // our own session (microphone or file), once opened
+let onOpened = null;      // what to do when our 'open' is answered
+let watchNum = null;      // session_num of the watched session (binary frames carry it); null until subscribed
 state.format = params.get('format') === 'binary' ? 'binary' : 'arkit-binary';
 
 function send(obj) {
@@ -254,6 +259,7 @@ function setStyleText(text) {
 function watch(name) {
   if (watching && watching !== name) send({ type: 'unsubscribe', session: watching });
   watching = name;
+  watchNum = null;
   state.session = name;
   frames.length = 0;
   clockOffset = null;
@@ -276,6 +282,7 @@ function toV1() {            // a server without the ARKit formats: v1 frames, m
 function onBinary(buf) {
   const dv = new DataView(buf);
   const magic = buf.byteLength >= 4 ? dv.getUint32(0, false) : 0;
+  if (buf.byteLength < PARAMS_OFFSET || dv.getUint32(12, true) !== watchNum) return;   // another session's
   const seq = () => dv.getUint32(8, true), t = () => dv.getFloat64(16, true), arr = () => dv.getFloat64(32, true);
   if (magic === ARKIT_MAGIC && buf.byteLength === ARKIT_FRAME_BYTES) {
     const w = new Float32Array(buf, PARAMS_OFFSET, N_ARKIT);
@@ -289,7 +296,7 @@ function onBinary(buf) {
 
 function connect() {
   if (ws) ws.close();
-  stopMic(false);
+  stopOwn(false);
   const url = $('url').value;
   ws = new WebSocket(url);
   ws.binaryType = 'arraybuffer';
@@ -304,7 +311,7 @@ function connect() {
   ws.onclose = (ev) => {
     state.connected = false;
     $('state').textContent = `closed (${ev.code})`;
-    stopMic(false);
+    stopOwn(false);
   };
   ws.onerror = () => fail(`WebSocket error on ${url}`);
   ws.onmessage = (ev) => {
@@ -316,6 +323,7 @@ function connect() {
     switch (msg.type) {
       case 'subscribed':
         if (msg.session !== watching) break;
+        watchNum = msg.session_num;
         setStyleText(msg.style ?? '');
         if (msg.format === 'arkit-binary' && msg.arkit_names) useNames(msg.arkit_names);
         break;
@@ -325,8 +333,17 @@ function connect() {
       case 'opened':
         own = msg.session;
         watch(own);        // the opener is subscribed already; this makes the page's bookkeeping follow
-        state.mic = 'on';
-        $('micstate').textContent = `streaming into session ${own}`;
+        if (onOpened) onOpened();
+        onOpened = null;
+        break;
+      case 'ended':        // the server sent the last frames of our file
+        if (player && msg.session === own) {
+          player.ended = true;
+          finishFile(player);
+        }
+        break;
+      case 'idle':         // audio resumed after idle time: our audio at audio_s shows at t_audio_s
+        if (player && msg.session === own && msg.state === 'active') player.t0 = msg.t_audio_s - msg.audio_s;
         break;
       case 'session_closed':
         if (msg.session === watching && msg.session !== own) $('state').textContent = `session ${msg.session} closed`;
@@ -342,7 +359,7 @@ function connect() {
           break;
         }
         fail(`server: ${msg.code}: ${msg.message}`);
-        if (msg.ref === 'open') stopMic(false);   // refused (capacity, limits, token): no session of ours
+        if (msg.ref === 'open') stopOwn(false);   // refused (capacity, limits, token): no session of ours
         break;
       default:
         break;
@@ -383,8 +400,10 @@ async function startMic() {
       }
     };
     // The server resamples any rate from 8 to 192 kHz; we tell it the one the browser gave us.
-    send({ type: 'open', sample_rate: ctx.sampleRate, sample_format: 'pcm16', style: state.style,
-           format: state.format, token: params.get('token') || undefined });
+    openOwn(ctx.sampleRate, () => {
+      state.mic = 'on';
+      $('micstate').textContent = `streaming into session ${own}`;
+    });
     $('mic').textContent = 'stop the microphone';
   } catch (e) {
     state.mic = 'off';
@@ -393,21 +412,157 @@ async function startMic() {
   }
 }
 
-function stopMic(closeSession = true) {
+function openOwn(sampleRate, then) {
+  onOpened = then;
+  send({ type: 'open', sample_rate: sampleRate, sample_format: 'pcm16', style: state.style,
+         format: state.format, token: params.get('token') || undefined });
+}
+
+// Stop the microphone or the file, and (closeSession) close our session and go back to the one we watched.
+function stopOwn(closeSession = true) {
   if (mic) {
     mic.stream.getTracks().forEach((t) => t.stop());
     mic.ctx.close();
     mic = null;
   }
+  if (player) {
+    clearInterval(player.timer);
+    player.ctx.close();
+    player = null;
+  }
+  onOpened = null;
   const had = own;
   own = null;
-  if (had && closeSession) {              // back to the session we watched before
+  if (had && closeSession) {
     send({ type: 'close', session: had, token: params.get('token') || undefined });
+    if (watching === had) watching = null;     // closing it ends our subscription: nothing to unsubscribe
     watch($('session').value || 'default');
   }
+  if (state.audio !== 'done') $('filestate').textContent = '';
   state.mic = 'off';
+  state.audio = 'off';
   $('mic').textContent = 'talk through my microphone';
   $('micstate').textContent = '';
+}
+
+// ------------------------------------------------------------------ speak a file, heard in sync
+
+// The page streams a local audio file into its own session at real-time pace and plays the same
+// audio. The audio starts AUDIO_MARGIN_S after the first frame comes back, and from then on the
+// audio's clock drives the face: the frame shown is the one whose t_audio_s is the sample being
+// heard. When the frames fall behind the audio (a slow or busy server), the audio pauses until they
+// are AUDIO_MARGIN_S ahead again, as a video player rebuffers: the sound never runs ahead of the face.
+// Counted: state.audioStalls / audioStallS (pauses), and frames that arrived after their audio had
+// been heard (audioLateFrames of audioFrames).
+const SEND_AHEAD_S = 0.25;    // audio is sent this far ahead of real time (the model's lookahead is 40 ms)
+const AUDIO_MARGIN_S = Number(params.get('audio_margin_ms') ?? 300) / 1000;   // slack: frames vs the audio clock
+const SEND_TICK_MS = 20;
+const FRAME_S = 1 / 25;
+let player = null;            // the file being spoken; see playFile
+Object.assign(state, { audio: 'off', audioPlayedS: 0, audioLateFrames: 0, audioFrames: 0, audioStalls: 0, audioStallS: 0 });
+
+async function playFile(file) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) { fail('connect to the server first'); return; }
+  if (mic || own) stopOwn(true);
+  state.audio = 'loading';
+  $('filestate').textContent = `decoding ${file.name}...`;
+  try {
+    const ctx = new AudioContext({ sampleRate: MIC_RATE });   // decodeAudioData resamples to 16 kHz
+    await ctx.resume();
+    const buffer = await ctx.decodeAudioData(await file.arrayBuffer());
+    const pcm = new Float32Array(buffer.length);
+    for (let c = 0; c < buffer.numberOfChannels; c++) {
+      const ch = buffer.getChannelData(c);
+      for (let i = 0; i < pcm.length; i++) pcm[i] += ch[i] / buffer.numberOfChannels;
+    }
+    player = { ctx, pcm, buffer, sent: 0, sendStart: null, audioStart: null, t0: 0, timer: null, src: null,
+               newestT: -Infinity, stalled: false, stallStart: 0, played: false, ended: false };
+    Object.assign(state, { audioPlayedS: 0, audioLateFrames: 0, audioFrames: 0, audioStalls: 0, audioStallS: 0 });
+    openOwn(MIC_RATE, () => {
+      state.audio = 'streaming';
+      $('filestate').textContent = `streaming ${file.name} into session ${own}`;
+      player.sendStart = nowS();
+      player.timer = setInterval(sendFileAudio, SEND_TICK_MS);
+      sendFileAudio();
+    });
+  } catch (e) {
+    state.audio = 'off';
+    fail(`file: ${e.name || ''} ${e.message || e}`);
+    $('filestate').textContent = '';
+  }
+}
+
+function sendFileAudio() {            // paced by the wall clock: the audio clock may be paused
+  const p = player;
+  if (!p || !own) return;
+  checkStall(p);
+  if (p.sent >= p.pcm.length) return;
+  const due = Math.min(p.pcm.length, Math.round((nowS() - p.sendStart + SEND_AHEAD_S) * MIC_RATE));
+  if (due > p.sent) {
+    ws.send(toPcm16(p.pcm.subarray(p.sent, due)));
+    p.sent = due;
+  }
+  if (p.sent >= p.pcm.length) send({ type: 'end', session: own, token: params.get('token') || undefined });
+}
+
+function onFileFrame(t) {             // a frame of our file's session arrived
+  const p = player;
+  if (p.audioStart === null && state.audio === 'streaming') startFileAudio();
+  p.newestT = Math.max(p.newestT, t);
+  if (t >= p.t0 && t < p.t0 + p.buffer.duration) {
+    state.audioFrames++;
+    if (t < audioClock()) state.audioLateFrames++;       // its audio was heard before it came
+  }
+  checkStall(p);
+}
+
+function checkStall(p) {              // pause the audio while the frames are behind it
+  if (p.audioStart === null || p.played) return;
+  const heard = audioClock(), last = p.t0 + p.buffer.duration - FRAME_S;
+  if (!p.stalled && heard > p.newestT + FRAME_S && p.newestT < last && !p.ended) {
+    p.stalled = true;
+    p.stallStart = nowS();
+    state.audioStalls++;
+    p.ctx.suspend();
+  } else if (p.stalled && (p.newestT >= Math.min(heard + AUDIO_MARGIN_S, last) || p.ended)) {
+    p.stalled = false;
+    state.audioStallS += nowS() - p.stallStart;
+    p.ctx.resume();
+  }
+}
+
+function startFileAudio() {
+  const p = player;
+  p.audioStart = p.ctx.currentTime + AUDIO_MARGIN_S;
+  p.src = p.ctx.createBufferSource();
+  p.src.buffer = p.buffer;
+  p.src.connect(p.ctx.destination);
+  p.src.onended = () => {
+    if (player !== p) return;
+    p.played = true;
+    state.audioPlayedS = p.buffer.duration;
+    finishFile(p);
+  };
+  p.src.start(p.audioStart);
+  state.audio = 'playing';
+}
+
+// Played, and the server has sent the file's last frames ('ended'): close the session and go back
+// to the one watched before.
+function finishFile(p) {
+  if (!p.played || !p.ended) return;
+  state.audio = 'done';
+  $('filestate').textContent = `played; paused ${state.audioStalls}x (${state.audioStallS.toFixed(1)} s) for frames`;
+  stopOwn(true);
+}
+
+// The session time of the audio being heard, or null when no file is playing.
+function audioClock() {
+  const p = player;
+  if (!p || p.audioStart === null) return null;
+  const heard = p.ctx.currentTime - p.audioStart;
+  if (heard > 0) state.audioPlayedS = Math.min(heard, p.buffer.duration);
+  return p.t0 + heard;
 }
 
 // ------------------------------------------------------------------ controls
@@ -421,7 +576,8 @@ $('session').onchange = () => {
 };
 $('send').onclick = () => send({ type: 'style', text: $('style').value, blend_s: 0.5, session: watching,
                                  token: params.get('token') || undefined });
-$('mic').onclick = () => (mic || own ? stopMic(true) : startMic());
+$('mic').onclick = () => (mic || own ? stopOwn(true) : startMic());
+$('file').onchange = () => { if ($('file').files.length) playFile($('file').files[0]); };
 $('pause').onclick = () => {
   state.paused = !state.paused;
   $('pause').textContent = state.paused ? 'resume' : 'pause';
