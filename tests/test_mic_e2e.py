@@ -132,6 +132,11 @@ async def collect(port, play_wav, sink, env, *, actions=(), tail_s=1.5, lead_s=1
     from websockets.asyncio.client import connect
     frames = []
     dur = sf.info(str(play_wav)).duration
+    # The speech plays from PulseAudio's sample cache, not streamed by a client (paplay): a starved client
+    # stream plays silence and then goes on, so on a loaded machine (load 12 on 2 cores) the monitor heard
+    # the speech stretched with gaps, 11 s of it over up to 33 s.
+    sample = f"{sink}_speech"
+    subprocess.run(["pactl", "upload-sample", str(play_wav), sample], env=env, check=True)
     async with connect(f"ws://127.0.0.1:{port}") as ws:
         await ws.send(json.dumps({"type": "subscribe", "format": "json"}))
 
@@ -144,14 +149,14 @@ async def collect(port, play_wav, sink, env, *, actions=(), tail_s=1.5, lead_s=1
         task = asyncio.create_task(reader())
         await asyncio.sleep(lead_s)
         t_play = time.time()
-        play = await asyncio.create_subprocess_exec("paplay", f"--device={sink}", "--latency-msec=20",
-                                                    str(play_wav), env=env)
+        play = await asyncio.create_subprocess_exec("pactl", "play-sample", sample, sink, env=env)
+        assert await play.wait() == 0, "pactl play-sample failed"
         for at, fn in actions:
             await asyncio.sleep(max(0.0, t_play + at - time.time()))
             await fn(ws)
-        await play.wait()
         await asyncio.sleep(max(0.0, t_play + dur + tail_s - time.time()))
         task.cancel()
+    subprocess.run(["pactl", "remove-sample", sample], env=env)
     return frames, t_play
 
 
@@ -213,14 +218,24 @@ def test_mic_wiring_random_model(pulse_source, tmp_path):
     assert styles[0] == "calm" and styles[-1] == "a cheerful host"
 
 
-def speech_mask(path, t_frames, margin_s):
-    """For each time in t_frames (s from the start of the wav): 1 speech, 0 pause, -1 near an edge or
-    outside the span from the first to the last speech (silence before and after it is not a pause)."""
+def speech_activity(path):
+    """``(active: (n,) bool, t_s: (n,) float)``: whether the wav speaks, every 20 ms."""
     audio, rate = sf.read(str(path), dtype="float32")
     hop = rate // 50
     rms = np.sqrt(np.convolve(audio ** 2, np.ones(hop * 2) / (hop * 2), mode="same"))[::hop]
-    active = rms > 0.02 * rms.max()
-    t_act = np.arange(len(active)) / 50
+    return rms > 0.02 * rms.max(), np.arange(len(rms)) / 50
+
+
+def speech_span_s(path) -> float:
+    """Seconds from the first to the last speech in a wav."""
+    active, t_act = speech_activity(path)
+    return float(t_act[active][-1] - t_act[active][0])
+
+
+def speech_mask(path, t_frames, margin_s):
+    """For each time in t_frames (s from the start of the wav): 1 speech, 0 pause, -1 near an edge or
+    outside the span from the first to the last speech (silence before and after it is not a pause)."""
+    active, t_act = speech_activity(path)
     t_first, t_last = t_act[active][[0, -1]]
     out = np.full(len(t_frames), -1)
     for i, t in enumerate(t_frames):
@@ -259,12 +274,12 @@ def test_mic_mouth_follows_speech_and_style_blends(pulse_source, tmp_path, backe
     # A clean stop: SIGTERM ends it with exit code 0, having written the captured audio.
     assert proc.returncode == 0 and captured.exists(), f"no clean stop with the recording written: {err}"
     assert "recorded" in err and "of input audio" in err, err
-    check_mouth_follows_speech(frames, captured)
+    check_mouth_follows_speech(frames, captured, DEMO_WAV)
     check_no_jump_in_blend(frames, "surprised", blend_s)
     check_style_changed_the_face(frames, "surprised", blend_s, ckpt, captured)
 
 
-def check_mouth_follows_speech(frames, captured_wav):
+def check_mouth_follows_speech(frames, captured_wav, played_wav):
     """Jaw opening (frame[53], rad) is larger while the captured audio speaks than in its pauses. Each
     frame shows the audio instant ``t_audio_s`` of the stream, which is that time in the captured wav
     (--record-audio records every sample pushed from the start): the same alignment the model had,
@@ -274,7 +289,9 @@ def check_mouth_follows_speech(frames, captured_wav):
     t_wav = np.array([f["t_audio_s"] for f in frames])
     mask = speech_mask(captured_wav, t_wav, margin_s=0.12)
     speech, pause = jaw[mask == 1], jaw[mask == 0]
-    assert len(speech) > 50 and len(pause) > 10, (len(speech), len(pause))
+    assert len(speech) > 50 and len(pause) > 10, (
+        f"{len(speech)} frames of speech and {len(pause)} of pauses; the capture holds the speech over "
+        f"{speech_span_s(captured_wav):.1f} s, the played wav over {speech_span_s(played_wav):.1f} s")
     print(f"jaw speech mean {speech.mean():.4f} pause mean {pause.mean():.4f} std {jaw.std():.4f}")
     assert speech.mean() > pause.mean() + 0.5 * jaw.std(), "mouth does not open more during speech than in pauses"
 
