@@ -98,6 +98,7 @@ class HeadlessChromium:
                         "package chromium)")
         self.extra_flags = list(extra_flags)
         self.console: list[str] = []
+        self.requests: list[str] = []        # every URL the pages asked for (Network.requestWillBeSent)
 
     async def __aenter__(self) -> "HeadlessChromium":
         self.profile = tempfile.mkdtemp(prefix="mm2face-chromium-")
@@ -131,6 +132,8 @@ class HeadlessChromium:
                 fut.set_result(msg)
             elif msg.get("method") == "Runtime.consoleAPICalled":
                 self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in msg["params"]["args"]))
+            elif msg.get("method") == "Network.requestWillBeSent":
+                self.requests.append(msg["params"]["request"]["url"])
             elif msg.get("method") == "Runtime.exceptionThrown":
                 self.console.append("exception: " + json.dumps(msg["params"]["exceptionDetails"])[:500])
 
@@ -153,6 +156,7 @@ class HeadlessChromium:
         page = Page(self, sid)
         await page.call("Runtime.enable")
         await page.call("Page.enable")
+        await page.call("Network.enable")
         await page.call("Page.navigate", url=url)
         return page
 

@@ -123,6 +123,10 @@ async def test_page_renders_the_live_head_and_the_mouth_moves_with_speech(live_s
         # mapped in the page with the server's map (the microphone test below takes that route)
         expected = "arkit-binary" if "arkit-binary" in P.FRAME_FORMATS else "binary"
         assert await page.eval("window.mm2face.format") == expected
+        # offline: everything the page loaded (page, three.js, head.glb, the socket) came from the server
+        ws_url = url.replace("http://", "ws://")
+        assert browser.requests and all(u.startswith((url, ws_url)) for u in browser.requests), browser.requests
+        assert {url + "vendor/three/build/three.module.js", url + "head.glb"} <= set(browser.requests)
         assert await page.eval("window.mm2face.errors.length") == 0, await page.eval("window.mm2face.errors")
         # The loop position of the frame on screen tells speech from silence (the session clock starts
         # with the file and the loop has no gap).
