@@ -346,6 +346,8 @@ async def amain(args) -> int:
         if args.serve:
             url = f"ws://{args.host}:{srv.port}"
             print(f"mm2face-live: serving {url} (session 'default', protocol v{P.PROTOCOL_VERSION})", file=sys.stderr, flush=True)
+            print(f"mm2face-live: browser viewer at http://{args.host}:{srv.port}/ (docs/guides/browser.md)",
+                  file=sys.stderr, flush=True)
             if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
                 print("mm2face-live: warning: listening beyond this machine without --token; anyone who can "
                       "reach the port can change the style", file=sys.stderr)
