@@ -232,7 +232,7 @@ function animate() {
     state.fps = arrivals.length > 1 ? 1000 * (arrivals.length - 1) / (arrivals[arrivals.length - 1] - arrivals[0]) : 0;
     state.latencyMs = median(latencies);
     $('frames').textContent = state.frames;
-    $('fps').textContent = state.fps ? `${state.fps.toFixed(1)} fps` : '';
+    $('fps').textContent = state.fps ? `${state.fps.toFixed(1)} fps, ${state.format}` : '';
     $('latency').textContent = state.latencyMs === null ? '- (no audio frames yet)'
       : `${state.latencyMs.toFixed(0)} ms audio → browser, + ${Math.round(bufferS * 1000)} ms buffer`;
   }
