@@ -247,9 +247,11 @@ class UdpOutput:
                 times, values, arrival = item
                 for t, v in zip(times, values):
                     self.playout.push(t, v, arrival)
-        finally:
             for t, v in self.playout.drain():
                 self.send(t, v)
+        except Exception:  # noqa: BLE001 - a bug in encoding must not go unnoticed, nor stop the stream
+            log.exception("%s: the sender stopped; the stream goes on without this output", self)
+        finally:
             self.sock.close()
             self.sender_cpu_s = time.thread_time()
             log.info("%s: sent %d, dropped %d (send buffer full), %d send errors",
@@ -316,6 +318,10 @@ def _host_port(flag: str, text: str, default_port: int) -> tuple[str, int]:
 def open_outputs(args) -> list[UdpOutput]:
     """The outputs ``args`` ask for (none without --livelink/--vmc); :class:`OutputError` if one is unusable."""
     from mm2face.realtime import livelink, vmc
+    if args.livelink_subject != DEFAULT_SUBJECT and not args.livelink:
+        raise OutputError("--livelink-subject goes with --livelink HOST[:PORT]")
+    if args.vmc_fps != FPS and not args.vmc:
+        raise OutputError("--vmc-fps goes with --vmc HOST[:PORT]")
     outs: list[UdpOutput] = []
     try:
         if args.livelink:

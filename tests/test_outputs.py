@@ -139,7 +139,9 @@ def test_cli_output_errors_are_explained_before_loading_the_model(capsys):
     assert r.returncode == 2 and "out of range" in r.stderr and "Traceback" not in r.stderr, r.stderr
     for args, msg in ((["--vmc", "127.0.0.1:abc"], "port must be a number"),
                       (["--vmc", "127.0.0.1", "--vmc-fps", "0"], "output rate must be in"),
-                      (["--livelink", "127.0.0.1", "--livelink-subject", "x" * 500], "at most 468")):
+                      (["--livelink", "127.0.0.1", "--livelink-subject", "x" * 500], "at most 468"),
+                      (["--livelink-subject", "Anna"], "--livelink-subject goes with --livelink"),
+                      (["--vmc-fps", "60"], "--vmc-fps goes with --vmc")):
         assert cli.main(args + ["--random-model", "--quiet"]) == 2, args
         err = capsys.readouterr().err
         assert msg in err, err
@@ -175,3 +177,17 @@ async def test_attach_converts_each_batch_once_and_refuses_a_head_without_a_map(
     assert out.sent == 2 and out.sender_cpu_s > 0
     with pytest.raises(O.OutputError, match="VMC send ARKit weights, but the model drives"):
         O.attach([O.vmc_output("127.0.0.1", 9)], live, None, "the model drives the 'flame' head, not the stand-in")
+
+
+async def test_an_encoder_bug_is_logged_and_the_stream_goes_on(caplog):
+    def broken(t, v):
+        raise ValueError("bug")
+    out = O.UdpOutput("test", "127.0.0.1", 9, broken)
+    task = asyncio.create_task(out.run())
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR, logger="mm2face.realtime"):
+        out.push([0.0], np.zeros((1, 3), np.float32))        # due at once: the thread encodes it
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert any("the sender stopped" in r.getMessage() for r in caplog.records)
+    assert out.sent == 0 and task.done()
