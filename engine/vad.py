@@ -11,15 +11,20 @@ Determinism and latency:
   sample; each chunk is run once, in order, with the model's recurrent state and its 64-sample
   context carried per stream (:class:`VadStream`). Offline generation runs the same chunks
   (:func:`vad_frame_weights`), so streaming equals offline.
-* Frame ``f`` (samples ``[640 f, 640 (f + 1))``) is decided from the chunks that end inside the frame
-  or its ``lookahead_samples`` (640 = the session's 40 ms lookahead): audio the session already holds
-  when it emits the frame. The gate adds no lookahead and no buffering.
 * Per chunk a hysteresis state machine: speech starts when the probability reaches ``threshold_on``
-  and ends after it has stayed below ``threshold_off`` for ``hangover_s``. A frame is *speech* when any
-  of its chunks is. While speech the gate is fully open at once (an onset is never held back); after
-  speech the gate closes over ``ramp_out_s`` (the mouth eases to rest instead of snapping).
+  and ends once it has stayed below ``threshold_off`` for ``hangover_s``.
+* Frame ``f`` (samples ``[640 f, 640 (f + 1))``) takes the state after the last chunk that ends by the
+  frame's end + ``lookahead_samples`` (640 = the session's 40 ms lookahead): audio the session already
+  holds when it emits the frame. The gate adds no lookahead and no buffering. While speech the gate is
+  fully open at once (an onset is never held back); after speech it closes over ``ramp_out_s`` (the
+  mouth eases to rest instead of snapping).
+* Fast offset: Silero's probability stays high for 100-200 ms after the voice stops, longer than a
+  pause's first frames. A per-stream energy tracker of the voice band (300-4000 Hz, 4th-order
+  Butterworth, so rumble and hum do not count) closes the gate in steps once the band has stayed
+  ``offset_drop_db`` under the recent speech level for more than ``offset_start_chunks`` chunks, shut
+  at ``offset_chunks``. It never opens the gate, so noise alone cannot move the mouth.
 
-Cost: one model call per 32 ms of audio (about 0.3 ms of one CPU core each; numbers in
+Cost: one model call per 32 ms of audio (about 0.2 ms of one CPU core each; numbers in
 docs/benchmarks.md). Turn it off with ``StreamConfig(vad=False)`` / ``generate(..., vad=False)`` or
 ``--no-vad`` on ``mm2face-live``, ``mm2face-generate`` and ``mm2face-eval``.
 """
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from scipy.signal import butter, sosfilt
 
 from mm2face.engine.frame import FPS, SAMPLES_PER_FRAME
 
@@ -40,6 +46,8 @@ CHUNK = 512                   # samples per model call at 16 kHz (the model's fi
 CONTEXT = 64                  # samples of the previous chunk the model reads before each chunk
 STATE_SHAPE = (2, 1, 128)     # the model's recurrent state for one stream
 MODEL_FILE = "silero_vad.onnx"
+BAND_ORDER = 4                # Butterworth order of the voice-band filter (fast offset)
+SILENCE_DB = -120.0           # level of an empty stream, dB re full scale
 
 
 @dataclass
@@ -50,6 +58,15 @@ class VadConfig:
     ramp_out_s: float = 0.08       # the gate closes over this (two frames) after speech ends
     lookahead_samples: int = SAMPLES_PER_FRAME   # audio past a frame's end it may read (the session's 40 ms)
     threads: int = 1               # onnxruntime intra-op threads
+    # fast offset: the model's probability stays high for 100-200 ms after speech stops. While the voice
+    # band's energy has stayed offset_drop_db under the stream's recent speech level for more than
+    # offset_start_chunks chunks the gate closes step by step, shut at offset_chunks (0 = off). It only
+    # closes the gate, never opens it.
+    offset_start_chunks: int = 2   # 64 ms
+    offset_chunks: int = 4         # 128 ms
+    offset_drop_db: float = 20.0
+    level_decay_db_s: float = 3.0  # how fast the tracked speech level falls, dB per second
+    band_hz: tuple[float, float] = (300.0, 4000.0)   # voice band of the energy (above rumble and hum)
 
 
 class VadUnavailable(RuntimeError):
@@ -102,9 +119,13 @@ class VadStream:
         self.n_chunks = 0                         # chunks run so far (chunk j = samples [512 j, 512 j + 512))
         self.speech = False                       # hysteresis state after the last chunk
         self.quiet_s = 0.0                        # time below threshold_off while in speech
-        self.flags: list[bool] = []               # speech state of chunks flag0, flag0 + 1, ...
-        self.flag0 = 0
         self.weight = 0.0                         # gate weight of the last frame (0 = mouth at rest)
+        self.band_sos = butter(BAND_ORDER, self.cfg.band_hz, "bandpass", fs=VAD_SR, output="sos")
+        self.band_zi = np.zeros((self.band_sos.shape[0], 2))     # the band filter's state (causal, per stream)
+        self.level_db = SILENCE_DB                # tracked speech level of the voice band
+        self.quiet_run = 0                        # chunks in a row offset_drop_db under that level
+        self.gate_open = 0.0                      # gate weight the last chunk asks for (speech and fast offset)
+        self._decay = self.cfg.level_decay_db_s * CHUNK / VAD_SR
         self.next_frame = 0
         self.last_prob = 0.0
         self._ramp = 1.0 / max(1, int(round(self.cfg.ramp_out_s * FPS)))
@@ -127,7 +148,15 @@ class VadStream:
                     self.speech, self.quiet_s = False, 0.0
             else:
                 self.quiet_s = 0.0
-        self.flags.append(self.speech)
+        y, self.band_zi = sosfilt(self.band_sos, x.astype(np.float64), zi=self.band_zi)
+        e = float(10 * np.log10(np.mean(y * y) + 1e-12))
+        self.level_db = max(e, self.level_db - self._decay)
+        self.quiet_run = self.quiet_run + 1 if e < self.level_db - c.offset_drop_db else 0
+        open_ = 1.0 if self.speech else 0.0
+        if self.speech and c.offset_chunks:
+            span = max(1, c.offset_chunks - c.offset_start_chunks)
+            open_ = min(1.0, max(0.0, (c.offset_chunks - self.quiet_run) / span))
+        self.gate_open = open_
         self.last_prob = p
         self.n_chunks += 1
         self.chunk_calls += 1
@@ -148,15 +177,11 @@ class VadStream:
             f = f0 + i
             hi = SAMPLES_PER_FRAME * (f + 1) + self.cfg.lookahead_samples
             self.feed_until(get_samples, hi)
-            j0, j1 = (SAMPLES_PER_FRAME * f) // CHUNK, hi // CHUNK    # chunks ending in (640 f, hi]
-            speech = any(self.flags[j - self.flag0] for j in range(max(j0, self.flag0), j1))
-            self.weight = 1.0 if speech else max(0.0, self.weight - self._ramp)
+            if self.speech:                       # the state after the last chunk ending by hi
+                self.weight = self.gate_open      # open at once; a fast offset closes it chunk by chunk
+            else:
+                self.weight = max(0.0, self.weight - self._ramp)
             out[i] = self.weight
-            # keep the flags later frames can still read (chunks ending after the next frame's start)
-            keep = (SAMPLES_PER_FRAME * (f + 1)) // CHUNK
-            if keep > self.flag0:
-                del self.flags[:keep - self.flag0]
-                self.flag0 = keep
         self.next_frame = f0 + n
         return out
 
