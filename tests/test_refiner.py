@@ -456,3 +456,35 @@ def test_silent_guidance_amplifies_the_caption_where_there_is_no_audio_and_strea
     for i, txt in enumerate(styles):
         np.testing.assert_allclose(both[i], run([StreamSession(m2, StreamConfig(seed=i), style=txt)])[0], atol=1e-5)
 
+
+
+def test_batched_sampling_equals_generate():
+    """The trainer samples stage 2 for many clips at once; each clip gets the tokens generate() gives it alone."""
+    from mm2face.training.eval_cli import clip_caption
+    from mm2face.training.train_refiner import sample_inputs
+    m = MM2Face.random(seed=2).eval()
+    rng = np.random.default_rng(1)
+    clips = [SimpleClip(id=f"c{i}", motion=np.zeros((T, 56), np.float32), captions={"action": cap},
+                        audio_16k=None if i == 1 else (rng.standard_normal(T * 640) * 0.1).astype(np.float32))
+             for i, (T, cap) in enumerate(((30, "talks"), (47, "smiles"), (12, "nods and talks")))]
+    items = sample_inputs(m, clips, seed=5, progress=False, batch=3)
+    for i, (c, it) in enumerate(zip(clips, items)):
+        _, toks = generate(m, c.audio_16k, clip_caption(c), seed=5 + i, n_frames=len(c.motion), return_tokens=True,
+                           blinks=False, parse_styles=False)
+        assert torch.equal(it["frames"], m.vq.decode(torch.tensor(toks)[None])[0]), f"clip {i}"
+        assert it["audio"] == (c.audio_16k is not None)
+
+
+def test_new_dims_get_the_data_std():
+    """A unit added after stages 1-2 (mean 0, std at the floor) gets the training data's std; others keep theirs."""
+    from mm2face.training.train_refiner import widen_new_dims
+    m = MM2Face.random(seed=3)
+    m.set_norm(np.zeros(56), np.full(56, 0.5))
+    m.std[28] = 0.01                                          # never moved in stages 1-2's data
+    m.std[29] = 0.01
+    rng = np.random.default_rng(0)
+    motion = rng.normal(0, 0.3, (200, 56)).astype(np.float32)
+    motion[:, 29] = 0.0                                       # still never moves
+    new = widen_new_dims(m, [SimpleClip(id="a", motion=motion, audio_16k=None, captions={})])
+    assert list(new) == [28] and new[28] == pytest.approx(0.3, rel=0.15)
+    assert float(m.std[28]) == pytest.approx(new[28]) and float(m.std[29]) == pytest.approx(0.01) and float(m.std[0]) == 0.5

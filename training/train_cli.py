@@ -108,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", nargs="*", default=[], metavar="PREFIX",
                    help="refiner parameters (name prefixes) to keep as they start, e.g. head_out text_ time "
                         "to keep a warm start's head-pose path")
+    p.add_argument("--augment-share", type=float, default=0.0,
+                   help="share of the talking training clips heard through a random microphone condition "
+                        "(training.augment: gain -30..0 dBFS peak, noise beds, reverb) before sampling; the "
+                        "ground truth stays (default 0)")
+    p.add_argument("--sample-batch", type=int, default=32,
+                   help="clips sampled together by stage 2 before training (default 32)")
+    p.add_argument("--time-budget-min", type=float, default=0.0,
+                   help="stop training after this many minutes of steps (a last validation first; "
+                        "0 = all --steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--limit", type=int, default=0, help="use at most N clips per split (quick runs)")
@@ -186,7 +195,8 @@ def main(argv=None):
                                  w_clip_mean=args.w_clip_mean, warm_start=args.warm_start, freeze=args.freeze,
                                  text_only_loss=args.text_only_loss,
                                  movements_alone=args.movement_captions == "alone",
-                                 device=args.device, refiner=over)
+                                 augment_share=args.augment_share, sample_batch=args.sample_batch,
+                                 time_budget_min=args.time_budget_min, device=args.device, refiner=over)
         path = train_refiner(cfg, train, val, progress=not args.no_progress)
     else:
         from mm2face.training.train_mm2face import GPTTrainConfig, train_mm2face

@@ -70,35 +70,104 @@ class RefinerTrainConfig:
     seed: int = 0
     device: str = "cpu"
     refiner: dict = field(default_factory=dict)   # RefinerConfig overrides, e.g. {"width": 96}
+    sample_batch: int = 32         # clips whose stage-2 tokens are sampled together (one batched G step per token)
+    augment_share: float = 0.0     # share of the talking training clips whose audio is replaced, before sampling,
+                                   # by a microphone condition of training.augment (gain, noise beds, reverb);
+                                   # the ground truth stays, so the refiner learns to articulate through them
+    time_budget_min: float = 0.0   # stop training (after a last validation) once this many minutes of steps
+                                   # have run; 0 = run all ``steps``
 
     def __post_init__(self):
         if self.text_only_loss not in ("frames", "sorted"):
             raise ValueError(f"text_only_loss must be 'frames' or 'sorted', got {self.text_only_loss!r}")
+        if not 0.0 <= self.augment_share <= 1.0:
+            raise ValueError(f"augment_share must be in [0, 1], got {self.augment_share}")
 
 
 @torch.no_grad()
-def sample_inputs(model, clips, seed: int, progress: bool = True, desc: str = "sampling") -> list[dict]:
+def sample_inputs(model, clips, seed: int, progress: bool = True, desc: str = "sampling",
+                  batch: int = 32) -> list[dict]:
     """Per clip: ``av (n_tok, d)``, ``frames (n_tok*down, 56)`` decoded from a stage-2 sample and
-    ``gt (n_tok*down, 56)`` (last frame repeated to fill the token), all normalised; ``n`` = real frames."""
-    from mm2face.engine.generate import audio_vectors, generate
+    ``gt (n_tok*down, 56)`` (last frame repeated to fill the token), all normalised; ``n`` = real frames.
+
+    Clip ``i`` is sampled as :func:`~mm2face.engine.generate.generate` samples it (its own caption, raw;
+    seed ``seed + i``; the streaming defaults), ``batch`` clips at a time through one batched G step per
+    token (:meth:`MM2Face.g_logits`, each clip its own cache rows and generator; a clip's steps past its
+    end are never read), which costs about what one clip alone does on a CPU. Clips are grouped by
+    length (little padding); the result keeps the order of ``clips``."""
+    from mm2face.engine.generate import audio_vectors
+    from mm2face.engine.session import StreamConfig
     from mm2face.training.eval_cli import has_audio
 
-    saved, model.refiner = model.refiner, None          # sample stage 2 alone
-    out = []
-    try:
-        for i, c in enumerate(tqdm(clips, desc=desc, disable=not progress, dynamic_ncols=True)):
-            T = len(c.motion)
-            audio = c.audio_16k if has_audio(c) else None
-            _, toks = generate(model, audio, clip_caption(c), seed=seed + i, n_frames=T, return_tokens=True,
-                               blinks=False, parse_styles=False)     # the clip's own caption, as in training
-            frames = model.vq.decode(torch.tensor(toks)[None])[0]
+    sc = StreamConfig()
+    out: list = [None] * len(clips)
+    order = sorted(range(len(clips)), key=lambda i: len(clips[i].motion))
+    bar = tqdm(total=len(clips), desc=desc, disable=not progress, dynamic_ncols=True)
+    for b0 in range(0, len(clips), max(1, batch)):
+        idx = order[b0:b0 + max(1, batch)]
+        group = [clips[i] for i in idx]
+        n_frames = [len(c.motion) for c in group]
+        n_toks = [max(1, -(-T // model.down)) for T in n_frames]
+        audios = [c.audio_16k if has_audio(c) else None for c in group]
+        avs = [audio_vectors(model, a, n).clone() for a, n in zip(audios, n_toks)]
+        L = max(n_toks)
+        av = torch.zeros(len(group), L, avs[0].shape[-1])
+        for j, (a, n) in enumerate(zip(avs, n_toks)):
+            av[j, :n] = a
+        text = torch.stack([model.text_embed(clip_caption(c)) for c in group])          # raw captions
+        gens = [torch.Generator().manual_seed(int(seed + i)) for i in idx]
+        cache = model.gpt.new_cache()
+        prev = torch.full((len(group),), model.gpt.bos, dtype=torch.long)
+        toks = torch.zeros(len(group), L, dtype=torch.long)
+        for t in range(L):
+            logits = model.g_logits(prev, av[:, t], text, cache, sc.guidance)
+            prev = torch.stack([model.sample(logits[j], sc.temperature, sc.top_k, gens[j]) for j in range(len(group))])
+            toks[:, t] = prev
+        for j, c in enumerate(group):
+            T = n_frames[j]
+            frames = model.vq.decode(toks[j:j + 1, :n_toks[j]])[0]
             gt = model.normalize(torch.from_numpy(np.asarray(c.motion, np.float32)))
             gt = torch.cat([gt, gt[-1:].expand(len(frames) - T, -1)]) if len(frames) > T else gt[:len(frames)]
-            out.append({"av": audio_vectors(model, audio, len(toks)).clone(), "frames": frames, "gt": gt, "n": T,
-                        "audio": audio is not None})
-    finally:
-        model.refiner = saved
+            out[idx[j]] = {"av": avs[j], "frames": frames, "gt": gt, "n": T, "audio": audios[j] is not None}
+        bar.update(len(group))
+    bar.close()
     return out
+
+
+def augmented_clips(clips, share: float, seed: int) -> tuple[list, list[str]]:
+    """``clips`` with the audio of ``share`` of the talking ones replaced by one random microphone condition
+    each (:func:`mm2face.training.augment.augment`, seeded per clip id); the ids changed."""
+    from dataclasses import replace
+
+    from mm2face.training.augment import augment
+    from mm2face.training.eval_cli import has_audio
+    out, ids = [], []
+    for c in clips:
+        cid = str(getattr(c, "id", ""))
+        rng = np.random.default_rng([seed, int(hashlib.sha1(cid.encode()).hexdigest()[:8], 16)])
+        if share > 0 and has_audio(c) and rng.random() < share:
+            c = replace(c, audio_16k=augment(np.asarray(c.audio_16k, np.float32), rng))
+            ids.append(cid)
+        out.append(c)
+    return out, ids
+
+
+def widen_new_dims(model, clips, floor: float = 1e-2) -> dict[int, float]:
+    """Give frame dimensions that stages 1-2 never saw move a usable normalisation.
+
+    A unit added to the head after stages 1-2 were trained (e.g. the stand-in's ``mouth_close``) has mean 0
+    and the std floor in the model's statistics, so its values would be a hundred normalised units and
+    swamp the refiner's loss. Where the model has mean 0 and std at ``floor`` but ``clips``' ground truth
+    varies, the std becomes that data's (the mean stays 0, so stages 1-2's ~0 output still decodes to rest).
+    Returns ``{dim: new std}``."""
+    x = np.concatenate([np.asarray(c.motion, np.float32) for c in clips])
+    sd = x.std(0)
+    new = {}
+    for d in range(x.shape[1]):
+        if float(model.mean[d]) == 0.0 and float(model.std[d]) <= floor * (1 + 1e-4) and sd[d] > 2 * floor:
+            new[d] = float(sd[d])
+            model.std[d] = float(sd[d])
+    return new
 
 
 @torch.no_grad()
@@ -274,13 +343,17 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     if len(train_clips) > cfg.max_clips:
         train_clips = [train_clips[i] for i in sorted(rng.choice(len(train_clips), cfg.max_clips, replace=False))]
     val_clips = spread(list(val_clips or []), cfg.max_val_clips) or train_clips[:max(1, len(train_clips) // 10)]
+    widened = widen_new_dims(model, train_clips)
+    if widened:
+        print(f"new dimensions get the training data's std: {widened}")
+    train_clips, augmented = augmented_clips(train_clips, cfg.augment_share, cfg.seed)
     key = {"stages12": stage12_digest(model), "seed": cfg.seed,
            "sampling": sampling, "train": [getattr(c, "id", i) for i, c in enumerate(train_clips)],
-           "val": [getattr(c, "id", i) for i, c in enumerate(val_clips)]}
+           "val": [getattr(c, "id", i) for i, c in enumerate(val_clips)], "augmented": augmented}
     t0 = time.time()
     data = _cache(out / "inputs.pt", key, lambda: {
-        "train": sample_inputs(model, train_clips, cfg.seed, progress, "sampling train clips"),
-        "val": sample_inputs(model, val_clips, cfg.seed + 10_000, progress, "sampling val clips")})
+        "train": sample_inputs(model, train_clips, cfg.seed, progress, "sampling train clips", cfg.sample_batch),
+        "val": sample_inputs(model, val_clips, cfg.seed + 10_000, progress, "sampling val clips", cfg.sample_batch)})
     t_sample = time.time() - t0
     for it, c in zip(data["train"], train_clips):      # training texts: each caption kind alone, and joined
         it["texts"] = clip_texts(c, cfg.movements_alone) or [""]
@@ -326,7 +399,9 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
         best, best_state = base_val, _snapshot(ref)
     bar = tqdm(total=cfg.steps, desc="refiner", disable=not progress, dynamic_ncols=True)
     tr = data["train"]
+    last_step = cfg.steps
     for step in range(1, cfg.steps + 1):
+        out_of_time = cfg.time_budget_min > 0 and time.time() - t_start > 60 * cfg.time_budget_min
         for g in opt.param_groups:
             g["lr"] = lr_at(step - 1, cfg.lr, cfg.steps)
         items = [tr[i] for i in rng.integers(len(tr), size=cfg.batch)]
@@ -340,7 +415,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 50 == 0 or step == 1:
             log_line(out, {"step": step, "loss": loss.item(), "rec": rec.item(), "t_s": time.time() - t_start})
-        if step % cfg.val_every == 0 or step == cfg.steps:
+        if step % cfg.val_every == 0 or step == cfg.steps or out_of_time:
             ref.eval()
             with torch.no_grad():
                 _, vrec, pred = _loss(model, w, vb, cfg.w_vel, text_only_loss=cfg.text_only_loss)
@@ -357,10 +432,15 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
             if vrec.item() < best:
                 best, best_step = vrec.item(), step
                 best_state = _snapshot(ref)
+        if out_of_time:
+            last_step = step
+            print(f"time budget of {cfg.time_budget_min} min reached at step {step}")
+            break
     bar.close()
     ref.load_state_dict(best_state)
     model.eval().cpu()
-    model.info.meta.update({"refiner_steps": cfg.steps, "refiner_clips": len(train_clips),
+    model.info.meta.update({"refiner_steps": last_step, "refiner_clips": len(train_clips),
+                            "refiner_widened_std": widened, "refiner_augmented_clips": len(augmented),
                             "refiner_sampling": sampling, "refiner_val_rec": best, "refiner_best_step": best_step,
                             "refiner_" + base_key: base_val, "refiner_sample_s": round(t_sample, 1),
                             "refiner_wall_s": round(time.time() - t_start, 1), "refiner_init": init,
