@@ -51,6 +51,12 @@ def _pulse_running(env) -> bool:
     return subprocess.run(["pactl", "info"], capture_output=True, env=env).returncode == 0
 
 
+def _sink_state(sink, env) -> str:
+    """PulseAudio's state of a sink: RUNNING, IDLE, SUSPENDED, or '' when there is no such sink."""
+    out = subprocess.run(["pactl", "list", "short", "sinks"], capture_output=True, text=True, env=env).stdout
+    return next((line.split()[-1] for line in out.splitlines() if line.split()[1:2] == [sink]), "")
+
+
 @pytest.fixture(scope="module")
 def pulse_source():
     """A PulseAudio null sink; yields (sink name, env for clients that should capture its monitor)."""
@@ -80,6 +86,13 @@ def pulse_source():
     devzero = open("/dev/zero", "rb")
     zeros = subprocess.Popen(["pacat", "--playback", f"--device={sink}", "--raw", "--rate=16000", "--channels=1",
                               "--format=s16le", "--latency-msec=20"], stdin=devzero, env=env)
+    # Ready once that stream plays (the sink RUNNING): until then the monitor delivers in 2 s blocks, and
+    # on a loaded machine the first test saw 1.4 s of audio in 2.1 s.
+    deadline = time.time() + 10
+    while _sink_state(sink, env) != "RUNNING":
+        if zeros.poll() is not None or time.time() > deadline:
+            pytest.fail(f"the zeros stream into {sink} did not start playing (pacat exit code {zeros.poll()})")
+        time.sleep(0.05)
     yield sink, env
     zeros.terminate()
     zeros.wait(timeout=5)
