@@ -272,17 +272,22 @@ async def hostile(url: str, kind: str, seconds: float) -> dict:
                         count(json.loads(m)["code"])
         ds = [asyncio.create_task(drain(ws)) for ws in socks]
         tiny = np.zeros(32, "<i2").tobytes()
-        while time.monotonic() < t_end:
-            for i, ws in enumerate(socks):
-                await ws.send(tiny if i == 0 else '{"type":"stats"}')
-                sent += 1
-            if sent % 200 == 0:
-                await asyncio.sleep(0)
+        from websockets.exceptions import ConnectionClosed
+        try:
+            while time.monotonic() < t_end:
+                for i, ws in enumerate(socks):
+                    await ws.send(tiny if i == 0 else '{"type":"stats"}')
+                    sent += 1
+                if sent % 200 == 0:
+                    await asyncio.sleep(0)
+        except ConnectionClosed as e:             # a throttled flooder's keepalive may time out
+            out["closed"] = str(e)[:120]
         out["sent"] = sent
         for d in ds:
             d.cancel()
         for ws in socks:
-            await ws.close()
+            with contextlib.suppress(Exception):
+                await ws.close()
     elif kind == "malformed":
         n = int(os.environ.get("STRESS_MALFORMED", "10000"))
         inputs = malformed_inputs(n)
@@ -379,7 +384,9 @@ def run(args) -> dict:
            "--quiet"] + (["--random-model"] if args.random_model else []) + args.server_args.split()
     res: dict = {"machine": machine_info(), "server_cmd": " ".join(cmd[1:]), "good_clients": args.good,
                  "speech_s": args.seconds, "speech": src, "phases": {}}
-    srv = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    err_path = Path(args.out_dir) / "server-stderr.log"
+    err_file = open(err_path, "w")                      # a file, not a pipe: a full pipe would stall the server
+    srv = subprocess.Popen(cmd, stderr=err_file, text=True)
     try:
         hello = asyncio.run(wait_hello(url))
         res["limits"] = hello.get("limits")
@@ -407,11 +414,13 @@ def run(args) -> dict:
     finally:
         srv.terminate()
         try:
-            _, err = srv.communicate(timeout=60)
+            srv.wait(timeout=60)
         except subprocess.TimeoutExpired:
             srv.kill()
-            _, err = srv.communicate()
-        res["server_stderr_tail"] = (err or "")[-2000:]
+            srv.wait()
+        err_file.close()
+        res["server_exit"] = srv.returncode
+        res["server_stderr_tail"] = err_path.read_text(errors="replace")[-3000:]
     return res
 
 
@@ -469,6 +478,7 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out or f"runs/bench/stress-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
+    args.out_dir = str(out)
     res = run(args)
     save_png(out / "stress.png", res)
     write_report(out, "stress", res, markdown)

@@ -210,6 +210,8 @@ def limits_from_args(args, make_session=None, batched: bool = True, log=None) ->
 
 CONTROL_RATE_PER_S = 50.0         # control messages one connection may send per second, sustained
 CONTROL_BURST = 100               # ... and in a burst
+AUDIO_MSG_RATE_PER_S = 100.0      # audio messages one connection may send per second (10 ms chunks), sustained
+AUDIO_MSG_BURST = 200             # ... and in a burst
 
 
 class RateLimiter:
@@ -222,11 +224,25 @@ class RateLimiter:
         self.dropped = 0
 
     def allow(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
+        """Take a token if there is one (True), else count the miss (False)."""
+        self._refill()
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         self.dropped += 1
         return False
+
+    def delay(self) -> float:
+        """Take a token, going into debt if there is none: the seconds the caller should wait before
+        going on (0 within the rate). Waiting instead of dropping turns a flood into TCP backpressure."""
+        self._refill()
+        self.tokens -= 1.0
+        if self.tokens >= 0.0:
+            return 0.0
+        self.dropped += 1
+        return -self.tokens / self.rate
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now

@@ -37,7 +37,8 @@ import numpy as np
 from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
 from mm2face.realtime import web_static
-from mm2face.realtime.admission import Admission, IdleReaper, Limits, RateLimiter
+from mm2face.realtime.admission import (AUDIO_MSG_BURST, AUDIO_MSG_RATE_PER_S, Admission, IdleReaper, Limits,
+                                        RateLimiter)
 from mm2face.realtime.idle_loop import IdleLoop
 from mm2face.realtime.metrics import HubMetrics, log_event
 from mm2face.realtime.resample import StreamResampler
@@ -589,6 +590,7 @@ class ClientConn:
         self.outbox: collections.deque = collections.deque()   # (is_frame, message, LiveSession | None)
         self.addr = _peer_host(ws)                              # client address: per-client session limit
         self.control_rate = RateLimiter()                       # control messages per second
+        self.audio_rate = RateLimiter(AUDIO_MSG_RATE_PER_S, AUDIO_MSG_BURST)   # audio messages per second
         self._rate_warned_at = -math.inf
         self.n_frames_queued = 0
         self.n_control_queued = 0
@@ -843,8 +845,13 @@ class Hub:
         writer = asyncio.create_task(client.writer())
         try:
             async for data in ws:
-                await self.dispatch(client, data, received_at(ws))
-                await asyncio.sleep(0)        # one message per turn: a flooding client cannot hog the loop
+                rx = received_at(ws)
+                audio = isinstance(data, (bytes, bytearray, memoryview))
+                wait = (client.audio_rate if audio else client.control_rate).delay()
+                if wait > 0:                  # over its rate: stop reading this client for a while (backpressure)
+                    self._rate_warning(client, audio, rx)
+                await self.dispatch(client, data, rx)
+                await asyncio.sleep(wait)     # also: one message per turn, so no client can hog the loop
         except Exception as e:  # abrupt disconnects end up here (ConnectionClosedError)
             log.debug("client %d disconnected: %s", client.id, e)
         finally:
@@ -866,14 +873,6 @@ class Hub:
         with its own code; ``internal`` is left for server bugs. Returns the error code sent, if any."""
         rx_time = time.time() if rx_time is None else rx_time
         try:
-            if not isinstance(data, (bytes, bytearray, memoryview)) and not client.control_rate.allow():
-                if rx_time - client._rate_warned_at < 1.0:
-                    self.errors[P.ErrorCode.RATE_LIMITED] += 1
-                    return P.ErrorCode.RATE_LIMITED        # dropped; told at most once a second
-                client._rate_warned_at = rx_time
-                raise P.ProtocolError(P.ErrorCode.RATE_LIMITED, f"more than {client.control_rate.rate:.0f} "
-                                      "control messages per second from this connection; the excess is dropped "
-                                      "(this reply comes at most once a second). Slow down")
             if isinstance(data, (bytes, bytearray, memoryview)):
                 await self._on_audio(client, bytes(data), rx_time)
             else:
@@ -891,6 +890,18 @@ class Hub:
             code = P.ErrorCode.INTERNAL
         self.errors[code] += 1
         return code
+
+    def _rate_warning(self, client: ClientConn, audio: bool, rx_time: float | None) -> None:
+        """Tell a client over its message rate, at most once a second, that it is being slowed down."""
+        now = time.time() if rx_time is None else rx_time
+        self.errors[P.ErrorCode.RATE_LIMITED] += 1
+        if now - client._rate_warned_at < 1.0:
+            return
+        client._rate_warned_at = now
+        rate = client.audio_rate.rate if audio else client.control_rate.rate
+        client.error(P.ErrorCode.RATE_LIMITED, f"more than {rate:.0f} {'audio' if audio else 'control'} messages "
+                     "per second from this connection: the server reads it more slowly until it keeps to that "
+                     "rate (nothing is dropped; this reply comes at most once a second)")
 
     def _session(self, name: str | None, client: ClientConn, ref: str) -> LiveSession:
         if name is None:
