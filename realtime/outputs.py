@@ -45,6 +45,7 @@ HEAD_YPR = slice(N_ARKIT, N_ARKIT + 3)
 HEAD_ROTVEC = slice(N_ARKIT + 3, N_ARKIT + 6)
 OFFSET_WINDOW_S = 2.0                 # Playout: the send delay follows the latest arrivals of this long
 GRID_EPS = 1e-9                       # audio times closer than this are the same instant
+MAX_GAP_S = 1.0                       # Playout: a frame this far after the previous one starts a new stream
 MAX_OUT_FPS = 240.0                   # --vmc-fps upper bound
 DEFAULT_SUBJECT = "mm2face"
 DRAIN_MAX_S = 1.0                     # on stop: frames already made keep their pace for at most this long
@@ -97,7 +98,8 @@ class Playout:
         self.resets = 0
 
     def reset(self) -> None:
-        """Forget everything (a new stream: audio time went backwards)."""
+        """Forget everything (a new stream: audio time went backwards, or jumped ahead by more than
+        :data:`MAX_GAP_S`, which would otherwise be filled with a burst of interpolated ticks)."""
         self.times.clear()
         self.values.clear()
         self._offsets.clear()
@@ -106,7 +108,7 @@ class Playout:
 
     def push(self, t_audio_s: float, values: np.ndarray, now: float) -> None:
         t = float(t_audio_s)
-        if self.times and t <= self.times[-1] + GRID_EPS:
+        if self.times and not self.times[-1] + GRID_EPS < t <= self.times[-1] + MAX_GAP_S:
             self.reset()
         self.times.append(t)
         self.values.append(np.asarray(values, np.float32))

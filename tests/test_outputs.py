@@ -90,6 +90,8 @@ def test_time_going_back_starts_a_new_stream_and_drain_sends_the_rest():
     rest = p.drain()
     assert [t for t, _ in rest] == [0.0] and rest[0][1][0] == 99
     assert p.drain() == [] and p.next_due(11.0) is None
+    p.push(5.0, np.full(2, 7, np.float32), now=10.02)                       # a jump ahead: no burst to fill it
+    assert p.resets == 2 and [t for t, _ in p.drain()] == [5.0]
 
 
 def test_bad_rates_are_refused():
