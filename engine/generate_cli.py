@@ -54,7 +54,7 @@ def build_parser():
     ap = argparse.ArgumentParser(prog="mm2face-generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wav", help="speech audio (any rate, mixed to mono, resampled to 16 kHz)")
-    ap.add_argument("--text", default="", help="style caption (empty: no style)")
+    ap.add_argument("--text", default="", help="style in free text, read by the style parser (engine/style.py; empty: calm)")
     ap.add_argument("--seconds", type=float, default=0.0, help="length for text-only generation (no --wav)")
     ap.add_argument("--out", required=True,
                     help="output file: .npz (motion (T, 56) at 25 fps, head, style) or, with --format arkit-csv, .csv")
@@ -75,6 +75,8 @@ def build_parser():
     ap.add_argument("--top-k", type=int, default=d.top_k, help=f"sample among the k likeliest tokens (0 = all; default {d.top_k})")
     ap.add_argument("--no-vad", action="store_true",
                     help="turn off the voice-activity gate (by default the mouth rests where no speech is heard)")
+    ap.add_argument("--raw-styles", action="store_true",
+                    help="send --text to the model as typed: no style parser, no head-gesture layer (engine/style.py)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     return ap
@@ -104,7 +106,7 @@ def main(argv=None):
     n_frames = None if audio is not None else int(round(args.seconds * FPS))
     motion = generate(model, audio, args.text, seed=args.seed, guidance=args.guidance,
                       temperature=args.temperature, top_k=args.top_k, n_frames=n_frames, device=args.device,
-                      vad=not args.no_vad)
+                      vad=not args.no_vad, parse_styles=not args.raw_styles)
     if args.format == "arkit-csv":
         out = write_arkit_csv(args.out, motion, model.head_name, retarget)
         print(f"wrote {out}: {len(motion)} frames ({len(motion) / FPS:.2f} s) as ARKit-52 (Live Link Face CSV)")

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-vad", action="store_true",
                     help="turn off the voice-activity gate (by default the mouth rests while no speech is heard; "
                          "engine/vad.py)")
+    ap.add_argument("--raw-styles", action="store_true",
+                    help="send style text to the model as typed: no style parser, no head-gesture layer "
+                         "(engine/style.py; research)")
     srv = ap.add_argument_group("serving")
     srv.add_argument("--serve", action="store_true", help="run the WebSocket server")
     srv.add_argument("--host", default=DEFAULT_HOST, help="bind address (default: %(default)s, local only)")
@@ -259,6 +262,7 @@ async def amain(args) -> int:
     if args.guidance is not None:
         cfg.guidance = args.guidance
     cfg.vad = not args.no_vad
+    cfg.parse_styles = not args.raw_styles
     make_session = lambda style: StreamSession(model, cfg, style=style, device=args.compute)  # noqa: E731
     serving = args.serve or args.view or args.demo
     limits = admission.limits_from_args(args, make_session if serving else None, batched=not args.no_batch,
