@@ -128,6 +128,12 @@ async def test_page_renders_the_live_head_and_the_mouth_moves_with_speech(live_s
         ws_url = url.replace("http://", "ws://")
         assert browser.requests and all(u.startswith((url, ws_url)) for u in browser.requests), browser.requests
         assert {url + "vendor/three/build/three.module.js", url + "head.glb"} <= set(browser.requests)
+        # the page's own map (the v1 route) equals the engine's to_arkit
+        from mm2face.engine.arkit import to_arkit
+        frames = np.random.default_rng(0).normal(0, 0.6, (4, 56)).astype(np.float32)
+        frames[:, 50:] *= 0.3
+        page_w = np.array([await page.eval(f"window.mm2face.toArkit({f.tolist()})") for f in frames])
+        np.testing.assert_allclose(page_w, to_arkit(frames).weights, atol=1e-5)
         assert await page.eval("window.mm2face.errors.length") == 0, await page.eval("window.mm2face.errors")
         # The loop position of the frame on screen tells speech from silence (the session clock starts
         # with the file and the loop has no gap).

@@ -46,6 +46,7 @@ const state = window.mm2face = {
   session: null, style: '', frames: 0, rendered: 0, lastSeq: -1, shownT: null, jawOpen: 0,
   latencyMs: null, fps: 0, mic: 'off', micSamples: 0, errors: [], paused: false,
   mouthRect: () => mouthRect(),
+  toArkit: (frame56) => Array.from(arkitWeights(frame56)),     // the v1 route's map, for tools and tests
 };
 
 function fail(msg) {
