@@ -699,7 +699,11 @@ def _expression_basis(skin) -> np.ndarray:
     # comes forward, since the jaw swings it back), the upper lip comes down a little; at 1 the midline
     # closes with the jaw at MOUTH_CLOSE_JAW_RAD. Skinning is linear in these rest-pose offsets, so a
     # caller can solve for the exact coefficient that closes a given frame.
-    across = np.sqrt(np.clip(1.0 - (X / (xc + 0.002)) ** 2, 0.0, None)) * _smoothstep(0.05, 0.075, Z)
+    # across the mouth it follows how far the jaw opens the seam: fully up to near the corners, where the
+    # jaw's skinning weight falls to a half at the shared corner vertex
+    ax = np.abs(X) / xc
+    across = np.where(ax <= 1.0, 1.0 - 0.5 * _smoothstep(0.7, 1.0, ax), 0.5 * np.exp(-0.5 * ((np.abs(X) - xc) / 0.002) ** 2))
+    across = across * _smoothstep(0.05, 0.075, Z)
     below = np.exp(-0.5 * (np.minimum(Y - ys, 0.0) / 0.008) ** 2) * (side < 0)
     above = np.exp(-0.5 * (np.maximum(Y - ys, 0.0) / 0.006) ** 2) * (side > 0)
     put("mouth_close", (across * below)[:, None] * v3(0, 0.011, 0.0036)

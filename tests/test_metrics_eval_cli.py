@@ -32,7 +32,8 @@ def write_corpus(root):
             for k in KINDS:
                 (root / "text_annotations" / k / f"{cid}.txt").write_text(caps.get(cid, "A person talks.") if k == "action" else "")
             speech = [1] * 10 + [0] * 12 + [1] * 8
-            (root / "synth_meta" / f"{cid}.json").write_text(json.dumps({"speech_mask": speech}))
+            phones = [["m", 0.0, 0.12, False], ["a", 0.12, 0.3, True], ["p", 0.3, 0.38, False], ["a", 0.38, 0.4, True]]
+            (root / "synth_meta" / f"{cid}.json").write_text(json.dumps({"speech_mask": speech, "phones": phones}))
     (root / "talking_subset.json").write_text(json.dumps(talk))
     (root / "t2m_subset.json").write_text(json.dumps(t2m))
 
@@ -72,6 +73,11 @@ def test_eval_cli_writes_table_and_json(tmp_path, capsys):
     assert "mean of 3 sampling seeds" in printed
     assert len(talk["trace"]["jaw_gt"]) == talk["frames"] == len(talk["trace"]["jaw_model"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # articulation on the talking clip's phones (issue 15): all seeds pooled, and the noise-bed gains
+    art = res["articulation"]
+    assert art["model"]["bilabials"] == 3 * 2 and art["gt"]["bilabials"] == 2 and art["gt"]["vowels"] == 2
+    assert set(art["noise"]) == {"-30", "-20", "-10", "0"} and 0.0 <= art["noise_worst"]["rest_rate"] <= 1.0
+    assert "bilabial closure" in printed and "low-frequency noise bed" in printed
 
 
 def test_combine_seeds_averages_numbers_and_rule_rates():

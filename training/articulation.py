@@ -21,7 +21,7 @@ these measures read the mesh and the clip's phone timings only (the synthetic co
   vertices from frame to frame (mm per frame).
 
 :func:`noise_bed_audio` makes the listening condition of the rest checks: the clip scaled to a peak
-level, over a low-frequency noise bed (room rumble) at a fixed RMS level.
+level (:data:`GAINS_DBFS`), over a low-frequency noise bed (room rumble) at a fixed RMS level.
 
 The synthetic corpus uses :func:`solve_unit` to make its truth articulate (``training/synth_face.py``).
 """
@@ -43,11 +43,12 @@ BILABIALS = ("bilabial",)           # viseme classes (training.synth_face.phone_
 LABIODENTALS = ("labiodental",)
 VOWELS = ("open", "mid", "mid_round", "close", "close_round")
 NOISE_BED_DBFS = -45.0              # RMS of the low-frequency noise bed (dB re full scale)
-NOISE_BED_HZ = (20.0, 250.0)        # its band: room rumble, mains hum region, traffic
+NOISE_BED_KIND = "lowfreq"          # training.augment's pink noise between 20 and 200 Hz (rumble, traffic, HVAC)
 GAINS_DBFS = (-30.0, -20.0, -10.0, 0.0)   # input peak levels the rest checks are run at
 SR = 16000
 
 _SUBSET: dict[int, tuple] = {}
+_CLOSED: dict[int, float] = {}          # closed-lip gap per articulation head (id of the cut-down head)
 
 
 def articulation_head(head):
@@ -94,7 +95,10 @@ def lip_geometry(head, motion: np.ndarray) -> dict[str, np.ndarray]:
 
 def closed_gap_mm(head) -> float:
     """The head's closed-lip midline gap (mm): the gap at the rest pose."""
-    return float(lip_geometry(head, np.zeros((1, 56), np.float32))["gap_mm"][0])
+    sub = articulation_head(head)
+    if id(sub) not in _CLOSED:
+        _CLOSED[id(sub)] = float(lip_geometry(head, np.zeros((1, 56), np.float32))["gap_mm"][0])
+    return _CLOSED[id(sub)]
 
 
 def solve_unit(head, motion: np.ndarray, name: str, target_mm: np.ndarray, what: str = "gap") -> np.ndarray:
@@ -103,17 +107,14 @@ def solve_unit(head, motion: np.ndarray, name: str, target_mm: np.ndarray, what:
 
     Skinning is linear in the rest-pose offsets, so two evaluations (unit at 0 and at 1) give the exact
     answer. Returns ``(T,)``, unclipped (the caller bounds it)."""
-    m0 = np.array(motion, np.float32, copy=True)
-    m0[:, unit(name)] = 0.0
-    m1 = m0.copy()
-    m1[:, unit(name)] = 1.0
-    g0, g1 = lip_geometry(head, m0), lip_geometry(head, m1)
-    if what == "gap":
-        a, b = g0["gap_mm"], g1["gap_mm"]
-    elif what == "lower_y":
-        a, b = g0["lower_mm"][:, 1], g1["lower_mm"][:, 1]
-    else:
+    if what not in ("gap", "lower_y"):
         raise ValueError(f"solve_unit: what must be 'gap' or 'lower_y', got {what!r}")
+    T = len(motion)
+    m01 = np.concatenate([motion, motion]).astype(np.float32)
+    m01[:T, unit(name)], m01[T:, unit(name)] = 0.0, 1.0
+    g = lip_geometry(head, m01)                                   # one mesh pass for both
+    v = g["gap_mm"] if what == "gap" else g["lower_mm"][:, 1]
+    a, b = v[:T], v[T:]
     slope = b - a
     return np.where(np.abs(slope) > 1e-6, (np.asarray(target_mm) - a) / np.where(slope == 0, 1, slope), 0.0)
 
@@ -242,28 +243,17 @@ def aggregate_articulation(rows: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- listening condition
 
-def noise_bed(n: int, rng: np.random.Generator, dbfs: float = NOISE_BED_DBFS, band_hz=NOISE_BED_HZ) -> np.ndarray:
-    """``(n,)`` float32 low-frequency noise at 16 kHz: white noise band-limited to ``band_hz`` (FFT mask), scaled
-    to an RMS of ``dbfs`` dB re full scale."""
-    x = rng.standard_normal(n)
-    spec = np.fft.rfft(x)
-    f = np.fft.rfftfreq(n, 1.0 / SR)
-    spec[(f < band_hz[0]) | (f > band_hz[1])] = 0.0
-    y = np.fft.irfft(spec, n)
-    rms = float(np.sqrt(np.mean(y ** 2))) or 1.0
-    return (y / rms * 10 ** (dbfs / 20)).astype(np.float32)
-
-
 def noise_bed_audio(audio_16k: np.ndarray, gain_dbfs: float, rng: np.random.Generator,
                     bed_dbfs: float = NOISE_BED_DBFS) -> np.ndarray:
-    """``audio_16k (samples,)`` scaled to a peak of ``gain_dbfs`` over a :func:`noise_bed` at ``bed_dbfs``
-    (the bed's level is fixed: a quiet talker is closer to the room's noise). Clipped to [-1, 1]."""
-    a = np.asarray(audio_16k, np.float64)
-    peak = float(np.abs(a).max()) or 1.0
-    y = a / peak * 10 ** (gain_dbfs / 20) + noise_bed(len(a), rng, bed_dbfs)
+    """``audio_16k (samples,)`` scaled to a peak of ``gain_dbfs`` over the low-frequency noise bed of
+    :func:`training.augment.noise_bed` at ``bed_dbfs`` RMS (the bed's level is fixed: a quiet talker is
+    closer to the room's noise). Clipped to [-1, 1]."""
+    from .augment import noise_bed, set_peak
+    a = np.asarray(audio_16k, np.float32)
+    y = set_peak(a, gain_dbfs) + noise_bed(NOISE_BED_KIND, len(a), bed_dbfs, rng)
     return np.clip(y, -1.0, 1.0).astype(np.float32)
 
 
 __all__ = ["LIP_BAND_MM", "LABIODENTAL_BAND_MM", "lip_geometry", "closed_gap_mm", "solve_unit", "phone_frames",
            "core_frames", "classed_phones", "rest_frames", "clip_articulation", "aggregate_articulation",
-           "noise_bed", "noise_bed_audio", "incisor_edge_y_mm", "articulation_head"]
+           "noise_bed_audio", "incisor_edge_y_mm", "articulation_head"]

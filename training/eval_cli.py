@@ -16,10 +16,12 @@ import argparse
 import json
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from mm2face.training import articulation as A
 from mm2face.training import metrics as M
 
 CONTRAST_PAIRS = [("A person smiles warmly.", "A person frowns sadly.", "happy", "sad")]
@@ -115,17 +117,29 @@ def combine_seeds(aggs: list[dict]) -> dict:
     return out
 
 
+def clip_phones(clip):
+    """The clip's phone timings (``synth_meta["phones"]``: ``[ipa, t0_s, t1_s, stressed]`` rows) or None."""
+    meta = getattr(clip, "meta", None) or {}
+    return meta.get("phones") or None
+
+
 def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: int | None = None,
              seed: int = 0, guidance: float | None = None, baseline_clips: int = 2000,
              progress: bool = True, seeds: int = 1, temperature: float | None = None,
-             top_k: int | None = None, vad: bool | None = None) -> dict:
+             top_k: int | None = None, vad: bool | None = None,
+             noise_gains: tuple = A.GAINS_DBFS) -> dict:
     """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results.
 
     ``seeds``: generate every clip with sampling seeds ``seed .. seed + seeds - 1`` and report the mean
     (the model samples its tokens; a style check on a few dozen clips moves by several points between
     seeds). Lip-sync metrics are averaged over the clips with audio (see :func:`metrics.aggregate`).
     ``temperature``/``top_k``: sampling settings (None: the generator's defaults); ``vad``: the voice-activity
-    gate (engine/vad.py; None: generate's default, on)."""
+    gate (engine/vad.py; None: generate's default, on).
+
+    Articulation (:mod:`training.articulation`, heads with a ``lip_midline`` mask, talking clips): closure,
+    opening and rest counts of every seed's motion and of the ground truth on the clip's phones and pauses;
+    and, for the first seed, rest and flicker in pauses with the clip heard at each peak level of
+    ``noise_gains`` (dBFS) over the -45 dBFS low-frequency noise bed (empty: skipped)."""
     sampling = {"temperature": temperature, "top_k": top_k, "vad": vad}
     from tqdm import tqdm
 
@@ -138,6 +152,8 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
         raise SystemExit(f"no clips in split {split!r}; check --data and --split")
     seed_list = list(range(seed, seed + max(1, seeds)))
     per_model: dict[int, list] = {s: [] for s in seed_list}
+    artic = head is not None and "lip_midline" in (getattr(head, "masks", None) or {})
+    art: dict = {"model": [], "gt": [], "noise": {float(g): [] for g in noise_gains}}
     per_base, rows = [], []
     t0 = time.perf_counter()
     gen_s = 0.0
@@ -157,6 +173,10 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
                 m = M.clip_metrics(pred, gt, head=head, speech=speech, captions=clip.captions, gt_verts=gv)
                 m["audio"] = has_audio(clip)
                 per_model[s].append(m)
+                if artic and has_audio(clip):
+                    art["model"].append(A.clip_articulation(head, pred[:T], clip_phones(clip), speech))
+                    if s == seed:
+                        row["articulation"] = _art_row(art["model"][-1])
                 if s == seed:
                     row["model"] = m
                     if has_audio(clip) and sum(1 for r in rows if "trace" in r) < TRACE_CLIPS:
@@ -164,6 +184,15 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
                 else:
                     row.setdefault("model_other_seeds", []).append(
                         {k: v for k, v in m.items() if k not in ("style_gt",)})
+        if artic and has_audio(clip):
+            art["gt"].append(A.clip_articulation(head, gt, clip_phones(clip), speech))
+            row["articulation_gt"] = _art_row(art["gt"][-1])
+            if model is not None and speech is not None:
+                for g in noise_gains:
+                    rng = np.random.default_rng([seed, zlib.crc32(str(clip.id).encode()), int(round(-10 * g))])
+                    noisy = A.noise_bed_audio(clip.audio_16k, g, rng)
+                    pred_n = generate_motion(model, text, noisy, T, device, seed, guidance, **sampling)
+                    art["noise"][float(g)].append(A.clip_articulation(head, pred_n[:T], None, speech))
         if mean is not None:
             b = M.clip_metrics(M.mean_frame_motion(mean, T), gt, head=head, speech=speech, captions=clip.captions,
                               gt_verts=gv)
@@ -183,6 +212,8 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
         res["model"]["audio_s"] = audio_s
     if per_base:
         res["baseline_mean_frame"] = M.aggregate(per_base)
+    if art["gt"]:
+        res["articulation"] = articulation_summary(art)
     if model is not None:
         res["contrast"] = text_contrast(model, device, seed, guidance, **sampling)
         res["head_rest"] = head_rest_probe(model, device, seed, guidance, **sampling)
@@ -190,6 +221,27 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
         res["sampling"] = {"guidance": guidance, **sampling}
     res["per_clip"] = rows
     return res
+
+
+def _art_row(r: dict) -> dict:
+    """The per-clip articulation counts for the JSON (the list of minimal gaps rounded)."""
+    return {k: ([round(x, 2) for x in v] if isinstance(v, list) else v) for k, v in r.items()}
+
+
+def articulation_summary(art: dict) -> dict:
+    """Pooled articulation (:func:`articulation.aggregate_articulation`) of the model (all seeds), the ground
+    truth, each noise-bed gain, and the worst gain (lowest rest rate, highest flicker)."""
+    out = {"model": A.aggregate_articulation(art["model"]), "gt": A.aggregate_articulation(art["gt"]),
+           "band_mm": A.LIP_BAND_MM, "labiodental_band_mm": A.LABIODENTAL_BAND_MM,
+           "noise_bed_dbfs": A.NOISE_BED_DBFS, "noise_bed_kind": A.NOISE_BED_KIND}
+    noise = {g: A.aggregate_articulation(rows) for g, rows in art["noise"].items() if rows}
+    if noise:
+        out["noise"] = {f"{g:g}": v for g, v in noise.items()}
+        rest = [v["rest_rate"] for v in noise.values() if "rest_rate" in v]
+        flick = [v["flicker_mm_per_frame"] for v in noise.values() if "flicker_mm_per_frame" in v]
+        out["noise_worst"] = {"gains_dbfs": sorted(noise), "rest_rate": min(rest) if rest else None,
+                              "flicker_mm_per_frame": max(flick) if flick else None}
+    return out
 
 
 def text_contrast(model, device: str, seed: int, guidance: float | None, seconds: float = 4.0,
@@ -256,6 +308,34 @@ TABLE_ROWS = [  # (key, label, format)
 ]
 
 
+def articulation_rows(art: dict | None) -> list[str]:
+    """Table rows (metric | model | – | ground truth) of :func:`articulation_summary`'s results."""
+    if not art:
+        return []
+    mod, gt = art["model"], art["gt"]
+    pct = lambda d, k: f"{d[k]:.1%}" if d.get(k) is not None else "–"
+    num = lambda d, k, f="{:.2f}": f.format(d[k]) if d.get(k) is not None else "–"
+    rows = [(f"bilabial closure (p/b/m within {art['band_mm']:.1f} mm of closed, {mod.get('bilabials', 0)} phones)",
+             pct(mod, "bilabial_closure_rate"), pct(gt, "bilabial_closure_rate")),
+            ("smallest midline lip gap in a p/b/m, median (mm)", num(mod, "bilabial_min_gap_mm_median"),
+             num(gt, "bilabial_min_gap_mm_median")),
+            ("vowel / bilabial opening ratio (mean midline gap)", num(mod, "vowel_bilabial_ratio"),
+             num(gt, "vowel_bilabial_ratio")),
+            ("vowel opening, mean midline gap (mm)", num(mod, "vowel_open_mm"), num(gt, "vowel_open_mm")),
+            (f"labiodental contact (f/v, lower lip within {art['labiodental_band_mm']:.1f} mm of the upper teeth)",
+             pct(mod, "labiodental_contact_rate"), pct(gt, "labiodental_contact_rate")),
+            (f"rest in pauses of {A.PAUSE_MIN_S:g} s or more (clean audio)", pct(mod, "rest_rate"), pct(gt, "rest_rate")),
+            ("flicker in those pauses (mm/frame, clean audio)", num(mod, "flicker_mm_per_frame", "{:.3f}"),
+             num(gt, "flicker_mm_per_frame", "{:.3f}"))]
+    worst = art.get("noise_worst")
+    if worst:
+        gains = ", ".join(f"{g:g}" for g in worst["gains_dbfs"])
+        cond = f"{art['noise_bed_dbfs']:g} dBFS low-frequency noise bed, peak {gains} dBFS, worst"
+        rows += [(f"rest in pauses ({cond})", pct(worst, "rest_rate"), "–"),
+                 (f"flicker in pauses (mm/frame; {cond})", num(worst, "flicker_mm_per_frame", "{:.3f}"), "–")]
+    return [f"| {label} | {m} | – | {g} |" for label, m, g in rows]
+
+
 def format_table(res: dict) -> str:
     """A markdown table: metric | model | mean-frame baseline | ground truth (where it applies)."""
     mod, base = res.get("model", {}), res.get("baseline_mean_frame", {})
@@ -292,6 +372,7 @@ def format_table(res: dict) -> str:
         lines.append(f"| no emotion for captions naming none (text only, the rules' margins) | "
                      f"{'at rest' if er['at_rest'] else 'NOT at rest'} (largest {er['worst_rule']} "
                      f"{er['worst_score']:.3f} of {er['margin']:.2f}, \"{er['worst_caption']}\") | – | – |")
+    lines += articulation_rows(res.get("articulation"))
     by_rule = mod.get("style_by_rule", {})
     if by_rule:
         lines += ["", "| style rule | clips | pass rate |", "|---|---:|---:|"]
@@ -340,6 +421,54 @@ def plot_results(res: dict, path) -> Path:
     return path
 
 
+CLOSURE_PICTURE_MIN = 4        # p/b/m a clip needs to be drawn in the closure picture
+CLOSURE_TILE = (200, 130)      # (W, H) pixels of one mouth tile (cut from a 3W x 3W render)
+CLOSURE_ZOOM = 1.4             # camera zoom of that render (the face camera centres the face, not the mouth)
+
+
+def closure_picture(head, clip, pred: np.ndarray, path) -> Path:
+    """PNG: for every p/b/m of ``clip``, the frame of its smallest midline lip gap, mouth close-up, model
+    (``pred (T, 56)``) above and ground truth below, each labelled with the phone, time and gap (mm)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from mm2face.viewer.render import Renderer, create_headless_context
+    T = len(clip.motion)
+    rows = [("model", np.asarray(pred[:T], np.float32)), ("ground truth", np.asarray(clip.motion, np.float32))]
+    from mm2face.training.synth_face import phone_class
+    bil = [(float(p[1]), float(p[2]), p[0]) for p in clip_phones(clip)
+           if phone_class(p[0]) in A.BILABIALS and float(p[2]) > float(p[1])]
+    W, H = CLOSURE_TILE
+    ctx = create_headless_context()
+    r = Renderer(ctx, head, size=(3 * W, 3 * W), zoom=CLOSURE_ZOOM)
+    try:
+        sheet = Image.new("RGB", (W * len(bil), H * len(rows)), (20, 20, 24))
+        font = ImageFont.load_default()
+        closed = A.closed_gap_mm(head)
+        for j, (name, motion) in enumerate(rows):
+            gap = A.lip_geometry(head, motion)["gap_mm"] - closed
+            for i, (t0, t1, ph) in enumerate(bil):
+                fr = A.phone_frames(t0, t1, T)
+                k = int(fr[np.argmin(gap[fr])])
+                f = motion[k].copy()
+                f[50:53] = 0.0                                           # face the camera
+                img = r.render(f)
+                mid = r.project(r.vertices_for(f)[head.masks["lip_midline"]]).mean(0)
+                c0 = int(np.clip(mid[0] - W / 2, 0, img.shape[1] - W))
+                r0 = int(np.clip(mid[1] - H / 2, 0, img.shape[0] - H))
+                tile = Image.fromarray(img[r0:r0 + H, c0:c0 + W])
+                d = ImageDraw.Draw(tile)
+                d.rectangle([0, 0, W, 14], fill=(0, 0, 0))
+                d.text((3, 2), f"{name}  /{ph}/  {t0:.2f} s  gap {gap[k]:.1f} mm", font=font, fill=(255, 255, 255))
+                sheet.paste(tile, (i * W, j * H))
+    finally:
+        r.release()
+        ctx.release()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mm2face-eval",
@@ -366,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw jaw opening over time (model vs ground truth) and the style pass rates")
     p.add_argument("--baseline-only", action="store_true", help="skip the model; score the mean-frame baseline")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--noise-gains", type=float, nargs="*", default=list(A.GAINS_DBFS), metavar="DBFS",
+                   help="peak levels (dBFS) at which every talking clip is heard again over the -45 dBFS "
+                        "low-frequency noise bed to score rest and flicker in pauses (first seed; default "
+                        "-30 -20 -10 0; none = skip)")
+    p.add_argument("--closure-picture", default=None, metavar="PNG",
+                   help="also render the most-closed frame of each p/b/m of one test clip (model, first seed, "
+                        "and ground truth) into this picture (needs headless OpenGL)")
     p.add_argument("--no-vad", action="store_true",
                    help="generate without the voice-activity gate (default: on, as mm2face-live runs)")
     return p
@@ -392,7 +528,7 @@ def main(argv=None) -> int:
     head = load_head(model_head_spec(model, args.head))
     res = evaluate(model, corpus, args.split, head, device=args.device, max_clips=args.max_clips,
                    seed=args.seed, guidance=args.guidance, seeds=args.seeds, temperature=args.temperature,
-                   top_k=args.top_k, vad=False if args.no_vad else None)
+                   top_k=args.top_k, vad=False if args.no_vad else None, noise_gains=tuple(args.noise_gains))
     res["ckpt"] = args.ckpt or "default"
     res["data"] = str(data)
     print(format_table(res))
@@ -403,6 +539,17 @@ def main(argv=None) -> int:
         print(f"wrote {out}")
     if args.plot and model is not None:
         print(f"wrote {plot_results(res, args.plot)}")
+    if args.closure_picture and model is not None:
+        clip = next((c for c in corpus.clips(args.split) if has_audio(c) and sum(
+            k == "bilabial" for k, _, _ in A.classed_phones(clip_phones(c))) >= CLOSURE_PICTURE_MIN), None)
+        if clip is None:
+            print(f"mm2face-eval: no talking clip with {CLOSURE_PICTURE_MIN} p/b/m in split {args.split!r}; "
+                  "no closure picture", file=sys.stderr)
+        else:
+            pred = generate_motion(model, clip_caption(clip), clip.audio_16k, len(clip.motion), args.device,
+                                   args.seed, args.guidance, temperature=args.temperature, top_k=args.top_k,
+                                   vad=False if args.no_vad else None)
+            print(f"wrote {closure_picture(head, clip, pred, args.closure_picture)}")
     return 0
 
 
