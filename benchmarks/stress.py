@@ -48,6 +48,7 @@ HOSTILE_ADDR = "127.0.0.2"        # hostile clients connect from here (the per-c
 PHASES = ("quiet", "hoard", "upload", "flood", "malformed", "stalled", "capacity")
 UPLOAD_BYTES = 1024 * 1024        # one maximal audio message (protocol.MAX_AUDIO_BYTES)
 HOARD_TRIES = 100
+HOARD_SETTLE_S = 7.0              # the good clients start this long after the hoarder began opening sessions
 MALFORMED_CONNECTIONS = 40        # the bad inputs are spread over this many connections, each paced
 MALFORMED_BURST, MALFORMED_PACE_S = 80, 1 / 45   # under realtime.admission's 100 burst / 50 per s
 
@@ -396,8 +397,11 @@ def run(args) -> dict:
             rss0 = server_rss_mb(srv.pid)
             hproc = None
             if phase != "quiet":
-                hproc = start_hostile(url, phase, args.seconds + 3.0, args.malformed)
-                time.sleep(2.0 if phase in ("hoard", "stalled", "capacity") else 0.5)
+                hproc = start_hostile(url, phase, args.seconds + 3.0 + (HOARD_SETTLE_S if phase == "hoard" else 0.0),
+                                      args.malformed)
+                # hoarded sessions are measured once idle (their first ~5.5 s they cost like speaking ones,
+                # until realtime.idle_loop has recorded their motion)
+                time.sleep({"hoard": HOARD_SETTLE_S, "stalled": 2.0, "capacity": 2.0}.get(phase, 0.5))
             good = asyncio.run(run_good(url, args.good, audio)) if phase not in ("malformed", "capacity") else None
             h = hostile_result(hproc, 600) if hproc is not None else None
             if phase == "malformed" and good is None:

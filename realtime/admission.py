@@ -187,6 +187,10 @@ def add_arguments(ap) -> None:
                         f"it under {CAPACITY_UTILISATION * 100:.0f}%% of the {HOP_S * 1e3:.0f} ms hop)")
     g.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="S",
                    help="close a client session idle this long with no subscriber (0 = never; default: %(default)s)")
+    g.add_argument("--ingest-speed", type=float, default=INGEST_SPEED, metavar="X",
+                   help="feed a client's audio to its session at most X times real time after a first "
+                        f"{INGEST_BURST_S:g} s, so an upload costs what a speaking session does "
+                        "(0 = as fast as it comes; default: %(default)s)")
     g.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S, metavar="S",
                    help="on SIGTERM/SIGINT: refuse new sessions and give running ones this long to finish "
                         "before closing them (default: %(default)s)")
@@ -212,6 +216,8 @@ CONTROL_RATE_PER_S = 50.0         # control messages one connection may send per
 CONTROL_BURST = 100               # ... and in a burst
 AUDIO_MSG_RATE_PER_S = 100.0      # audio messages one connection may send per second (10 ms chunks), sustained
 AUDIO_MSG_BURST = 200             # ... and in a burst
+INGEST_SPEED = 2.0                # a client session's audio is fed at most this many times real time ...
+INGEST_BURST_S = 2.0              # ... after a first burst of this many seconds (mm2face-live --ingest-speed)
 
 
 class RateLimiter:
@@ -232,11 +238,11 @@ class RateLimiter:
         self.dropped += 1
         return False
 
-    def delay(self) -> float:
-        """Take a token, going into debt if there is none: the seconds the caller should wait before
-        going on (0 within the rate). Waiting instead of dropping turns a flood into TCP backpressure."""
+    def delay(self, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens, going into debt if there are not enough: the seconds the caller should wait
+        before going on (0 within the rate). Waiting instead of dropping turns a flood into TCP backpressure."""
         self._refill()
-        self.tokens -= 1.0
+        self.tokens -= cost
         if self.tokens >= 0.0:
             return 0.0
         self.dropped += 1

@@ -268,7 +268,7 @@ async def amain(args) -> int:
     limits = admission.limits_from_args(args, make_session if serving else None, batched=not args.no_batch,
                                         log=lambda line: print(f"mm2face-live: {line}", file=sys.stderr))
     hub = Hub(make_session, token=args.token, batch=not args.no_batch, limits=limits,
-              server_session_control=args.server_session_control)
+              server_session_control=args.server_session_control, ingest_speed=args.ingest_speed or None)
     configure_arkit(hub, model.head_name, args.arkit_retarget, build_now=bool(serving or args.mqtt or outputs))
     live = await hub.create_session("default", style=args.style)
     try:

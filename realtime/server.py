@@ -37,8 +37,8 @@ import numpy as np
 from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
 from mm2face.realtime import web_static
-from mm2face.realtime.admission import (AUDIO_MSG_BURST, AUDIO_MSG_RATE_PER_S, Admission, IdleReaper, Limits,
-                                        RateLimiter)
+from mm2face.realtime.admission import (AUDIO_MSG_BURST, AUDIO_MSG_RATE_PER_S, INGEST_BURST_S, Admission,
+                                        IdleReaper, Limits, RateLimiter)
 from mm2face.realtime.idle_loop import IdleLoop
 from mm2face.realtime.metrics import HubMetrics, log_event
 from mm2face.realtime.resample import StreamResampler
@@ -116,6 +116,8 @@ class LiveSession:
         # of stepping the model (see idle_loop.py); frames keep counting on: wire seq = engine seq + offset.
         self.idle_loop = IdleLoop() if hub.idle_replay else None
         self.seq_offset = 0                  # frames played back from the idle loop so far
+        # audio seconds per wall second a client may feed (None: unpaced); see Hub(ingest_speed=...)
+        self.ingest_rate = (RateLimiter(hub.ingest_speed, INGEST_BURST_S) if hub.ingest_speed else None)
         # Client-fed audio format (for sessions opened by a client).
         self.sample_rate, self.sample_format = SAMPLE_RATE, "pcm16"
         self.resampler = StreamResampler(SAMPLE_RATE)
@@ -667,7 +669,8 @@ class Hub:
     def __init__(self, make_session: Callable[[str], object], token: str | None = None,
                  max_frames_per_client: int = OUTBOX_MAX_FRAMES, max_sessions: int = 64,
                  send_buffer_bytes: int = SEND_BUFFER_BYTES, batch: bool = True, limits: Limits | None = None,
-                 server_session_control: str = "style", idle_replay: bool = True):
+                 server_session_control: str = "style", idle_replay: bool = True,
+                 ingest_speed: float | None = None):
         self.make_session = make_session
         self.token = token
         self.max_frames_per_client = max_frames_per_client
@@ -680,6 +683,7 @@ class Hub:
             raise ValueError(f"server_session_control must be one of {list(SERVER_SESSION_CONTROL)}")
         self.server_session_control = server_session_control
         self.idle_replay = idle_replay           # idle client sessions play back recorded idle motion
+        self.ingest_speed = ingest_speed         # client audio fed at most this many x real time (None: unpaced)
         self.send_buffer_bytes = send_buffer_bytes
         self.frames_total = 0                    # frames published by all sessions
         self.metrics = HubMetrics(self)
@@ -1053,8 +1057,15 @@ class Hub:
         audio = live.resampler.process(chk.audio)
         # Fair ingestion: a long message goes in one hop at a time, each slice joining the next batched
         # round with everyone else's ready hops, so no session waits behind another's upload.
+        # Paced: beyond a first burst, at most ``ingest_speed`` times real time (the handler then stops
+        # reading this client: backpressure), so an upload costs about what a speaking session does.
         for i in range(0, len(audio), INGEST_SLICE_SAMPLES):
-            await live.push_audio(audio[i:i + INGEST_SLICE_SAMPLES], arrival_time=arrival)
+            part = audio[i:i + INGEST_SLICE_SAMPLES]
+            if live.ingest_rate is not None:
+                wait = live.ingest_rate.delay(len(part) / SAMPLE_RATE)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            await live.push_audio(part, arrival_time=arrival)
 
 
 def _peer_host(ws) -> str | None:

@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import numpy as np
+import pytest
 from realtime_helpers import is_type, make_session, pcm16, recv_until, speechy  # noqa: F401 - fixture
 
 from mm2face.realtime import protocol as P
@@ -60,3 +61,35 @@ async def test_arrival_is_stamped_when_the_bytes_arrive(make_session):
     # although the second was read only after the first's 100 hops had run
     assert last[0]["audio_arrival_time"] - early[0]["audio_arrival_time"] < 0.5 * (
         last[0]["server_send_time"] - early[0]["server_send_time"])
+
+
+def test_ingest_is_paced_by_audio_seconds():
+    from mm2face.realtime.admission import RateLimiter
+    now = [0.0]
+    r = RateLimiter(2.0, 2.0, clock=lambda: now[0])           # 2x real time after a 2 s burst
+    waits = [r.delay(0.08) for _ in range(50)]                 # 4 s of audio at once
+    assert max(waits[:25]) < 1e-9                              # the first 2 s go in at once
+    assert waits[-1] == pytest.approx((4.0 - 2.0) / 2.0)       # the rest at 2 audio seconds per second
+
+
+async def test_paced_upload_feeds_at_most_twice_real_time(make_session):
+    """With ingest_speed=2, 3 s of audio sent at once reach the session over >= (3 - 1) / 2 s."""
+    import time
+    hub = Hub(make_session, ingest_speed=2.0)
+    hub_live = await hub.create_session("x")
+    from mm2face.realtime.server import ClientConn
+
+    class _WS:
+        transport, remote_address = None, ("127.0.0.1", 1)
+
+        async def close(self, *a):
+            pass
+    c = ClientConn(hub, _WS())
+    c.own = hub_live
+    hub_live.ingest_rate.burst = hub_live.ingest_rate.tokens = 1.0      # a 1 s burst for a short test
+    t = time.monotonic()
+    await hub.dispatch(c, pcm16(speechy(3.0, seed=5)))
+    assert time.monotonic() - t >= (3.0 - 1.0) / 2.0 - 0.05
+    assert hub_live.audio_samples_in == 3 * 16000
+    await hub.close_session(hub_live)
+    hub.batcher.close()
