@@ -25,6 +25,7 @@ model, no gestures) for research.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -280,8 +281,6 @@ def _gestures(clause: str) -> list[Gesture]:
             if g in ("turn_left", "turn_right") and any(x in found for x in ("tilt_left", "tilt_right")):
                 continue                                  # "tilts the head left" is not also a turn
             found.append(g)
-    if "nod" in found and "shake" in found:               # "up and down" vs "side to side": keep the first named
-        found.remove("nod" if clause.find("side") < clause.find("up and down") or "shak" in clause else "shake")
     if "nod" in found and "up and down" in clause:        # "bobs up and down" is a nod, not a look
         found = [g for g in found if g not in ("up", "down")]
     found = [g for g in found if _OPPOSITE.get(g) not in found]
@@ -330,18 +329,17 @@ def parse_style(text: str, encoder=None, config: StyleParserConfig | None = None
                        calm=calm or not emotions, gestures=tuple(gestures), source=tuple(sources))
 
 
-_PROTO_CACHE: dict[int, tuple[list[str], np.ndarray]] = {}
+_PROTO_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # encoder -> (labels, (P, dim))
 
 
 def nearest_prototypes(texts: list[str], encoder, config: StyleParserConfig) -> list[tuple[str, float]]:
     """For each text the nearest :data:`PROTOTYPES` label and its cosine similarity; ``("none", sim)``
     when it is not close enough (:attr:`StyleParserConfig.min_similarity`) or not clearly closer than
     the nearest calm phrase (:attr:`StyleParserConfig.min_margin`)."""
-    key = id(encoder)
-    if key not in _PROTO_CACHE:
+    if encoder not in _PROTO_CACHE:
         labels = [lab for lab, ps in PROTOTYPES.items() for _ in ps]
-        _PROTO_CACHE[key] = (labels, np.asarray(encoder.encode([p for ps in PROTOTYPES.values() for p in ps])))
-    labels, protos = _PROTO_CACHE[key]
+        _PROTO_CACHE[encoder] = (labels, np.asarray(encoder.encode([p for ps in PROTOTYPES.values() for p in ps])))
+    labels, protos = _PROTO_CACHE[encoder]
     sims = np.asarray(encoder.encode(list(texts))) @ protos.T                     # (N, P)
     calm_idx = [i for i, lab in enumerate(labels) if lab == "calm"]
     out = []

@@ -59,6 +59,8 @@ def test_mixtures_keep_every_cue():
     assert i.gestures[0].rate > 1.0                      # "a lot": more often
     j = parse_style("sad, looking down at the floor and shaking the head")
     assert j.emotion == "sad" and kinds(j) == ["down", "shake"]
+    both = parse_style("nods and then shakes the head")
+    assert kinds(both) == ["nod", "shake"]
     seq = parse_style("happy, then suddenly terrified")
     assert [e for e, _ in seq.emotions] == ["happy", "fearful"]
     assert seq.caption() == "The person first looks happy, then becomes fearful."
