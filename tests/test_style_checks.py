@@ -126,3 +126,12 @@ def test_summary_counts_fires_and_passes():
     assert s["text"]["neutral_fire_rate"] == 1.0 and s["talk"]["neutral_fire_rate"] == 0.0
     assert s["text"]["empty_fire_rate"] == 0.0 and s["talk"]["empty_fire_rate"] == 1.0
     assert s["matcher_agrees"] == "1 of 2"
+
+
+def test_style_strip_figure_draws_every_style(tmp_path):
+    from mm2face.training.style_strip import STRIP_TIMES_S, draw
+    styles = ["cheerful, nods a lot", "calm"]
+    motions = [np.zeros((100, 56), np.float32) for _ in styles]
+    frames = [[np.zeros((32, 32, 3), np.uint8) for _ in STRIP_TIMES_S] for _ in styles]
+    out = draw(styles, motions, frames, tmp_path / "strip.png", ["a", "b"])
+    assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"

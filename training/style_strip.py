@@ -2,8 +2,8 @@
 (with the style parser and gesture layer of :mod:`mm2face.engine.style`), a strip of rendered frames and
 a plot of the head pose and of the emotion checks' key units over time.
 
-    python -m mm2face.viewer.style_strip --out docs/img/styles_everyday.png
-    python -m mm2face.viewer.style_strip --style "over the moon" --style "shaking the head, fed up"
+    python -m mm2face.training.style_strip --out docs/img/styles_everyday.png
+    python -m mm2face.training.style_strip --style "over the moon" --style "shaking the head, fed up"
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def draw(styles, motions, frames_rgb, path, captions=None) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mm2face.viewer.style_strip",
+    p = argparse.ArgumentParser(prog="python -m mm2face.training.style_strip",
                                 description="Render what free-text styles do: a strip of frames and a plot of the "
                                             "head pose and emotion units per style (text only, default model).")
     p.add_argument("--style", action="append", default=None, help="a style (repeat; default: five everyday styles)")
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     from mm2face.engine.flame import load_head
     from mm2face.engine.model import load_model
     from mm2face.engine.style import resolve_style
-    from .render import Renderer, create_headless_context
+    from mm2face.viewer.render import Renderer, create_headless_context
 
     styles = args.style or DEFAULT_STYLES
     model = load_model(args.ckpt)
