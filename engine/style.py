@@ -454,7 +454,7 @@ class GestureTrack:
 @dataclass
 class ResolvedStyle:
     """What the engine does with one style text: the caption the model reads, the gestures the layer
-    draws, and the guidance multiplier. ``intent`` is None when the parser is off."""
+    draws, and the expression gain (intensity). ``intent`` is None when the parser is off."""
     text: str
     caption: str
     gestures: tuple[Gesture, ...] = ()
