@@ -32,7 +32,8 @@ BASE_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "
               "--disable-default-apps", "--mute-audio",
               "--use-angle=swiftshader", "--enable-unsafe-swiftshader",   # WebGL in software
               "--remote-debugging-port=0", "--window-size=1000,720", "--force-device-scale-factor=1")
-START_TIMEOUT_S = 30
+START_TIMEOUT_S = 60             # Chromium's DevTools endpoint (slow on a loaded CI machine)
+STOP_GRACE_S = 10                # SIGTERM, then SIGKILL
 
 
 def artefacts_dir(name: str) -> Path:
@@ -105,13 +106,30 @@ class HeadlessChromium:
         self.proc = subprocess.Popen([CHROMIUM, *BASE_FLAGS, f"--user-data-dir={self.profile}", *self.extra_flags,
                                       "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
-        url = await asyncio.wait_for(asyncio.to_thread(self._devtools_url), START_TIMEOUT_S)
-        import websockets
-        self.ws = await websockets.connect(url, max_size=256 * 2 ** 20)
+        try:
+            url = await asyncio.wait_for(asyncio.to_thread(self._devtools_url), START_TIMEOUT_S)
+            import websockets
+            self.ws = await websockets.connect(url, max_size=256 * 2 ** 20)
+        except BaseException:
+            # __aexit__ will not run: end Chromium here, which also ends the thread reading its stderr
+            # (a thread left blocked there would hold up the event loop's shutdown)
+            self._stop_process(grace_s=0)
+            raise
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._reader = asyncio.create_task(self._read())
         return self
+
+    def _stop_process(self, grace_s: float) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(grace_s if sig == signal.SIGTERM else None)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        shutil.rmtree(self.profile, ignore_errors=True)
 
     def _devtools_url(self) -> str:
         lines = []
@@ -164,13 +182,5 @@ class HeadlessChromium:
         self._reader.cancel()
         with contextlib.suppress(BaseException):
             await self.ws.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 10)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        shutil.rmtree(self.profile, ignore_errors=True)
+        await asyncio.to_thread(self._stop_process, STOP_GRACE_S)
 
