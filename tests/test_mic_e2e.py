@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.audio, pytest.mark.timeout(180)]
 
 
 BACKENDS = ["sounddevice", "pyaudio"]
+START_TIMEOUT_S = 90.0           # mm2face-live loading the default model: ~10 s alone, over 60 s at load 15
 
 
 def require_backend(backend: str) -> None:
@@ -115,7 +116,7 @@ def start_live(env, port, *extra, backend="sounddevice"):
            "--serve", "--port", str(port), "--threads", "1", "--quiet", *extra]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"mm2face-live exited with {proc.returncode}: {proc.stderr.read()}")
@@ -124,7 +125,7 @@ def start_live(env, port, *extra, backend="sounddevice"):
                 return proc
         time.sleep(0.1)
     proc.kill()
-    pytest.fail("mm2face-live did not start serving within 60 s")
+    pytest.fail(f"mm2face-live did not start serving within {START_TIMEOUT_S:.0f} s")
 
 
 def stop_live(proc) -> str:
@@ -173,12 +174,21 @@ async def collect(port, play_wav, sink, env, *, actions=(), tail_s=1.5, lead_s=1
     return frames, t_play
 
 
+def frame_rate(seqs, t_recv) -> float:
+    """Frames per second of a stream: 1 / the Theil-Sen slope of receive time over frame number (the
+    median of all pairwise slopes), so one stall and the burst that catches up after it on a loaded
+    machine do not count as a rate, while a stream that runs fast or slow throughout does."""
+    seqs, t_recv = np.asarray(seqs, np.float64), np.asarray(t_recv, np.float64)
+    i, j = np.triu_indices(len(seqs), k=1)
+    return float(1.0 / np.median((t_recv[j] - t_recv[i]) / (seqs[j] - seqs[i])))
+
+
 def check_stream(frames, duration_s):
     seqs = [f["seq"] for f in frames]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "frames missing or out of order"
     span = frames[-1]["t_recv"] - frames[0]["t_recv"]
-    fps = (len(frames) - 1) / span
-    assert 23.0 < fps < 27.0, f"{fps:.1f} fps over {span:.1f} s"
+    fps = frame_rate(seqs, [f["t_recv"] for f in frames])
+    assert 23.0 < fps < 27.0, f"{fps:.1f} fps over {span:.1f} s ({(len(frames) - 1) / span:.1f} from end to end)"
     assert len(frames) >= 25 * duration_s * 0.9
     t = np.array([f["t_audio_s"] for f in frames])
     np.testing.assert_allclose(np.diff(t), 0.04, atol=1e-6)
