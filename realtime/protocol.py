@@ -52,6 +52,15 @@ ARKIT_FRAME_MAGIC = b"MMA1"
 ARKIT_FRAME_STRUCT = struct.Struct("<4sHHII4d52f3f")
 ARKIT_FRAME_BYTES = ARKIT_FRAME_STRUCT.size  # 268
 ARKIT_LAYOUT_VERSION = 2
+# Session audio (server -> subscriber that asked with "audio": true; v2 addition), little-endian, 32-byte header:
+#   magic b"MMAU" | version u16 | flags u16 (0) | sample_rate u32 (16000) | session_num u32 |
+#   t_audio_s f64 (the frames' time of the first sample) | start_sample u64 (session-clock index of the first
+#   sample) | PCM16 LE mono samples. session_num and t_audio_s sit where a frame has them (bytes 12 and 16).
+AUDIO_OUT_MAGIC = b"MMAU"
+AUDIO_OUT_HEADER = struct.Struct("<4sHHIIdQ")
+AUDIO_OUT_HEADER_BYTES = AUDIO_OUT_HEADER.size   # 32
+AUDIO_OUT_LAYOUT_VERSION = 1
+PCM16_SCALE = 32768                              # int16 = float * 32768 (clipped), as decode_samples reads PCM16
 
 
 class ErrorCode:
@@ -106,6 +115,7 @@ class Hello:
 class Subscribe:
     session: str = "default"
     format: str = "json"
+    audio: bool = False                 # also send the audio the session consumes (MMAU binary messages)
 
 
 @dataclass
@@ -270,7 +280,8 @@ def parse_text(data: str | bytes) -> Any:
         if fmt not in FRAME_FORMATS:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{t}: format must be one of {list(FRAME_FORMATS)}, got {fmt!r}", t)
         if t == "subscribe":
-            return Subscribe(session=_session_name(obj, t, "default"), format=fmt)
+            return Subscribe(session=_session_name(obj, t, "default"), format=fmt,
+                             audio=_field(obj, "audio", bool, default=False, ref=t))
         rate, sfmt = _audio_format(obj, t)
         return Open(session=_session_name(obj, t), sample_rate=rate, sample_format=sfmt,
                     style=_style_text(obj, t), guidance=_number(obj, "guidance", None, *GUIDANCE_RANGE, t),
@@ -444,6 +455,40 @@ def decode_frame_json(obj: dict | str) -> WireFrame:
     return WireFrame(session=obj["session"], session_num=-1, seq=int(obj["seq"]), t_audio_s=float(obj["t_audio_s"]),
                      params=params, server_send_time=g("server_send_time"), audio_arrival_time=g("audio_arrival_time"),
                      input_ready_time=g("input_ready_time"), style=obj.get("style", ""), final=bool(obj.get("final")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Session audio out (v2 addition): what a session consumed, for subscribers that play it in sync
+
+@dataclass
+class AudioOutChunk:
+    """One ``MMAU`` message. ``audio_16k: (samples,) float32`` in [-1, 1] (PCM16 on the wire);
+    ``start_sample``: session-clock index of its first sample; ``t_audio_s``: the frames' time of that sample."""
+    session_num: int
+    start_sample: int
+    t_audio_s: float
+    audio_16k: np.ndarray
+    sample_rate: int = SAMPLE_RATE
+
+
+def encode_audio_out(session_num: int, start_sample: int, t_audio_s: float, audio_16k: np.ndarray) -> bytes:
+    """``audio_16k: (samples,) float32`` in [-1, 1] -> one ``MMAU`` message (PCM16, rounded, clipped)."""
+    pcm = np.clip(np.round(np.asarray(audio_16k, np.float32).reshape(-1) * PCM16_SCALE), -PCM16_SCALE, PCM16_SCALE - 1)
+    return AUDIO_OUT_HEADER.pack(AUDIO_OUT_MAGIC, AUDIO_OUT_LAYOUT_VERSION, 0, SAMPLE_RATE, session_num & 0xFFFFFFFF,
+                                 float(t_audio_s), int(start_sample)) + pcm.astype("<i2").tobytes()
+
+
+def decode_audio_out(data: bytes) -> AudioOutChunk:
+    """Client side: one ``MMAU`` message -> :class:`AudioOutChunk`."""
+    if len(data) < AUDIO_OUT_HEADER_BYTES or (len(data) - AUDIO_OUT_HEADER_BYTES) % 2:
+        raise ValueError(f"an MMAU message is a {AUDIO_OUT_HEADER_BYTES}-byte header and whole PCM16 samples, "
+                         f"got {len(data)} bytes")
+    magic, ver, _flags, rate, num, t, start = AUDIO_OUT_HEADER.unpack_from(data)
+    if magic != AUDIO_OUT_MAGIC or ver != AUDIO_OUT_LAYOUT_VERSION:
+        raise ValueError(f"not an MMAU message (magic {magic!r}, version {ver})")
+    pcm = np.frombuffer(data, "<i2", offset=AUDIO_OUT_HEADER_BYTES)
+    return AudioOutChunk(session_num=num, start_sample=start, t_audio_s=t,
+                         audio_16k=pcm.astype(np.float32) / PCM16_SCALE, sample_rate=rate)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 # --server-session-control: what clients may send to the server's own sessions (mic / wav / text-only)
 SERVER_SESSION_CONTROL = {"none": (), "style": ("style",), "all": ("style", "end", "flush")}
 OUTBOX_MAX_FRAMES = 50        # per client: 2 s of frames; beyond that the oldest are dropped
+OUTBOX_MAX_AUDIO_S = 2.0      # per client: seconds of session audio queued (subscribe "audio"); beyond, the oldest drop
 OUTBOX_MAX_CONTROL = 500      # per client: unanswered control replies before it is disconnected
 SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer per client: bounds the frames in flight to a slow client
 WS_MAX_SIZE = 4 * P.MAX_AUDIO_BYTES   # websockets closes the socket (1009) above this; we answer below it
@@ -93,6 +94,7 @@ class LiveSession:
         self.subscribers: dict["ClientConn", str] = {}     # client -> a protocol FRAME_FORMATS entry
         self.listeners: list[Callable[["LiveSession", list[P.WireFrame]], None]] = []
         self.audio_taps: list[Callable[[np.ndarray], None]] = []   # see every 16 kHz chunk pushed
+        self.audio_subscribers: set["ClientConn"] = set()   # subscribers that asked for the audio (MMAU)
         # One lock per session; with cross-session batching all sessions share the hub's lock, since
         # a batched step touches every ready session at once.
         self.lock = hub.batcher.lock if hub.batcher is not None else asyncio.Lock()
@@ -124,6 +126,7 @@ class LiveSession:
         # Output bookkeeping.
         self.frames_out = 0
         self.dropped_frames = 0              # of this session's frames, dropped for slow subscribers
+        self.dropped_audio_chunks = 0        # of its MMAU audio messages, dropped for slow subscribers
         self.last_frame: P.WireFrame | None = None
         self._send_times: collections.deque[float] = collections.deque(maxlen=100)
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=250)   # input ready -> sent
@@ -156,6 +159,7 @@ class LiveSession:
                 self.idle_active = False
                 self._stop_idle_loop()
                 self._idle_event("active", self.t_wire_s())
+            self._send_audio(audio_16k)
             self.samples_in += len(audio_16k)
             self.audio_samples_in += len(audio_16k)
             self._arrivals.append(_Arrival(self.samples_in, t, True))
@@ -172,6 +176,15 @@ class LiveSession:
         if self.hub.batcher is not None:
             return await self._batched()
         return self._publish(frames)
+
+    def _send_audio(self, audio_16k: np.ndarray) -> None:
+        """Queue ``audio_16k: (samples,) float32``, about to be consumed, for the subscribers that asked for the
+        audio: stamped with the session-clock sample and the frames' time of its first sample (call under the lock)."""
+        clients = [c for c in self.audio_subscribers if c in self.subscribers]
+        if clients:
+            msg = P.encode_audio_out(self.num, self.samples_in, self.t_wire_s(), audio_16k)
+            for c in clients:
+                c.send_audio(msg, len(audio_16k), self)
 
     async def _batched(self) -> list[P.WireFrame]:
         """Wait until the batcher has run every hop this session has ready; its published frames."""
@@ -435,6 +448,7 @@ class LiveSession:
             "subscribers": len(self.subscribers),
             "idle": ("idle" if self.idle_active else "active") if self.idle else "off",
             "dropped_frames": self.dropped_frames,
+            "dropped_audio_chunks": self.dropped_audio_chunks,
             "clipped_samples": self.n_clipped,
             "sample_rate": self.sample_rate, "sample_format": self.sample_format,
             "engine_ms": engine,
@@ -578,6 +592,14 @@ class IdleClock:
                 s._batched_out.clear()
 
 
+_CONTROL, _FRAME, _AUDIO = 0, 1, 2    # kinds of ClientConn outbox entries
+
+
+def _audio_out_samples(msg: bytes) -> int:
+    """16 kHz samples in an MMAU message (header, then PCM16)."""
+    return (len(msg) - P.AUDIO_OUT_HEADER_BYTES) // 2
+
+
 class ClientConn:
     """One connected WebSocket client: its subscriptions, its own session and a bounded outbox."""
 
@@ -589,14 +611,16 @@ class ClientConn:
         self.authed = hub.token is None
         self.own: LiveSession | None = None
         self.subs: set[str] = set()
-        self.outbox: collections.deque = collections.deque()   # (is_frame, message, LiveSession | None)
+        self.outbox: collections.deque = collections.deque()   # (kind: _CONTROL/_FRAME/_AUDIO, message, LiveSession | None)
         self.addr = _peer_host(ws)                              # client address: per-client session limit
         self.control_rate = RateLimiter()                       # control messages per second
         self.audio_rate = RateLimiter(AUDIO_MSG_RATE_PER_S, AUDIO_MSG_BURST)   # audio messages per second
         self._rate_warned_at = -math.inf
         self.n_frames_queued = 0
         self.n_control_queued = 0
+        self.audio_samples_queued = 0                           # 16 kHz samples in queued MMAU messages
         self.dropped = 0
+        self.dropped_audio_chunks = 0
         self.sent_frames = 0
         self._wake = asyncio.Event()
         self.closing = False
@@ -610,8 +634,8 @@ class ClientConn:
             return
         if self.n_frames_queued >= self.max_frames:
             # Drop this client's oldest queued frame: it fell behind; everyone else is unaffected.
-            for i, (is_frame, _, of) in enumerate(self.outbox):
-                if is_frame:
+            for i, (kind, _, of) in enumerate(self.outbox):
+                if kind == _FRAME:
                     del self.outbox[i]
                     if of is not None:
                         of.dropped_frames += 1
@@ -619,8 +643,28 @@ class ClientConn:
             self.n_frames_queued -= 1
             self.dropped += 1
             self.hub.dropped_total += 1
-        self.outbox.append((True, msg, live))
+        self.outbox.append((_FRAME, msg, live))
         self.n_frames_queued += 1
+        self._wake.set()
+
+    def send_audio(self, msg: bytes, n_samples: int, live: "LiveSession") -> None:
+        """Queue an MMAU message of ``n_samples`` of session ``live``'s audio. Bounded like frames: past
+        ``OUTBOX_MAX_AUDIO_S`` queued, this client's oldest audio messages are dropped and counted."""
+        if self.closing:
+            return
+        limit = int(OUTBOX_MAX_AUDIO_S * SAMPLE_RATE)
+        while self.audio_samples_queued + n_samples > limit and self.audio_samples_queued > 0:
+            for i, (kind, old, of) in enumerate(self.outbox):
+                if kind == _AUDIO:
+                    del self.outbox[i]
+                    self.audio_samples_queued -= _audio_out_samples(old)
+                    self.dropped_audio_chunks += 1
+                    of.dropped_audio_chunks += 1
+                    break
+            else:
+                break
+        self.outbox.append((_AUDIO, msg, live))
+        self.audio_samples_queued += n_samples
         self._wake.set()
 
     def send_control(self, msg: str) -> None:
@@ -631,7 +675,7 @@ class ClientConn:
             self.closing = True
             asyncio.ensure_future(self.ws.close(1008, "not reading replies"))
             return
-        self.outbox.append((False, msg, None))
+        self.outbox.append((_CONTROL, msg, None))
         self.n_control_queued += 1
         self._wake.set()
 
@@ -643,13 +687,15 @@ class ClientConn:
             while not self.outbox:
                 self._wake.clear()
                 await self._wake.wait()
-            is_frame, msg, _ = self.outbox.popleft()
-            if is_frame:
+            kind, msg, _ = self.outbox.popleft()
+            if kind == _FRAME:
                 self.n_frames_queued -= 1
+            elif kind == _AUDIO:
+                self.audio_samples_queued -= _audio_out_samples(msg)
             else:
                 self.n_control_queued -= 1
             await self.ws.send(msg)
-            if is_frame:
+            if kind == _FRAME:
                 self.sent_frames += 1
                 if self.dropped > self._warned_drop_at and not self.outbox:
                     # Tell the client once it has caught up that it lost frames.
@@ -754,6 +800,7 @@ class Hub:
             c.subs.discard(live.name)
             c.send_control(msg)
         live.subscribers.clear()
+        live.audio_subscribers.clear()
         self._sessions_changed.set()
         log_event("session_closed", session=live.name, reason=reason, frames=live.frames_out,
                   dropped=live.dropped_frames, client=live.owner.addr if live.owner is not None else None)
@@ -868,6 +915,7 @@ class Hub:
                 live = self.sessions.get(name)
                 if live is not None:
                     live.subscribers.pop(client, None)
+                    live.audio_subscribers.discard(client)
             if client.own is not None:
                 await self.close_session(client.own, reason="owner disconnected")
 
@@ -944,12 +992,18 @@ class Hub:
             raise P.ProtocolError(P.ErrorCode.BAD_MESSAGE, f"{ref}: format {fmt!r} is not available: "
                                   f"{self.arkit_error}", ref)
 
-    def _subscribe(self, client: ClientConn, live: LiveSession, fmt: str) -> None:
+    def _subscribe(self, client: ClientConn, live: LiveSession, fmt: str, audio: bool = False) -> None:
         self.check_format(fmt, "subscribe")
         extra = {}
         if fmt in P.ARKIT_FORMATS:
             from mm2face.engine.arkit import standin_retarget
             extra = P.arkit_subscribed_fields(self.arkit_retarget or standin_retarget())
+        if audio:                      # the session's audio as MMAU messages; reply says so (v1 replies unchanged)
+            live.audio_subscribers.add(client)
+            extra["audio"] = True
+            extra["sample_rate"] = SAMPLE_RATE
+        else:
+            live.audio_subscribers.discard(client)
         live.subscribers[client] = fmt
         client.subs.add(live.name)
         client.send_control(P.event_json("subscribed", session=live.name, session_num=live.num, format=fmt,
@@ -965,10 +1019,11 @@ class Hub:
             client.send_control(P.hello_json(self.live_sessions(), auth_required=not client.authed,
                                              limits=self.limits_info(), version=msg.version))
         elif isinstance(msg, P.Subscribe):
-            self._subscribe(client, self._session(msg.session, client, "subscribe"), msg.format)
+            self._subscribe(client, self._session(msg.session, client, "subscribe"), msg.format, msg.audio)
         elif isinstance(msg, P.Unsubscribe):
             live = self._session(msg.session, client, "unsubscribe")
             live.subscribers.pop(client, None)
+            live.audio_subscribers.discard(client)
             client.subs.discard(live.name)
             client.send_control(P.event_json("unsubscribed", session=live.name))
         elif isinstance(msg, P.Open):
@@ -1038,7 +1093,8 @@ class Hub:
                                                                    "default" in self.sessions) else None
             client.send_control(P.event_json("stats", server=self.stats(), session=live.stats() if live else None,
                                              client={"dropped_frames": client.dropped,
-                                                     "sent_frames": client.sent_frames}))
+                                                     "sent_frames": client.sent_frames,
+                                                     "dropped_audio_chunks": client.dropped_audio_chunks}))
 
     async def _on_audio(self, client: ClientConn, data: bytes, arrival: float) -> None:
         live = client.own
