@@ -48,6 +48,7 @@ HOSTILE_ADDR = "127.0.0.2"        # hostile clients connect from here (the per-c
 PHASES = ("quiet", "hoard", "upload", "flood", "malformed", "stalled", "capacity")
 UPLOAD_BYTES = 1024 * 1024        # one maximal audio message (protocol.MAX_AUDIO_BYTES)
 HOARD_TRIES = 100
+WARMUP_S = 3                      # seconds of speech the good clients stream, unmeasured, before the phases
 HOARD_SETTLE_S = 7.0              # the good clients start this long after the hoarder began opening sessions
 MALFORMED_CONNECTIONS = 40        # the bad inputs are spread over this many connections, each paced
 MALFORMED_BURST, MALFORMED_PACE_S = 80, 1 / 45   # under realtime.admission's 100 burst / 50 per s
@@ -392,6 +393,7 @@ def run(args) -> dict:
         hello = asyncio.run(wait_hello(url))
         res["limits"] = hello.get("limits")
         print(f"stress: server up, limits {hello.get('limits')}", flush=True)
+        asyncio.run(run_good(url, args.good, audio[:WARMUP_S * SR]))   # unmeasured: first-step costs
         for phase in phases:
             t = time.time()
             rss0 = server_rss_mb(srv.pid)

@@ -216,7 +216,8 @@ CONTROL_RATE_PER_S = 50.0         # control messages one connection may send per
 CONTROL_BURST = 100               # ... and in a burst
 AUDIO_MSG_RATE_PER_S = 100.0      # audio messages one connection may send per second (10 ms chunks), sustained
 AUDIO_MSG_BURST = 200             # ... and in a burst
-INGEST_SPEED = 2.0                # a client session's audio is fed at most this many times real time ...
+INGEST_SPEED = 1.0                # a client session's audio is fed at most this many times real time (one
+                                  # speaking session's cost, what the capacity counts) ...
 INGEST_BURST_S = 2.0              # ... after a first burst of this many seconds (mm2face-live --ingest-speed)
 
 

@@ -188,7 +188,7 @@ class LiveSession:
 
     async def _batched(self) -> list[P.WireFrame]:
         """Wait until the batcher has run every hop this session has ready; its published frames."""
-        await self.hub.batcher.step()
+        await self.hub.batcher.step(self)
         out, self._batched_out = self._batched_out, []
         return out
 
@@ -467,7 +467,7 @@ class Batcher:
         self.on_step = on_step                  # (seconds, batch size) after every engine step
         self.lock = asyncio.Lock()              # shared by every session of the hub
         self.sessions: list[LiveSession] = []
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[tuple[asyncio.Future, "LiveSession | None"]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.steps = 0
@@ -477,14 +477,27 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
 
-    async def step(self) -> None:
-        """Ask for a round; returns after a round that started after this call has finished."""
+    async def step(self, live: "LiveSession | None" = None) -> None:
+        """Ask for a round. Returns once ``live`` has no ready hop left (after the round that computed
+        its last one), so a caller never waits for another session's backlog; without ``live``, after
+        the rounds have run out of ready hops."""
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._waiters.append((fut, live))
         self._wake.set()
         await fut
+
+    def _release(self, waiters: list, final: bool) -> list:
+        """Resolve the waiters whose session is done (all, when ``final``); the others stay."""
+        left = []
+        for fut, live in waiters:
+            if final or (live is not None and (live.closed or not live.session.hop_ready())):
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                left.append((fut, live))
+        return left
 
     async def _run(self) -> None:
         from mm2face.engine.session import step_sessions
@@ -513,14 +526,16 @@ class Batcher:
                                 for s in part:
                                     frames, s.session.pending = s.session.pending, []
                                     s._batched_out.extend(s._publish(frames))
+                    # after each round: whoever asked meanwhile joins; whoever is done goes on
+                    waiters, self._waiters = waiters + self._waiters, []
+                    waiters = self._release(waiters, final=False)
             except Exception as e:  # report to everyone waiting; the next round starts clean
-                for f in waiters:
+                for f, _ in waiters + self._waiters:
                     if not f.done():
                         f.set_exception(e)
+                self._waiters = []
                 continue
-            for f in waiters:
-                if not f.done():
-                    f.set_result(None)
+            self._release(waiters, final=True)
 
 
 class IdleClock:
