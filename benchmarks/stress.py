@@ -411,7 +411,10 @@ def run(args) -> dict:
             time.sleep(1.0)                            # let the server close the phase's sessions
             entry = {"good": good, "hostile": h, "server_rss_mb": [rss0, server_rss_mb(srv.pid)],
                      "wall_s": time.time() - t}
-            res["phases"][phase] = entry
+            key, n = phase, 2
+            while key in res["phases"]:                 # a phase may repeat (e.g. quiet again at the end)
+                key, n = f"{phase} #{n}", n + 1
+            res["phases"][key] = entry
             print(f"stress: {phase}: good {good and good['a2f_ms'].get('p95')} ms p95; hostile {h}", flush=True)
             if srv.poll() is not None:
                 res["server_crashed"] = srv.returncode
