@@ -33,6 +33,8 @@ SILENT_WINDOW = (0.5, 1.7)       # loop positions (s) where the face must be at 
 OPEN_JAW = 0.2                   # jawOpen weight counted as an open mouth
 START_TIMEOUT_S = 240            # model load on a busy 2-core CI machine
 MIN_MOUTH_DIFF = 3.0             # mean |difference| (0-255) of the mouth crops, speech vs silence
+FRAME_S = 1 / 25                 # one frame: the allowed audio/face offset of the watched session's sound
+SYNC_SAMPLES = 10                # animation frames at which the sound heard and the face shown are compared
 BUSY_TIMEOUT_S = 120             # a played file's audio clock (headless, software audio) runs slow on a busy CPU
 
 
@@ -155,6 +157,19 @@ async def test_page_renders_the_live_head_and_the_mouth_moves_with_speech(live_s
         assert quiet["jaw"] < 0.05 and quiet2["jaw"] < 0.05, (quiet, quiet2)
         assert speech_diff > MIN_MOUTH_DIFF, (speech_diff, rest_diff)
         assert speech_diff > 2 * rest_diff, (speech_diff, rest_diff)
+        # The session's audio (subscribe "audio": true, MMAU messages) is scheduled on the frame clock: at each
+        # animation frame, the session time of the sound coming out (WebAudio's output clock) equals the frame
+        # clock's time at that instant, what the face shows (log restarted after the pauses above).
+        await page.eval("window.mm2face.sessionAudioSync.length = 0")
+        await page.wait_for(f"window.mm2face.sessionAudioSync.length >= {SYNC_SAMPLES}", 30)
+        st = await page.eval("({s: window.mm2face.sessionAudioScheduledS, k: window.mm2face.sessionAudioSkippedS, "
+                             "n: window.mm2face.sessionAudioChunks, a: window.mm2face.sessionAudio, "
+                             "sync: window.mm2face.sessionAudioSync})")
+        offset = np.array([e["heard"] - e["shown"] for e in st["sync"]])
+        print(f"session audio: {st['n']} chunks, {st['s']:.2f} s scheduled, {st['k']:.2f} s skipped; sound - face "
+              f"at {len(offset)} animation frames: median {1e3 * np.median(offset):+.1f} ms, max |.| {1e3 * np.abs(offset).max():.1f} ms")
+        assert st["a"] == "running" and st["s"] > 1.0, st
+        assert abs(np.median(offset)) < FRAME_S, offset
 
 
 async def test_talk_through_the_microphone(live_server, speech_wav):
@@ -190,10 +205,13 @@ async def test_speak_a_file_plays_its_audio_with_the_face(live_server, speech_wa
         await page.wait_for("window.mm2face.audio === 'playing'", 60)
         session = await page.eval("window.mm2face.session")
         assert session.startswith("s-"), session
+        chunks0 = await page.eval("window.mm2face.sessionAudioChunks")    # the default session's sound so far
         # while the file is heard (past its 2 s of silence) the mouth opens
         await page.wait_for(f"window.mm2face.audioPlayedS > {SILENCE_S} && window.mm2face.jawOpen > {OPEN_JAW}",
                             BUSY_TIMEOUT_S)
         (out / "page_file.png").write_bytes(await page.screenshot())
+        # our own session's sound is the file the page plays: the server sends it no audio back
+        assert await page.eval("window.mm2face.sessionAudioChunks") == chunks0
         # the whole file is played, then the page closes its session and watches the default one again
         await page.wait_for("window.mm2face.audio === 'off' && window.mm2face.session === 'default'", BUSY_TIMEOUT_S)
         played = await page.eval("window.mm2face.audioPlayedS")

@@ -13,6 +13,9 @@
 // forces that route.
 // Frames come in pairs (one motion token = 2 frames, 80 ms); a small play-out buffer shows them evenly
 // at 25 fps, interpolated between frames.
+// Sound: when watching a session that is not the page's own, the page subscribes with "audio": true and
+// plays the session's audio (MMAU messages, protocol v2) on the frames' play-out clock: the sample at
+// t_audio_s is heard when the frame of t_audio_s is shown. Browsers start sound only after a click on the page.
 //
 // window.mm2face holds the page's state (connected, frames, rendered, jawOpen, latency ...) for
 // tools and the headless browser test (tests/test_browser_viewer.py).
@@ -34,6 +37,13 @@ const MIC_CHUNK_S = 0.02;           // 20 ms audio messages
 const KEEP_S = 2.0;                 // frames older than this (s of session time) behind the play-out are dropped
 const MAX_LEAD_S = 0.6;             // newest frame further ahead of the play-out than this: re-anchor the clock
 const LATENCY_WINDOW = 50;          // frames in the latency median
+const AUDIO_OUT_MAGIC = 0x4d4d4155; // "MMAU": the watched session's audio
+const AUDIO_OUT_HEADER = 32;        // bytes before the PCM16 samples; sample_rate at 8, t_audio_s at 16
+const AUDIO_JOIN_S = 0.005;         // a chunk due this close to the previous one's end is joined to it (no click)
+const AUDIO_AHEAD_S = 0.3;          // chunks are handed to WebAudio only this far ahead, so a drifting audio clock
+                                    // or a re-anchored frame clock is followed within this horizon
+const AUDIO_PENDING_MAX = 250;      // chunks kept while no frame has anchored the clock yet (5 s of 20 ms)
+const SYNC_LOG = 100;               // entries in the sound/face sync log (window.mm2face.sessionAudioSync)
 const MOUTH_BOX = { centre: [0, -0.05, 0.095], half: [0.034, 0.028] };   // metres, the head's rest pose
 
 const $ = (id) => document.getElementById(id);
@@ -172,7 +182,11 @@ function onFrame(seq, t, arrival, w, q) {
   state.frames++;
   state.lastSeq = seq;
   const play = nowS() - (clockOffset ?? 0);
-  if (clockOffset === null || t - play > MAX_LEAD_S || t - play < -bufferS) clockOffset = nowS() - (t - bufferS);
+  if (clockOffset === null || t - play > MAX_LEAD_S || t - play < -bufferS) {
+    if (clockOffset !== null) rescheduleSessionAudio();    // the face jumps: sound not yet started follows
+    clockOffset = nowS() - (t - bufferS);
+  }
+  scheduleSessionAudio();
   while (frames.length > 2 && frames[1].t < play - KEEP_S) frames.shift();
   if (Number.isFinite(arrival)) {
     latencies.push(1000 * (Date.now() / 1000 - arrival));
@@ -203,6 +217,7 @@ function applyPlayout() {
   state.jawOpen = inf[morphIndex[jawK]];
   state.shownT = a.t + (b.t - a.t) * u;
   if (a.seq !== shownSeq) { shownSeq = a.seq; state.rendered++; }
+  logSync();
 }
 
 // The mouth's box on the page (CSS pixels), following the head: for screenshots of the mouth.
@@ -224,6 +239,7 @@ function mouthRect() {
 let lastPanel = 0;
 function animate() {
   requestAnimationFrame(animate);
+  scheduleSessionAudio();
   applyPlayout();
   controls.update();
   renderer.render(scene, camera);
@@ -265,7 +281,9 @@ function watch(name) {
   frames.length = 0;
   clockOffset = null;
   latencies.length = 0;
-  send({ type: 'subscribe', session: name, format: state.format });
+  const audio = name !== own;        // our own session's sound is the file we play, or our microphone
+  resetSessionAudio(audio);
+  send({ type: 'subscribe', session: name, format: state.format, ...(audio ? { audio: true } : {}) });
 }
 
 function hello(version) {
@@ -284,6 +302,7 @@ function onBinary(buf) {
   const dv = new DataView(buf);
   const magic = buf.byteLength >= 4 ? dv.getUint32(0, false) : 0;
   if (buf.byteLength < PARAMS_OFFSET || dv.getUint32(12, true) !== watchNum) return;   // another session's
+  if (magic === AUDIO_OUT_MAGIC) { onSessionAudio(buf, dv); return; }
   const seq = () => dv.getUint32(8, true), t = () => dv.getFloat64(16, true), arr = () => dv.getFloat64(32, true);
   if (magic === ARKIT_MAGIC && buf.byteLength === ARKIT_FRAME_BYTES) {
     const w = new Float32Array(buf, PARAMS_OFFSET, N_ARKIT);
@@ -366,6 +385,120 @@ function connect() {
         break;
     }
   };
+}
+
+// ------------------------------------------------------------------ the watched session's audio, on the frame clock
+
+// Each chunk is scheduled on the AudioContext so that its sample at t_audio_s is heard at the frame
+// clock's display time of t_audio_s (performance.now()/1000 = t + clockOffset). getOutputTimestamp pairs
+// a context time being heard with its performance time (output latency included). Chunks that arrive
+// before the first frame wait for it; audio whose time has passed is skipped (counted). A chunk is handed
+// to WebAudio only AUDIO_AHEAD_S before it is due (checked on every message and animation frame), each time
+// against a fresh output clock: an audio clock that runs slow (a busy machine) cannot carry it away.
+let listen = null;        // {ctx, want, pending: [chunk], sources: Map(src -> {ch, when}), nextCtx, log: [{t, when, dur}]}
+Object.assign(state, { sessionAudio: 'off', sessionAudioChunks: 0, sessionAudioScheduledS: 0,
+                       sessionAudioSkippedS: 0, sessionAudioSync: [] });
+
+function resetSessionAudio(want) {
+  if (listen) {
+    listen.sources.forEach((_, src) => { try { src.stop(); } catch { /* already ended */ } });
+    Object.assign(listen, { want, pending: [], sources: new Map(), nextCtx: -Infinity, log: [] });
+  } else if (want) {
+    listen = { ctx: new AudioContext(), want, pending: [], sources: new Map(), nextCtx: -Infinity, log: [] };
+    const resume = () => listen.ctx.resume();      // autoplay policy: sound starts with a click
+    document.addEventListener('pointerdown', resume);
+    document.addEventListener('keydown', resume);
+    listen.ctx.onstatechange = () => { state.sessionAudio = listen.ctx.state; };
+    listen.ctx.resume().catch(() => {});
+  }
+  state.sessionAudioSync = [];
+}
+
+function outputClock(ctx) {          // {c: context time heard now, p: its performance.now() in s}
+  const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : null;
+  if (ts && ts.performanceTime > 0) return { c: ts.contextTime, p: ts.performanceTime / 1000 };
+  return { c: ctx.currentTime, p: nowS() };
+}
+
+function onSessionAudio(buf, dv) {
+  const L = listen;
+  if (!L || !L.want) return;
+  const rate = dv.getUint32(8, true), t = dv.getFloat64(16, true);
+  const pcm = new Int16Array(buf, AUDIO_OUT_HEADER, (buf.byteLength - AUDIO_OUT_HEADER) >> 1);
+  const f = new Float32Array(pcm.length);
+  for (let i = 0; i < f.length; i++) f[i] = pcm[i] / 32768;
+  L.pending.push({ t, rate, f });
+  if (L.pending.length > AUDIO_PENDING_MAX) L.pending.shift();
+  state.sessionAudioChunks++;
+  scheduleSessionAudio();
+}
+
+function scheduleSessionAudio() {
+  const L = listen;
+  if (!L || clockOffset === null || !L.pending.length) return;   // the first frame anchors the clock
+  if (L.ctx.state !== 'running') {     // no sound yet (no click): nothing to keep in step
+    for (const ch of L.pending) state.sessionAudioSkippedS += ch.f.length / ch.rate;
+    L.pending.length = 0;
+    return;
+  }
+  const ref = outputClock(L.ctx);
+  const horizon = L.ctx.currentTime + AUDIO_AHEAD_S;
+  let k = 0;
+  for (; k < L.pending.length; k++) {
+    const ch = L.pending[k];
+    const dur = ch.f.length / ch.rate;
+    let when = ref.c + (ch.t + clockOffset - ref.p);
+    if (Math.abs(when - L.nextCtx) < AUDIO_JOIN_S) when = L.nextCtx;
+    if (when > horizon) break;                 // not due yet: stays pending
+    const skip = Math.max(0, L.ctx.currentTime - when);
+    if (skip >= dur) { state.sessionAudioSkippedS += dur; continue; }
+    const buffer = L.ctx.createBuffer(1, ch.f.length, ch.rate);
+    buffer.copyToChannel(ch.f, 0);
+    const src = L.ctx.createBufferSource();
+    src.buffer = buffer;
+    src.connect(L.ctx.destination);
+    src.onended = () => L.sources.delete(src);
+    src.start(when + skip, skip);
+    L.sources.set(src, { ch, when: when + skip });
+    L.nextCtx = when + dur;
+    L.log.push({ t: ch.t + skip, when: when + skip, dur: dur - skip });   // what will be heard
+    if (L.log.length > SYNC_LOG) L.log.shift();
+    state.sessionAudioScheduledS += dur - skip;
+    state.sessionAudioSkippedS += skip;
+  }
+  L.pending.splice(0, k);
+}
+
+// The frame clock re-anchored: chunks handed to WebAudio that have not started yet are taken back and
+// scheduled again on the new clock (a chunk already playing plays on).
+function rescheduleSessionAudio() {
+  const L = listen;
+  if (!L) return;
+  const back = [];
+  L.sources.forEach((v, src) => {
+    if (v.when <= L.ctx.currentTime) return;
+    src.onended = null;
+    try { src.stop(); } catch { /* already ended */ }
+    L.sources.delete(src);
+    back.push(v.ch);
+    state.sessionAudioScheduledS -= v.ch.f.length / v.ch.rate;
+  });
+  L.log = L.log.filter((e) => e.when <= L.ctx.currentTime);
+  L.pending = back.sort((a, b) => a.t - b.t).concat(L.pending);
+  L.nextCtx = -Infinity;
+}
+
+// On every animation frame: the session time of the sound coming out now (the output clock) and the
+// frame clock's time at the same instant (what the face shows), logged as {heard, shown} for tools and
+// tests. Equal when the sound is in step with the face, whatever the page's render rate.
+function logSync() {
+  const L = listen;
+  if (!L || !L.want || L.ctx.state !== 'running' || clockOffset === null || state.paused) return;
+  const ref = outputClock(L.ctx);
+  const e = L.log.find((x) => x.when <= ref.c && ref.c < x.when + x.dur);
+  if (!e) return;                      // no sound at this instant
+  state.sessionAudioSync.push({ heard: e.t + (ref.c - e.when), shown: ref.p - clockOffset });
+  if (state.sessionAudioSync.length > SYNC_LOG) state.sessionAudioSync.shift();
 }
 
 // ------------------------------------------------------------------ talk through my microphone
