@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the talking training clips heard through a random microphone condition "
                         "(training.augment: gain -30..0 dBFS peak, noise beds, reverb) before sampling; the "
                         "ground truth stays (default 0)")
+    p.add_argument("--w-contact", type=float, default=1.0,
+                   help="loss weight of the stand-in's lip-contact units mouth_close and lower_lip_roll (default 1)")
     p.add_argument("--sample-batch", type=int, default=32,
                    help="clips sampled together by stage 2 before training (default 32)")
     p.add_argument("--time-budget-min", type=float, default=0.0,
@@ -196,6 +198,7 @@ def main(argv=None):
                                  text_only_loss=args.text_only_loss,
                                  movements_alone=args.movement_captions == "alone",
                                  augment_share=args.augment_share, sample_batch=args.sample_batch,
+                                 w_contact=args.w_contact,
                                  time_budget_min=args.time_budget_min, device=args.device, refiner=over)
         path = train_refiner(cfg, train, val, progress=not args.no_progress)
     else:

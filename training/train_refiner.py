@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from mm2face.engine.frame import HEAD, JAW
+from mm2face.engine.units import unit
 from mm2face.training.dataset import clip_texts
 from mm2face.training.eval_cli import clip_caption
 from mm2face.training.train_vqvae import dim_weights, log_line, lr_at
@@ -55,6 +56,8 @@ class RefinerTrainConfig:
     w_jaw: float = 4.0             # loss weight of the jaw dims (relative, as in stage 1)
     w_mouth: float = 2.0           # loss weight of the mouth expression dims
     w_head: float = 3.0            # loss weight of the head pose dims (relative, as in stage 1)
+    w_contact: float = 1.0         # loss weight of the stand-in's lip-contact units (mouth_close, lower_lip_roll):
+                                   # their truth is one- or two-frame closures that a plain MSE averages away
     w_clip_mean: float = 1.0       # weight of the per-clip mean error (emotion level, head offset; normalised)
     w_vel: float = 0.5             # velocity loss weight
     text_only_loss: str = "frames"  # clips without audio: "frames" (frame by frame, as talking clips) or
@@ -381,7 +384,10 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
             set_mel_stats(front, [it["mel"] for it in data["train"]])
     model.to(dev).eval()
     ref = model.refiner.train()
-    w = dim_weights(model.head_name, cfg.w_jaw, cfg.w_mouth, cfg.w_head).to(dev)
+    w = dim_weights(model.head_name, cfg.w_jaw, cfg.w_mouth, cfg.w_head)
+    if model.head_name == "standin":
+        w[[unit("mouth_close"), unit("lower_lip_roll")]] *= cfg.w_contact
+    w = w.to(dev)
     frozen = [n for n, p in ref.named_parameters() if any(n.startswith(f) for f in cfg.freeze)]
     if cfg.freeze and not frozen:
         raise ValueError(f"--freeze {cfg.freeze} matches no refiner parameter; names: "
