@@ -7,15 +7,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 APT_PKGS=(ffmpeg espeak-ng libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libportaudio2
-          pulseaudio pulseaudio-utils mosquitto sox xvfb xauth
-          chromium fonts-dejavu-core)   # chromium: the browser viewer's headless test
+          pulseaudio pulseaudio-utils mosquitto sox xvfb xauth)
 # Opt-in extras, comma-separated in MM2FACE_BOOTSTRAP_EXTRAS (the demo needs none):
 #   test  what the test suite needs beyond the demo (scripts/test.sh sets it): PyAudio, the second
 #         PortAudio binding of `mm2face-live --mic --audio-backend pyaudio`. PyPI serves it as a source
-#         archive only, so it is built against PortAudio's headers with a C compiler (and Python's headers).
+#         archive only, so it is built against PortAudio's headers with a C compiler (and Python's headers);
+#         and Chromium for the browser viewer's headless test.
 PIP_EXTRAS="dev"
 if [[ ",${MM2FACE_BOOTSTRAP_EXTRAS:-}," == *,test,* ]]; then
-  APT_PKGS+=(portaudio19-dev gcc libc6-dev)
+  APT_PKGS+=(portaudio19-dev gcc libc6-dev chromium fonts-dejavu-core)
   hdr_py=".venv/bin/python"; [ -x "$hdr_py" ] || hdr_py="${PYTHON:-python3}"
   "$hdr_py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     2>/dev/null || APT_PKGS+=(python3-dev)
