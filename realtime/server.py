@@ -455,6 +455,13 @@ class LiveSession:
         }
 
 
+def speaking_first(sessions: list["LiveSession"], now: float) -> list["LiveSession"]:
+    """The round's order: sessions that are speaking (audio within ``SPEAKING_HOLD_S``) before idle
+    ones, each kind in its own order. With more ready hops than ``max_batch`` the speakers' hops fill
+    the first batched steps, so idle sessions never delay a speaker."""
+    return sorted(sessions, key=lambda s: s.is_idle(now))
+
+
 class Batcher:
     """Cross-session batching: one task runs the ready hop of every session as one batched engine
     call (``engine.session.step_sessions``), so N sessions cost about one bigger step instead of N
@@ -512,7 +519,7 @@ class Batcher:
                         if not ready:
                             break
                         groups: dict[int, list[LiveSession]] = {}
-                        for s in ready:
+                        for s in speaking_first(ready, time.time()):
                             groups.setdefault(id(s.session.model), []).append(s)
                         for group in groups.values():
                             for i in range(0, len(group), self.max_batch):

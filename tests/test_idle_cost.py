@@ -93,3 +93,22 @@ async def test_idle_session_without_subscribers_times_out(make_session):
         assert "hoard" not in hub.sessions
         await ws.send('{"type":"open","idle":true}')           # the client may open again
         await recv_until(ws, is_type("opened"))
+
+
+def test_speaking_sessions_come_first_in_a_round():
+    """A round steps speakers before idle sessions (stable within each kind), so with more ready hops
+    than max_batch the idle ones take the later batched steps."""
+    from types import SimpleNamespace
+
+    from mm2face.realtime.server import SPEAKING_HOLD_S, LiveSession, speaking_first
+
+    now = 1000.0
+
+    def fake(name, last_audio):
+        s = SimpleNamespace(name=name, last_audio_time=last_audio)
+        s.is_idle = lambda t, s=s: LiveSession.is_idle(s, t)
+        return s
+
+    order = [fake("idle1", 0.0), fake("talk1", now - 0.1), fake("idle2", now - 10 * SPEAKING_HOLD_S),
+             fake("talk2", now - 0.5 * SPEAKING_HOLD_S)]
+    assert [s.name for s in speaking_first(order, now)] == ["talk1", "talk2", "idle1", "idle2"]
