@@ -3,7 +3,7 @@
 * :func:`load_bench_model`: the checkpoint to measure (default checkpoint, a path, or random weights
   of the default or tiny config when no checkpoint exists: timings depend on the config only).
 * :func:`run_inproc`: N sessions fed at real-time pace into one :class:`SessionBatcher` in this
-  process (no network); per frame: arrival, ready and done times (``time.perf_counter``).
+  process (no network); per frame: arrival, ready and delivery times (``time.time``).
 * :func:`run_ws`: N WebSocket clients stream to the real server (:mod:`mm2face.realtime.server`) running
   in a thread of this process; per frame: the server's arrival/ready/send stamps and the client's
   receipt time (``time.time``, same host).
@@ -18,12 +18,12 @@ import heapq
 import math
 import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
 from mm2face.benchmarks.common import speech_like_audio, stats_ms
+from mm2face.engine.audio import AudioFileError, load_audio_16k
 
 SR = 16000
 STAGES = ("audio_enc_ms", "g_step_ms", "decode_ms", "vad_ms")   # per-hop session stats (engine/session.py)
@@ -36,14 +36,8 @@ def load_speech(seconds: float, path: str | None = None) -> tuple[np.ndarray, st
     """``(samples,)`` float32 16 kHz speech of ``seconds`` (the bundled demo speech, looped), and its source."""
     p = Path(path) if path else Path(__file__).resolve().parents[1] / "realtime" / "assets" / "demo_speech.wav"
     try:
-        with wave.open(str(p), "rb") as w:
-            if w.getframerate() != SR or w.getsampwidth() != 2:
-                raise ValueError("not 16 kHz PCM16")
-            x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
-            if w.getnchannels() > 1:
-                x = x.reshape(-1, w.getnchannels()).mean(1)
-        src = str(p.name)
-    except (OSError, ValueError, wave.Error):
+        x, src = load_audio_16k(p), str(p.name)
+    except AudioFileError:
         x, src = speech_like_audio(min(seconds, 30.0)), "synthetic speech-like tone"
     n = int(seconds * SR)
     reps = -(-n // len(x))
@@ -119,9 +113,9 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
     """Feed ``audio`` to ``sessions`` sessions at real-time pace (session j starts ``j / sessions`` of a
     hop later than session 0, as independent clients would) through one batcher worker thread.
 
-    Returns ``{"frames": (n, 6) array of (session, seq, t_audio_s, arrival, ready, done), "stages":
-    (m, STAGE_COLS) array of (session, time, *STAGES), ...}`` with times in
-    ``time.perf_counter()`` seconds. Records are packed doubles (48 bytes a frame) so that a long soak
+    Returns ``{"frames": (n, 6) array of (session, seq, t_audio_s, arrival, ready, delivered), "stages":
+    (m, STAGE_COLS) array of (session, time, *STAGES), ...}`` with times in ``time.time()`` seconds
+    (arrival and ready as the session stamped its frames). Records are packed doubles (48 bytes a frame) so that a long soak
     measures the engine's memory, not the recorder's. ``on_tick(elapsed_s)`` is called about once a second.
     """
     from mm2face.engine.batching import SessionBatcher
@@ -130,14 +124,13 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
     counts: collections.Counter = collections.Counter()
     lock = threading.Lock()
 
-    def on_frames(key, tfs):
-        now = time.perf_counter()
-        st = batcher.session(key).stats if key in batcher._slots else {}
+    def on_frames(key, frames):
+        now = time.time()
+        st = batcher.session(key).stats if key in batcher else {}
         with lock:
-            for tf in tfs:
-                f = tf.frame
-                recs.extend((key, f.seq, f.t_audio_s, tf.audio_arrival_time, tf.input_ready_time, now))
-            counts[key] += len(tfs)
+            for f in frames:
+                recs.extend((key, f.seq, f.t_audio_s, f.audio_arrival_time, f.input_ready_time, now))
+            counts[key] += len(frames)
             stages.extend((key, now, *(st.get(s, math.nan) for s in STAGES)))
 
     batcher = SessionBatcher(model, device=device, max_batch=max_batch, on_frames=on_frames)
@@ -146,7 +139,7 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
     n = int(chunk_s * SR)
     n_chunks = -(-len(audio) // n)
     # event queue: (due time, session index, chunk index)
-    t0 = time.perf_counter() + 0.05
+    t0 = time.time() + 0.05
     events = [(t0 + (j / sessions) * hop_s + chunk_s, j, 0) for j in range(sessions)]
     heapq.heapify(events)
     lag = array.array("d")
@@ -155,10 +148,10 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
     try:
         while events:
             due, j, i = heapq.heappop(events)
-            now = time.perf_counter()
+            now = time.time()
             if due > now:
                 time.sleep(due - now)
-            now = time.perf_counter()
+            now = time.time()
             lag.append(now - due)
             batcher.push_audio(keys[j], audio[i * n:(i + 1) * n], arrival_time=now)
             if i + 1 < n_chunks:
@@ -168,13 +161,13 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
                 next_tick += 1.0
         # let the last ready hops finish; with ``finish`` end() each stream (its padding and closing
         # tail are not real-time audio: their frames are left out of the latency statistics)
-        deadline = time.perf_counter() + 5.0
+        deadline = time.time() + 5.0
         expect = [(len(audio) - model.lookahead_samples) // model.samples_per_token * model.down] * sessions
         if finish:
             for k in keys:
                 batcher.end(k)
             expect = [-(-len(audio) // 640)] * sessions
-        while time.perf_counter() < deadline:
+        while time.time() < deadline:
             with lock:
                 got = dict(counts)
             if all(got.get(k, 0) >= e for k, e in zip(keys, expect)):
@@ -191,8 +184,8 @@ def run_inproc(model, audio, sessions: int = 1, chunk_s: float = 0.02, device="c
             "feeder_lag": stats_ms(lag), "batch_sizes": dict(sorted(bs["batch_sizes"].items())),
             "round_ms": stats_ms(np.asarray(bs["round_ms"]) / 1e3), "errors": bs["errors"],
             "round_busy_s": float(bs["busy_s"]),
-            "engine_totals": [_totals(batcher.session(k)) for k in keys if k in batcher._slots],
-            "clock": "perf_counter", "transport": "in-process (SessionBatcher worker thread)"}
+            "engine_totals": [_totals(batcher.session(k)) for k in keys if k in batcher],
+            "clock": "time.time", "transport": "in-process (SessionBatcher worker thread)"}
 
 
 def _totals(session) -> dict:

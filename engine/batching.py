@@ -1,101 +1,92 @@
-"""Cross-session batching: one model serves many streaming sessions.
+"""The scheduler: one worker steps every streaming session that shares a model, as batched hops.
 
-    b = SessionBatcher(model, device="cpu", on_frames=send)      # send(key, [TimedFrame]) must not block
+    b = SessionBatcher(model, device="cpu", on_frames=send)      # send(key, [Frame]) must not block
     key = b.add(StreamSession(model, style="calm"))
     b.push_audio(key, chunk_16k)          # any thread; returns at once
     b.start()                             # worker thread: batched hops as audio arrives
     ...
     b.stop()
 
+It is the only thing that steps sessions: the WebSocket server (:mod:`mm2face.realtime.server`), the
+MQTT bridge and ``mm2face-live`` (through the server's hub) and the benchmarks all run it.
+
 Each scheduling round takes the sessions whose next hop is ready *now* and runs one hop for each of
 them as one batched call (:func:`mm2face.engine.session.step_sessions`: one audio-encoder call, one G
 step, grouped decoder calls). The batch is whatever is ready, never a fixed full batch, so:
 
-* an idle session (no new audio) is simply not in the round;
+* an idle session (no new input) is simply not in the round;
 * a session that pushed a burst of audio gets one hop per round, like everybody else, so its backlog
-  never makes the others' rounds longer (round robin; ``max_batch`` caps a round's batch size and
-  the start of the order rotates);
-* a slow consumer never blocks the worker: frames go to ``on_frames`` (which must not block, e.g. put
-  them in a bounded outbox) or to a per-session list read by :meth:`drain`;
+  never makes the others' rounds longer (round robin; ``max_batch`` caps a batched call and the start
+  of the order rotates);
+* speakers first: sessions that pushed real audio within ``speaking_hold_s`` come before the others in
+  a round, so with more ready hops than ``max_batch`` the speakers' hops take the first batched calls;
+* a slow consumer never blocks the worker: frames go to ``on_frames`` (which must not block, e.g. hand
+  them to an event loop) or to a per-session list read by :meth:`drain`;
 * a session whose hop raises is removed and reported through ``on_error``; the rest of its batch is
   re-run without it.
 
 Only the worker touches the sessions: pushes, style changes, end and flush are queued per session
-and applied at the start of the next round, in order. Every pushed chunk is stamped on arrival
-(``time.perf_counter()`` seconds), so each output frame carries when its own audio instant arrived
-(``audio_arrival_time``) and when the last audio it depends on arrived (``input_ready_time``).
+and applied at the start of the next round, in order. The timing is the session's own: each pushed
+chunk carries its arrival time (``time.time()`` seconds unless given) and the session stamps every
+:class:`~mm2face.engine.session.Frame` with ``audio_arrival_time`` and ``input_ready_time``.
+:meth:`when_caught_up` tells a caller (e.g. an event loop awaiting its frames) when a session has
+neither queued input nor a ready hop left.
 """
 from __future__ import annotations
 
-import bisect
 import collections
 import itertools
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Hashable
 
 import numpy as np
 
-from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.session import Frame, StreamSession, step_sessions
 
-
-@dataclass
-class TimedFrame:
-    """A session frame with its timing (all ``time.perf_counter()`` seconds)."""
-    key: Hashable
-    frame: Frame
-    audio_arrival_time: float      # when the audio at the frame's own instant (t_audio_s) arrived
-    input_ready_time: float        # when the last audio sample the frame depends on arrived
-    done_time: float               # when the batch that produced it finished
+SPEAKING_HOLD_S = 1.0      # a session counts as speaking this long after its last real audio arrived
+WAKE_POLL_S = 0.05         # the worker re-checks its stop flag this often while nothing is queued
 
 
 class _Slot:
-    """Per-session state kept by the batcher."""
+    """Per-session state kept by the scheduler."""
 
     def __init__(self, key, session: StreamSession):
         self.key = key
         self.session = session
-        self.inbox: collections.deque = collections.deque()   # ("audio", arr, t) / ("style", ...) / ...
-        self.arrival_ends: list[int] = []                     # cumulative sample count after each chunk
-        self.arrival_times: list[float] = []                  # when that chunk arrived
-        self.n_pushed = 0
-        self.out: list[TimedFrame] = []
+        self.inbox: collections.deque = collections.deque()   # (kind, value, extra) applied in order
+        self.out: list[Frame] = []
+        self.waiters: list[Callable[[BaseException | None], None]] = []
+        self.last_audio_time = -float("inf")                  # arrival of the last real audio pushed
         self.removed = False
-
-    def arrival_of(self, sample: int) -> float:
-        """When sample index ``sample`` of the session timeline arrived (nan if it never did)."""
-        i = bisect.bisect_right(self.arrival_ends, sample)
-        return self.arrival_times[i] if i < len(self.arrival_times) else float("nan")
-
-    def trim_arrivals(self, before_sample: int) -> None:
-        """Forget arrival stamps of chunks that end at or before ``before_sample``."""
-        i = bisect.bisect_right(self.arrival_ends, before_sample)
-        if i > 64:
-            del self.arrival_ends[:i], self.arrival_times[:i]
 
 
 class SessionBatcher:
     """Runs the hops of many :class:`StreamSession` s that share one model as batched steps.
 
     ``max_batch``: most sessions in one batched call (larger rounds are split).
-    ``on_frames(key, frames)``: called by the worker with each session's new :class:`TimedFrame` s;
+    ``on_frames(key, frames)``: called by the worker with each session's new :class:`Frame` s;
     when None, frames collect per session and :meth:`drain` returns them.
     ``on_error(key, exc)``: a session failed and was removed.
+    ``on_step(seconds, n)``: after every batched call of ``n`` hops (metrics).
+    ``speaking_hold_s``: how long after its last real audio a session is served before silent ones.
     """
 
     def __init__(self, model, device="cpu", max_batch: int = 256,
-                 on_frames: Callable[[Hashable, list[TimedFrame]], None] | None = None,
-                 on_error: Callable[[Hashable, BaseException], None] | None = None):
+                 on_frames: Callable[[Hashable, list[Frame]], None] | None = None,
+                 on_error: Callable[[Hashable, BaseException], None] | None = None,
+                 on_step: Callable[[float, int], None] | None = None,
+                 speaking_hold_s: float = SPEAKING_HOLD_S):
         self.model = model
         self.step_fn = step_sessions
         self.device = device
         self.max_batch = max(1, int(max_batch))
         self.on_frames = on_frames
         self.on_error = on_error
+        self.on_step = on_step
+        self.speaking_hold_s = float(speaking_hold_s)
         self._slots: dict[Hashable, _Slot] = {}
-        self._lock = threading.Lock()                 # guards _slots and every inbox
+        self._lock = threading.Lock()                 # guards _slots, every inbox and waiter list
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,15 +107,22 @@ class SessionBatcher:
         return key
 
     def remove(self, key: Hashable) -> StreamSession | None:
+        """Forget session ``key`` (its queued input is dropped; its waiters are released)."""
         with self._lock:
             slot = self._slots.pop(key, None)
-        if slot is None:
-            return None
-        slot.removed = True
+            if slot is None:
+                return None
+            slot.removed = True
+            waiters, slot.waiters = slot.waiters, []
+        for fn in waiters:
+            fn(None)
         return slot.session
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def __contains__(self, key) -> bool:
+        return key in self._slots
 
     def keys(self) -> list:
         with self._lock:
@@ -135,35 +133,54 @@ class SessionBatcher:
 
     # ---- input (any thread) --------------------------------------------------------------------
     def push_audio(self, key, audio_16k: np.ndarray, arrival_time: float | None = None) -> None:
-        """Queue ``(samples,)`` float32 16 kHz audio for session ``key``; stamped now unless given."""
-        t = time.perf_counter() if arrival_time is None else arrival_time
+        """Queue ``(samples,)`` float32 16 kHz audio for session ``key`` that arrived at ``arrival_time``
+        (``time.time()`` seconds; None = now)."""
+        t = time.time() if arrival_time is None else arrival_time
         a = np.asarray(audio_16k, np.float32).reshape(-1)
-        self._queue(key, ("audio", a, t))
+        self._queue(key, ("audio", a, t), audio_time=t)
 
     def push_no_audio(self, key, n_samples: int, arrival_time: float | None = None) -> None:
-        t = time.perf_counter() if arrival_time is None else arrival_time
+        """Let ``n_samples`` of 16 kHz time pass with no audio (idle / text-only motion)."""
+        t = time.time() if arrival_time is None else arrival_time
         self._queue(key, ("noaudio", int(n_samples), t))
 
     def set_style(self, key, text: str, blend_s: float | None = None) -> None:
         self._queue(key, ("style", text, blend_s))
 
-    def end(self, key) -> None:
-        """Input over for ``key``: its last frames and the closing tail follow in the next rounds."""
-        self._queue(key, ("end", None, time.perf_counter()))
+    def set_guidance(self, key, scale: float) -> None:
+        self._queue(key, ("guidance", float(scale), None))
 
-    def flush(self, key) -> None:
-        self._queue(key, ("flush", None, time.perf_counter()))
+    def end(self, key, arrival_time: float | None = None) -> None:
+        """Input over for ``key``: its last frames and the closing tail follow in the next round."""
+        self._queue(key, ("end", None, time.time() if arrival_time is None else arrival_time))
 
-    def _queue(self, key, item) -> None:
+    def flush(self, key, arrival_time: float | None = None) -> None:
+        """Barge-in for ``key``: queued audio not yet used is dropped, the face returns to idle."""
+        self._queue(key, ("flush", None, time.time() if arrival_time is None else arrival_time))
+
+    def when_caught_up(self, key, fn: Callable[[BaseException | None], None]) -> None:
+        """Call ``fn(None)`` from the worker once ``key`` has neither queued input nor a ready hop (its
+        frames so far have gone to ``on_frames``), or ``fn(exc)`` when the session fails; ``fn(None)`` at
+        once from :meth:`remove`. ``fn`` must not block (e.g. ``loop.call_soon_threadsafe``)."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                raise KeyError(f"unknown session {key!r}")
+            slot.waiters.append(fn)
+        self._wake.set()
+
+    def _queue(self, key, item, audio_time: float | None = None) -> None:
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
                 raise KeyError(f"unknown session {key!r}")
             slot.inbox.append(item)
+            if audio_time is not None:
+                slot.last_audio_time = max(slot.last_audio_time, audio_time)
         self._wake.set()
 
     # ---- output --------------------------------------------------------------------------------
-    def drain(self, key) -> list[TimedFrame]:
+    def drain(self, key) -> list[Frame]:
         """Frames collected for ``key`` since the last call (only when ``on_frames`` is None)."""
         with self._lock:
             slot = self._slots.get(key)
@@ -180,29 +197,26 @@ class SessionBatcher:
         s = slot.session
         for kind, val, extra in items:
             if kind == "audio":
-                s.push_audio(val)
-                slot.n_pushed = s.n_in
-                slot.arrival_ends.append(s.n_in)
-                slot.arrival_times.append(extra)
+                s.push_audio(val, arrival_time=extra)
             elif kind == "noaudio":
-                s.push_no_audio(val)
-                slot.arrival_ends.append(s.n_in)
-                slot.arrival_times.append(extra)
+                s.push_no_audio(val, arrival_time=extra)
             elif kind == "style":
                 s.set_style(val, extra)
-            elif kind in ("end", "flush"):
-                # end()/flush() pad with silence and compute their (few) hops at once, unbatched;
-                # the padding "arrives" now
-                n0 = s.n_in
-                if kind == "end":
-                    frames = s.end()
-                else:
-                    frames = s.flush()
-                    slot.arrival_ends = [min(e, s.n_in) for e in slot.arrival_ends]
-                if s.n_in > n0 or kind == "flush":
-                    slot.arrival_ends.append(s.n_in)
-                    slot.arrival_times.append(extra)
-                self._emit(slot, frames, time.perf_counter())
+            elif kind == "guidance":
+                s.set_guidance(val)
+            elif kind == "end":        # pads with silence and computes its (few) hops at once, unbatched
+                self._emit(slot, s.end(arrival_time=extra))
+            elif kind == "flush":
+                self._emit(slot, s.flush(arrival_time=extra))
+
+    def _order(self, ready: list[_Slot]) -> list[_Slot]:
+        """Round-robin rotation, then speakers (real audio within ``speaking_hold_s``) before the rest."""
+        n = len(ready)
+        start = self._rr % n
+        self._rr += 1
+        ready = ready[start:] + ready[:start]
+        now = time.time()
+        return sorted(ready, key=lambda sl: now - sl.last_audio_time > self.speaking_hold_s)
 
     def step(self) -> int:
         """One round: apply queued input, then one hop for every ready session, batched.
@@ -217,22 +231,31 @@ class SessionBatcher:
                 except Exception as exc:  # noqa: BLE001 - one bad session must not stop the others
                     self._fail(slot, exc)
         ready = [sl for sl in slots if not sl.removed and sl.session.hop_ready()]
-        if not ready:
-            return 0
-        n = len(ready)
-        start = self._rr % n
-        ready = ready[start:] + ready[:start]
-        self._rr += 1
         hops = 0
-        for i in range(0, n, self.max_batch):
-            hops += self._run_batch(ready[i:i + self.max_batch])
-        self.stats["rounds"] += 1
-        dt = time.perf_counter() - t_round
-        self.stats["round_ms"].append(dt * 1e3)
-        self.stats["busy_s"] += dt
+        if ready:
+            ready = self._order(ready)
+            for i in range(0, len(ready), self.max_batch):
+                hops += self._run_batch(ready[i:i + self.max_batch])
+            self.stats["rounds"] += 1
+            dt = time.perf_counter() - t_round
+            self.stats["round_ms"].append(dt * 1e3)
+            self.stats["busy_s"] += dt
+        self._release(slots)
         return hops
 
+    def _release(self, slots: list[_Slot]) -> None:
+        """Call the waiters of sessions that have caught up (no queued input, no ready hop)."""
+        done = []
+        with self._lock:
+            for sl in slots:
+                if sl.waiters and not sl.removed and not sl.inbox and not sl.session.hop_ready():
+                    done += sl.waiters
+                    sl.waiters = []
+        for fn in done:
+            fn(None)
+
     def _run_batch(self, batch: list[_Slot]) -> int:
+        t0 = time.perf_counter()
         try:
             self.step_fn([sl.session for sl in batch])
         except Exception:  # noqa: BLE001 - find the culprit: run each alone
@@ -240,39 +263,36 @@ class SessionBatcher:
                 self._fail(batch[0], _last_exc())
                 return 0
             return sum(self._run_batch([sl]) for sl in batch)
-        done = time.perf_counter()
+        if self.on_step is not None:
+            self.on_step(time.perf_counter() - t0, len(batch))
         self.stats["batches"] += 1
         self.stats["hops"] += len(batch)
         self.stats["batch_sizes"][len(batch)] += 1
         for sl in batch:
             s = sl.session
             frames, s.pending = s.pending, []
-            self._emit(sl, frames, done)
+            self._emit(sl, frames)
         return len(batch)
 
-    def _emit(self, slot: _Slot, frames: list[Frame], done: float) -> None:
+    def _emit(self, slot: _Slot, frames: list[Frame]) -> None:
         if not frames:
             return
-        s = slot.session
-        tf = []
-        for f in frames:
-            k = f.seq // s.down
-            need = s.spt * (k + 1) + s.look                # samples this frame's token read
-            tf.append(TimedFrame(slot.key, f, slot.arrival_of(f.seq * SAMPLES_PER_FRAME),
-                                 slot.arrival_of(need - 1), done))
-        slot.trim_arrivals(frames[0].seq * SAMPLES_PER_FRAME - s.spt)
         if self.on_frames is not None:
             try:
-                self.on_frames(slot.key, tf)
+                self.on_frames(slot.key, frames)
             except Exception as exc:  # noqa: BLE001 - a failing consumer affects only its session
                 self._fail(slot, exc)
         else:
             with self._lock:
-                slot.out.extend(tf)
+                slot.out.extend(frames)
 
     def _fail(self, slot: _Slot, exc: BaseException) -> None:
         self.stats["errors"] += 1
+        with self._lock:
+            waiters, slot.waiters = slot.waiters, []
         self.remove(slot.key)
+        for fn in waiters:
+            fn(exc)
         if self.on_error is not None:
             self.on_error(slot.key, exc)
 
@@ -303,11 +323,15 @@ class SessionBatcher:
             self._thread.join(timeout)
             self._thread = None
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def _loop(self) -> None:
         import torch
         with torch.no_grad():          # as in warm-up and tests: compiled graphs are guarded on it
             while not self._stop.is_set():
-                self._wake.wait(0.05)
+                self._wake.wait(WAKE_POLL_S)
                 self._wake.clear()
                 while not self._stop.is_set() and self.step():
                     pass                      # keep going while hops are ready
@@ -317,9 +341,6 @@ class SessionBatcher:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-# ----------------------------------------------------------------------------- the vectorised hop
 
 
 def _last_exc() -> BaseException:

@@ -21,6 +21,8 @@ encoder on a sliding window, one G step with a bounded (sliding) KV cache, and D
 """
 from __future__ import annotations
 
+import collections
+import math
 import time
 from dataclasses import dataclass
 
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
-from mm2face.engine.frame import FPS, JAW
+from mm2face.engine.frame import FPS, JAW, SAMPLES_PER_FRAME
 from mm2face.engine.gpt import KVCache, stack_caches, unstack_cache
 from mm2face.engine.style import GestureTrack, resolve_style
 from mm2face.engine.units import UNIT_INDEX
@@ -107,6 +109,45 @@ class Frame:
     t_audio_s: float              # the audio instant this frame shows = seq / 25
     params: np.ndarray            # (56,) float32: 50 expression, 3 head pose, 3 jaw pose (rad)
     style: str                    # the style text in effect (the target while blending)
+    # Timing, recorded by the session from the arrival times its input was pushed with (the caller's
+    # clock, ``time.time()`` seconds unless it passed others):
+    audio_arrival_time: float = math.nan   # when the audio at this frame's own instant arrived (nan: no
+                                           # caller audio there: no-audio time, end/flush padding)
+    input_ready_time: float = math.nan     # when the last sample this frame depends on arrived (its token's
+                                           # end + the lookahead): the earliest it could have been computed
+    final: bool = False                    # the last frame of end() (the input is over)
+
+
+class _Arrivals:
+    """When each stretch of the session timeline arrived: ``(end_sample, time, real)`` in timeline order
+    (``real``: pushed caller audio; False: no-audio time or padding the session inserted)."""
+
+    def __init__(self):
+        self.items: collections.deque[tuple[int, float, bool]] = collections.deque()
+
+    def add(self, end_sample: int, t: float, real: bool) -> None:
+        self.items.append((int(end_sample), float(t), bool(real)))
+
+    def at(self, sample: int) -> tuple[float, bool]:
+        """``(time, real)`` of the stretch that holds timeline sample ``sample`` (nan when none does)."""
+        for end, t, real in self.items:
+            if end > sample:
+                return t, real
+        return math.nan, False
+
+    def forget_before(self, sample: int) -> None:
+        """Drop stretches that end at or before ``sample`` (no frame will ask for them again)."""
+        while self.items and self.items[0][0] <= sample:
+            self.items.popleft()
+
+    def truncate(self, n: int) -> None:
+        """The timeline was cut back to ``n`` samples (flush dropped unused audio)."""
+        kept: collections.deque = collections.deque()
+        for end, t, real in self.items:
+            kept.append((min(end, n), t, real))
+            if end >= n:
+                break
+        self.items = kept
 
 
 class StreamSession:
@@ -132,6 +173,7 @@ class StreamSession:
         self.buf0 = 0
         self.n_in = 0
         self.n_real = 0                                    # samples pushed by the caller (not inserted)
+        self.arrivals = _Arrivals()                        # when each stretch of the timeline arrived
         with torch.no_grad():                              # features -W..-1 see only zeros
             z = torch.zeros(1, self.W * FEAT_HOP + FEAT_PAD, device=self.device)
             self.feats = m.audio.cnn(z)[0]                 # (W, C) last W CNN features
@@ -167,9 +209,10 @@ class StreamSession:
                       "vad_ms": 0.0, "vad_ms_total": 0.0}
 
     # ---- input -------------------------------------------------------------------------------
-    def push_audio(self, audio_16k: np.ndarray) -> None:
-        """Append ``(samples,)`` float32 16 kHz audio. NaN/Inf raise :class:`AudioError`; values are
-        clipped to [-1, 1]."""
+    def push_audio(self, audio_16k: np.ndarray, arrival_time: float | None = None) -> None:
+        """Append ``(samples,)`` float32 16 kHz audio that arrived at ``arrival_time`` (the caller's clock,
+        seconds; None = ``time.time()`` now): its frames carry that time. NaN/Inf raise :class:`AudioError`;
+        values are clipped to [-1, 1]."""
         a = np.asarray(audio_16k)
         if a.ndim == 2 and 1 in a.shape:
             a = a.reshape(-1)
@@ -186,11 +229,14 @@ class StreamSession:
         self.mouth_step = 1.0 / self.down
         self._append(np.clip(a, -1.0, 1.0), False)
         self.n_real += len(a)
+        self.arrivals.add(self.n_in, time.time() if arrival_time is None else arrival_time, True)
 
-    def push_no_audio(self, n_samples: int) -> None:
-        """Let ``n_samples`` (16 kHz) pass with no audio input: text-only motion from the style."""
+    def push_no_audio(self, n_samples: int, arrival_time: float | None = None) -> None:
+        """Let ``n_samples`` (16 kHz) pass with no audio input: text-only motion from the style. Its frames
+        have no ``audio_arrival_time``; their ``input_ready_time`` is ``arrival_time`` (None = now)."""
         if n_samples > 0:
             self._append(np.zeros(int(n_samples), np.float32), True)
+            self.arrivals.add(self.n_in, time.time() if arrival_time is None else arrival_time, False)
 
     def _append(self, a: np.ndarray, noaudio: bool):
         self.buf = np.concatenate([self.buf, a])
@@ -251,30 +297,45 @@ class StreamSession:
         out, self.pending = self.pending, []
         return out
 
-    def end(self) -> list[Frame]:
-        """The input is over: the remaining frames, then ``tail_s`` of silence while the mouth closes."""
+    def end(self, arrival_time: float | None = None) -> list[Frame]:
+        """The input is over: the remaining frames, then ``tail_s`` of silence while the mouth closes.
+        The padding counts as input that arrived at ``arrival_time`` (None = now); the last frame returned
+        has ``final`` set."""
+        t = time.time() if arrival_time is None else arrival_time
         if self.n_in > self.spt * self.k:                  # a partial token: pad it (and its lookahead)
             n_tok = -(-self.n_in // self.spt)
-            self._append(np.zeros(self.spt * n_tok + self.look - self.n_in, np.float32), False)
+            self._pad(self.spt * n_tok + self.look - self.n_in, t)
         self.poll_into_pending()
         n_tail = max(1, int(round(self.cfg.tail_s * FPS / self.down)))
         self.mouth_target = 1.0
         self.mouth_step = 1.0 / (n_tail * self.down)
-        self._append(np.zeros(self.spt * (self.k + n_tail) + self.look - self.n_in, np.float32), False)
-        return self.poll()
+        self._pad(self.spt * (self.k + n_tail) + self.look - self.n_in, t)
+        frames = self.poll()
+        if frames:
+            frames[-1].final = True
+        return frames
 
-    def flush(self) -> list[Frame]:
-        """Barge-in: drop audio not yet used, then one hop of silence in which the face returns to idle."""
+    def flush(self, arrival_time: float | None = None) -> list[Frame]:
+        """Barge-in: drop audio not yet used, then one hop of silence in which the face returns to idle
+        (the silence counts as input that arrived at ``arrival_time``, None = now)."""
         committed = self.spt * self.k + self.look          # samples the computed tokens have read
         if self.n_in > committed:
             drop = self.n_in - committed
             self.buf, self.noaudio = self.buf[:-drop], self.noaudio[:-drop]
             self.n_in = committed
+            self.arrivals.truncate(committed)
         n_idle = max(1, int(round(self.cfg.flush_idle_s * FPS / self.down)))
         self.mouth_target = 1.0
         self.mouth_step = 1.0 / self.down
-        self._append(np.zeros(self.spt * (self.k + n_idle) + self.look - self.n_in, np.float32), False)
+        self._pad(self.spt * (self.k + n_idle) + self.look - self.n_in, time.time() if arrival_time is None
+                  else arrival_time)
         return self.poll()
+
+    def _pad(self, n: int, t: float) -> None:
+        """Append ``n`` samples of silence the session inserts itself (end/flush), arrived at ``t``."""
+        if n > 0:
+            self._append(np.zeros(n, np.float32), False)
+            self.arrivals.add(self.n_in, t, False)
 
     def poll_into_pending(self):
         while self.hop_ready():
@@ -322,6 +383,7 @@ class StreamSession:
             for u in ("blink_left", "blink_right"):
                 params[:, UNIT_INDEX[u]] = torch.maximum(params[:, UNIT_INDEX[u]], ov)
         gate = self._vad_gate()
+        ready_time = self.arrivals.at(self.heard_end - 1)[0]                # the last sample this token read
         for i in range(self.down):
             if gate is not None and gate[i] < 1.0:
                 params[i, self.mouth_dims] *= float(gate[i])
@@ -331,10 +393,13 @@ class StreamSession:
             if self.mouth_w > 0:
                 params[i, self.mouth_dims] *= (1.0 - self.mouth_w)
             seq = self.k * self.down + i
+            arrived, real = self.arrivals.at(seq * SAMPLES_PER_FRAME)
             self.pending.append(Frame(seq=seq, t_audio_s=seq / FPS,
                                       params=params[i].float().cpu().numpy().astype(np.float32),
-                                      style=self.style))
+                                      style=self.style, audio_arrival_time=arrived if real else math.nan,
+                                      input_ready_time=ready_time))
         self.k += 1
+        self.arrivals.forget_before(self.spt * self.k)
         keep_from = self.spt * self.k - self.keep_back                       # trim the audio ring
         if keep_from > self.buf0:
             cut = keep_from - self.buf0

@@ -83,7 +83,7 @@ def test_backend_under_the_batcher_matches_solo_eager(name):
     assert max(b.stats["batch_sizes"]) == 3
     eager = MM2Face.random(seed=0, small=True)
     for i, k in enumerate(keys):
-        got = np.stack([tf.frame.params for tf in b.drain(k)])
+        got = np.stack([f.params for f in b.drain(k)])
         s = StreamSession(eager, StreamConfig(temperature=0.0, seed=i), style="calm" if i else "")
         s.push_audio(audio(0.6 + 0.3 * i, seed=i))
         np.testing.assert_allclose(got, np.stack([f.params for f in s.poll()]), atol=1e-4)

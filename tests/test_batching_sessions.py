@@ -1,4 +1,6 @@
 """Cross-session batching: same frames as solo sessions, ready-only batches, isolation of bad sessions."""
+import math
+import threading
 import time
 
 import numpy as np
@@ -48,8 +50,8 @@ def test_batched_frames_match_solo_sessions(model):
     for i, k in enumerate(keys):
         got[k] += b.drain(k)
         ref = solo_frames(model, auds[i], i)
-        out = np.stack([tf.frame.params for tf in got[k]])
-        assert [tf.frame.seq for tf in got[k]] == list(range(len(ref)))
+        out = np.stack([f.params for f in got[k]])
+        assert [f.seq for f in got[k]] == list(range(len(ref)))
         np.testing.assert_allclose(out, ref, atol=1e-4)
     assert max(b.stats["batch_sizes"]) >= 2          # some rounds really were batched
 
@@ -86,23 +88,37 @@ def test_failing_consumer_removes_only_its_session(model):
     assert len(delivered["good"]) == len(solo_frames(model, audio(0.5, 3), 0))
 
 
-def test_worker_thread_stamps_arrival_and_ready_times(model):
-    frames = []
-    b = SessionBatcher(model, on_frames=lambda k, fs: frames.extend(fs))
+def test_worker_thread_frames_carry_the_sessions_own_timing(model):
+    """Each frame carries the arrival time its own audio was pushed with and the arrival of the last
+    sample it read (the session records them); the worker delivers after both."""
+    frames, received = [], []
+
+    def on_frames(k, fs):
+        frames.extend(fs)
+        received.extend([time.time()] * len(fs))
+
+    b = SessionBatcher(model, on_frames=on_frames)
     k = b.add(StreamSession(model))
     a = audio(1.0, 4)
+    caught_up = threading.Event()
     with b:
-        for i in range(0, len(a), 640):
-            b.push_audio(k, a[i:i + 640])
-            time.sleep(0.002)
+        t0 = time.time() - 10.0                                              # made-up arrivals, in the past
+        for j, i in enumerate(range(0, len(a), 640)):
+            b.push_audio(k, a[i:i + 640], arrival_time=t0 + 0.04 * j)   # one chunk per frame
         b.end(k)
-        t0 = time.time()
-        while time.time() - t0 < 10 and (not frames or not frames[-1].frame.seq >= 25 + 7):
-            time.sleep(0.01)
-    assert len(frames) >= 25
-    assert [f.frame.seq for f in frames] == list(range(len(frames)))
-    for f in frames:
-        assert f.audio_arrival_time <= f.input_ready_time <= f.done_time
+        b.when_caught_up(k, lambda exc: caught_up.set())
+        assert caught_up.wait(30)
+    assert [f.seq for f in frames] == list(range(len(frames))) and frames[-1].final
+    talk = [f for f in frames if f.seq < 25]
+    assert len(talk) == 25
+    for f in talk:
+        assert f.audio_arrival_time == pytest.approx(t0 + 0.04 * f.seq)       # its own chunk
+        need = model.samples_per_token * (f.seq // model.down + 1) + model.lookahead_samples
+        assert f.input_ready_time == pytest.approx(t0 + 0.04 * ((need - 1) // 640))
+    for f, r in zip(frames, received):
+        assert f.input_ready_time <= r
+    tail = [f for f in frames if f.seq >= 25]
+    assert tail and all(math.isnan(f.audio_arrival_time) for f in tail)      # end() padding: no audio
 
 
 def test_batched_hops_equal_each_session_alone_with_sampling_and_end(model):

@@ -159,7 +159,7 @@ def test_batched_sessions_equal_solo_with_the_gate(small, tts):
     b.run_until_idle()
     for i, k in enumerate(keys):
         got[k] += b.drain(k)
-        out = np.stack([tf.frame.params for tf in got[k]])
+        out = np.stack([f.params for f in got[k]])
         np.testing.assert_allclose(out, ref[i], atol=1e-4)
     assert max(b.stats["batch_sizes"]) >= 2
 
@@ -168,7 +168,7 @@ def test_generate_cli_no_vad_flag(default, tmp_path):
     import soundfile as sf
 
     from mm2face.engine.frame import MotionClip
-    from mm2face.engine.generate_cli import main
+    from mm2face.viewer.generate_cli import main
     wav = tmp_path / "rumble.wav"
     sf.write(wav, set_peak(noise_bed("lowfreq", 16000 * 2, BED_DBFS, np.random.default_rng(7)), -6.0), 16000)
     dims = mouth_dims(default.head_name)
