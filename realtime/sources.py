@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mm2face.engine.frame import SAMPLE_RATE
-from mm2face.realtime.resample import StreamResampler, resample
+from mm2face.engine.audio import StreamResampler, load_audio_16k
 
 log = logging.getLogger("mm2face.realtime")
 
@@ -223,26 +223,13 @@ class MicSource:
                             CLOSE_WAIT_S)
 
 
-def load_wav_16k(path) -> np.ndarray:
-    """Read an audio file (any rate, mono-mixed) as ``(samples,) float32`` at 16 kHz."""
-    import soundfile as sf
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"audio file not found: {path}")
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:
-        raise ValueError(f"could not read {path} as audio ({e}); use a wav/flac/ogg file") from None
-    return resample(audio.mean(axis=1), rate, SAMPLE_RATE)
-
-
 class WavSource:
     """A file streamed at real-time pace (each chunk is released when it would have been recorded),
     optionally looped. ``speed`` > 1 plays faster than real time (tests)."""
 
     def __init__(self, path, loop: bool = False, chunk_s: float = CHUNK_S, speed: float = 1.0):
         self.path = Path(path)
-        self.audio = load_wav_16k(path)
+        self.audio = load_audio_16k(path)          # AudioFileError (a ValueError) for a bad file
         self.loop, self.chunk, self.speed = loop, int(round(chunk_s * SAMPLE_RATE)), speed
 
     @property

@@ -28,9 +28,9 @@ def main(argv=None) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import soundfile as sf
     import torch
 
+    from mm2face.engine.audio import load_audio_16k
     from mm2face.engine.frame import FPS, SAMPLE_RATE
     from mm2face.engine.model import load_model
     from mm2face.engine.session import StreamConfig, StreamSession
@@ -38,9 +38,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     changes = sorted((float(t), text) for t, text in (s.split("=", 1) for s in args.styles))
-    speech, sr = sf.read(DEMO_WAV, dtype="float32")
-    if sr != SAMPLE_RATE:
-        raise SystemExit(f"{DEMO_WAV} is {sr} Hz; expected {SAMPLE_RATE}")
+    speech = load_audio_16k(DEMO_WAV)
     n = int(args.seconds * SAMPLE_RATE)
     audio = np.resize(speech, n)                                   # loop the clip
     model = load_model(args.ckpt or None)

@@ -328,7 +328,7 @@ def test_live_link_face_csv_layout():
 
 
 def test_generate_cli_writes_arkit_csv(tmp_path, capsys):
-    from mm2face.engine.generate_cli import main
+    from mm2face.viewer.generate_cli import main
     out = tmp_path / "take.csv"
     assert main(["--text", "smiles", "--seconds", "1", "--format", "arkit-csv", "--out", str(out)]) == 0
     rows = list(csv.reader(out.open()))

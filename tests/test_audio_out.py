@@ -14,7 +14,8 @@ from websockets.asyncio.client import connect
 from mm2face.engine.frame import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
 from mm2face.realtime.server import OUTBOX_MAX_AUDIO_S, ClientConn, Hub
-from mm2face.realtime.sources import WavSource, feed, load_wav_16k
+from mm2face.engine.audio import load_audio_16k
+from mm2face.realtime.sources import WavSource, feed
 from realtime_helpers import is_type, make_session, recv_until, served_hub, speechy, validator  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -62,7 +63,7 @@ def _final_frame(m) -> bool:
 async def test_wav_session_audio_reaches_only_the_subscriber_that_asked(make_session, tmp_path):
     wav = tmp_path / "speech.wav"
     sf.write(wav, speechy(WAV_S), SAMPLE_RATE, subtype="PCM_16")
-    source_audio = load_wav_16k(wav)
+    source_audio = load_audio_16k(wav)
     schema = validator("server_message.json")
     async for hub, url in served_hub(make_session, batch=True):
         async with connect(url) as a, connect(url) as b:

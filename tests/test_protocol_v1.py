@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mm2face.realtime import protocol as P
-from mm2face.realtime.resample import StreamResampler, decode_samples, resample
+from mm2face.engine.audio import StreamResampler, resample
+from mm2face.realtime.audio_format import decode_samples
 
 
 def err(data):

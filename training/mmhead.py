@@ -12,7 +12,7 @@
     corpus = MMHeadCorpus("data/synth", splits=("train",))
     clip = corpus[0]            # Clip(id, subset, split, motion (T,56) f32 @25 fps, audio_16k, captions, meta)
 
-Audio that is not 16 kHz is resampled with ``scipy.signal.resample_poly``; stereo is averaged to mono.
+Audio is read by :func:`mm2face.engine.audio.load_audio_16k` (any rate and channel count -> mono 16 kHz).
 If motion and audio lengths disagree, both are trimmed to the shorter (frames vs. audio seconds * 25)
 and a note is added to ``clip.meta["notes"]``.
 
@@ -23,18 +23,16 @@ later when read raises :class:`CorpusError` from ``get``/``__getitem__`` and is 
 """
 from __future__ import annotations
 
-import io
 import json
 import pickle
-import wave
 import zipfile
 from dataclasses import dataclass, field
-from math import gcd
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from mm2face.engine.audio import AudioFileError, load_audio_16k
 from mm2face.engine.frame import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, MotionError, from_mmhead, validate_motion
 
 CAPTION_KINDS = ("action", "emotion", "detail_expression", "detail_head_pose", "emotion_scenario")
@@ -109,29 +107,6 @@ class _Members:
         s = dict(self.__dict__)
         s["_zip"] = None
         return s
-
-
-def read_wav_16k(data: bytes, name: str) -> np.ndarray:
-    """WAV bytes -> (samples,) float32 in [-1, 1] at 16 kHz (mono mix, resample_poly if needed)."""
-    try:
-        import soundfile as sf
-        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception:  # noqa: BLE001 - fall back to the stdlib reader for plain PCM files
-        try:
-            with wave.open(io.BytesIO(data)) as w:
-                sr, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-                raw = w.readframes(w.getnframes())
-            if width != 2:
-                raise CorpusError(f"{name}: {8 * width}-bit WAV not supported; convert to PCM16 or float")
-            x = np.frombuffer(raw, dtype="<i2").astype(np.float32).reshape(-1, ch) / 32768.0
-        except (wave.Error, EOFError) as e:
-            raise CorpusError(f"{name}: not a readable WAV file ({e})") from None
-    x = x.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        from scipy.signal import resample_poly
-        g = gcd(int(sr), SAMPLE_RATE)
-        x = resample_poly(x, SAMPLE_RATE // g, int(sr) // g).astype(np.float32)
-    return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
 def read_motion_pkl(data: bytes, name: str) -> np.ndarray:
@@ -268,7 +243,10 @@ class MMHeadCorpus:
         audio = None
         if subset == "talking" or cid in self.audio:
             if cid in self.audio:
-                audio = read_wav_16k(self.audio.read(cid), self.audio.where(cid))
+                try:
+                    audio = load_audio_16k(self.audio.read(cid), self.audio.where(cid))
+                except AudioFileError as e:
+                    raise CorpusError(str(e)) from None
                 n_audio_frames = int(len(audio) // SAMPLES_PER_FRAME)
                 if n_audio_frames != len(motion):
                     n = min(n_audio_frames, len(motion))

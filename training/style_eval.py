@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mm2face.engine.frame import SAMPLE_RATE
 from mm2face.training import metrics as M
 
 SPEECH_CLIP_S = 4.0           # length of each fixed speech clip (and of the text-only motions)
@@ -58,15 +59,15 @@ def load_style_set(path) -> list[dict]:
 
 def speech_clips(path, seconds: float = SPEECH_CLIP_S, n: int = SPEECH_CLIPS) -> list[np.ndarray]:
     """``n`` fixed ``(samples,)`` float32 16 kHz clips of ``seconds`` from a speech file, 1 s apart."""
-    import soundfile as sf
-    a, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    a = a.mean(1)
-    if sr != 16000:
-        raise SystemExit(f"speech file {path} is {sr} Hz; give a 16 kHz file (e.g. ffmpeg -i IN -ar 16000 OUT.wav)")
-    L = int(seconds * 16000)
+    from mm2face.engine.audio import AudioFileError, load_audio_16k
+    try:
+        a = load_audio_16k(path)
+    except AudioFileError as e:
+        raise SystemExit(f"speech file: {e}") from None
+    L = int(seconds * SAMPLE_RATE)
     if len(a) < L:
-        raise SystemExit(f"speech file {path} is {len(a) / 16000:.1f} s; need at least {seconds} s")
-    starts = [min(i * (L + 16000), len(a) - L) for i in range(n)]
+        raise SystemExit(f"speech file {path} is {len(a) / SAMPLE_RATE:.1f} s; need at least {seconds} s")
+    starts = [min(i * (L + SAMPLE_RATE), len(a) - L) for i in range(n)]
     return [a[s:s + L] for s in starts]
 
 

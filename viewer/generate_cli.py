@@ -8,6 +8,9 @@
 --format arkit-csv writes Live Link Face's CSV layout (Timecode, BlendShapeCount, the 52 ARKit shapes,
 HeadYaw/Pitch/Roll in radians, eye columns 0) at 25 fps, through the stand-in's ARKit map (docs/arkit.md), or
 through a map fitted for real FLAME with `mm2face-retarget fit` (--retarget FILE).
+
+It lives with the viewer because it makes what the viewer shows and renders (motion clips, MP4s);
+``engine/`` stays free of command-line and I/O layers.
 """
 from __future__ import annotations
 
@@ -16,22 +19,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-
-def read_audio_16k(path) -> np.ndarray:
-    """Any soundfile-readable file -> mono ``(samples,)`` float32 at 16 kHz."""
-    import soundfile as sf
-    path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"audio file not found: {path}")
-    a, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    a = a.mean(1)
-    if sr != 16000:
-        from scipy.signal import resample_poly
-        from math import gcd
-        g = gcd(int(sr), 16000)
-        a = resample_poly(a, 16000 // g, int(sr) // g).astype(np.float32)
-    return a
 
 
 OUTPUT_FORMATS = ("npz", "arkit-csv")
@@ -77,8 +64,8 @@ def build_parser():
                     help="turn off the voice-activity gate (by default the mouth rests where no speech is heard)")
     ap.add_argument("--raw-styles", action="store_true",
                     help="send --text to the model as typed: no style parser, no head-gesture layer (engine/style.py)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     return ap
 
 
@@ -91,6 +78,11 @@ def main(argv=None):
     from mm2face.engine.model import load_model
     if not args.wav and args.seconds <= 0:
         raise SystemExit("give --wav FILE, or --seconds N for text-only generation")
+    from mm2face.engine.audio import AudioFileError, load_audio_16k
+    try:
+        audio = load_audio_16k(args.wav) if args.wav else None
+    except AudioFileError as e:
+        raise SystemExit(f"mm2face-generate: --wav: {e}") from None
     retarget = None
     if args.format == "arkit-csv" and args.retarget:
         from mm2face.engine.arkit import LinearRetarget, RetargetError
@@ -102,7 +94,6 @@ def main(argv=None):
         model = load_model(args.ckpt, device=args.device)
     except FileNotFoundError as e:
         raise SystemExit(str(e))
-    audio = read_audio_16k(args.wav) if args.wav else None
     n_frames = None if audio is not None else int(round(args.seconds * FPS))
     motion = generate(model, audio, args.text, seed=args.seed, guidance=args.guidance,
                       temperature=args.temperature, top_k=args.top_k, n_frames=n_frames, device=args.device,
@@ -114,11 +105,8 @@ def main(argv=None):
         out = MotionClip(motion=motion, fps=FPS, head=model.head_name, style=args.text).save(args.out)
         print(f"wrote {out}: {len(motion)} frames ({len(motion) / FPS:.2f} s), head={model.head_name}")
     if args.video:
-        try:
-            from mm2face.engine.flame import load_head
-            from mm2face.viewer.output import write_mp4
-        except ImportError as e:
-            raise SystemExit(f"--video needs the viewer (mm2face.viewer.output): {e}")
+        from mm2face.engine.flame import load_head
+        from mm2face.viewer.output import write_mp4
         head = load_head(model.head_name)
         write_mp4(args.video, motion, head, fps=FPS, audio_path=args.wav, style=args.text)
         print(f"wrote {args.video}")

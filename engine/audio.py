@@ -1,52 +1,65 @@
-"""Audio format conversion for the live driver: bytes -> mono float32 at 16 kHz.
+"""Audio in for every tool: files (or their bytes) -> mono ``(samples,) float32`` at 16 kHz, and resampling.
 
-Clients and devices deliver audio at many rates and in two sample formats; the engine wants
-``audio_16k: (samples,) float32`` in [-1, 1]. :class:`StreamResampler` converts chunk by chunk with
-no clicks at chunk edges (it carries filter state between calls), so a stream split into arbitrary
-chunks gives the same samples as the whole signal resampled at once (up to float rounding).
+This is the one place that reads audio files and changes sample rates: the live sources (``--wav``,
+the microphone), ``mm2face-generate``, the corpus loader (``training/mmhead.py``), the style
+evaluation and the scripts all call :func:`load_audio_16k` / :func:`resample` /
+:class:`StreamResampler`. It depends on numpy, scipy and soundfile only (no I/O layer).
+
+* :func:`load_audio_16k` reads anything libsndfile reads (WAV in any PCM/float width, FLAC, OGG,
+  ...), mixes channels to mono, resamples to 16 kHz and clips to [-1, 1]; a missing, unreadable,
+  empty or non-finite file raises :class:`AudioFileError` naming the file and what to do.
+* :func:`resample` converts a whole signal (polyphase, ``scipy.signal.resample_poly``).
+* :class:`StreamResampler` converts chunk by chunk with no clicks at chunk edges (it carries filter
+  state between calls), so a stream split into arbitrary chunks gives the same samples as the whole
+  signal resampled at once (up to float rounding).
 """
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from math import gcd
+from pathlib import Path
 
 import numpy as np
 from scipy import signal
 
 from mm2face.engine.frame import SAMPLE_RATE
 
-# Rates a client may declare. Anything between these bounds is accepted; these are the common ones.
-COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
-MIN_RATE, MAX_RATE = 8000, 192_000
-SAMPLE_FORMATS = ("pcm16", "f32")   # little-endian int16, little-endian float32
+READABLE_FORMATS = "wav (PCM or float), flac, ogg/vorbis, aiff"   # what the messages suggest (libsndfile reads more)
 
 
-class AudioFormatError(ValueError):
-    """Bad audio format or bytes (wrong rate, unknown format, odd byte count)."""
+class AudioFileError(ValueError):
+    """An audio file that cannot be used: missing, not audio, empty, or with NaN/inf samples.
+    The message names the file and what to do."""
 
 
-def check_format(sample_rate, sample_format) -> tuple[int, str]:
-    """Validate a declared audio format; returns ``(rate_hz, format)`` or raises AudioFormatError."""
-    if sample_format not in SAMPLE_FORMATS:
-        raise AudioFormatError(f"sample_format must be one of {list(SAMPLE_FORMATS)}, got {sample_format!r}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or sample_rate != int(sample_rate):
-        raise AudioFormatError(f"sample_rate must be an integer number of Hz, got {sample_rate!r}")
-    rate = int(sample_rate)
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise AudioFormatError(f"sample_rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz "
-                               f"(common rates: {', '.join(map(str, COMMON_RATES))})")
-    return rate, sample_format
+def load_audio_16k(source, name: str | None = None) -> np.ndarray:
+    """Read an audio file as ``audio_16k: (samples,) float32`` in [-1, 1] at 16 kHz.
 
-
-def decode_samples(data: bytes, sample_format: str) -> np.ndarray:
-    """Little-endian PCM16 or float32 bytes -> ``(samples,) float32`` (PCM16 scaled to [-1, 1))."""
-    width = 2 if sample_format == "pcm16" else 4
-    if len(data) % width:
-        raise AudioFormatError(f"{len(data)} bytes is not a whole number of {sample_format} samples "
-                               f"({width} bytes each)")
-    if sample_format == "pcm16":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+    ``source``: a path, or the file's bytes (then ``name`` says where they came from, for messages).
+    Any channel count is mixed to mono; any rate is resampled with :func:`resample`.
+    Raises :class:`AudioFileError` for a missing, unreadable, empty or non-finite file.
+    """
+    import soundfile as sf
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        where, handle = name or "audio bytes", io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        where, handle = name or str(path), str(path)
+        if not path.exists():
+            raise AudioFileError(f"audio file not found: {where}")
+        if path.is_dir():
+            raise AudioFileError(f"{where} is a folder, not an audio file")
+    try:
+        audio, rate = sf.read(handle, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
+        raise AudioFileError(f"could not read {where} as audio ({getattr(e, 'error_string', None) or e}); give a {READABLE_FORMATS} file, "
+                             f"e.g. convert it with `ffmpeg -i IN -ar 16000 OUT.wav`") from None
+    if audio.shape[0] == 0:
+        raise AudioFileError(f"{where} holds no audio samples (0 frames); record or export it again")
+    if not np.isfinite(audio).all():
+        raise AudioFileError(f"{where} has NaN or infinite samples; re-export it as PCM16 WAV")
+    return np.clip(resample(audio.mean(axis=1), rate, SAMPLE_RATE), -1.0, 1.0)
 
 
 class StreamResampler:
@@ -115,7 +128,9 @@ class StreamResampler:
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample a whole signal ``(samples,)`` float32 from ``rate_in`` to ``rate_out`` Hz."""
+    """Resample a whole signal ``(samples,)`` float32 from ``rate_in`` to ``rate_out`` Hz (polyphase)."""
+    if int(rate_in) <= 0 or int(rate_out) <= 0:
+        raise ValueError(f"sample rates must be positive, got {rate_in} -> {rate_out} Hz")
     if int(rate_in) == int(rate_out):
         return np.asarray(audio, np.float32).reshape(-1)
     frac = Fraction(int(rate_out), int(rate_in))
