@@ -3,6 +3,7 @@
     mm2face-train vqvae   --data data/synth --out runs/vqvae   --steps 3000
     mm2face-train mm2face --data data/synth --out runs/mm2face --vq runs/vqvae/model.pt --steps 3000
     mm2face-train refiner --data data/synth --out runs/refiner --init runs/mm2face/model.pt   # optional stage 3
+    mm2face-train closure --data data/synth5 --out runs/closure                                # optional stage 4
     mm2face-train refiner-config --ckpt runs/refiner/model.pt --out model.pt --set silent_dims=[53,54,55]
     mm2face-train refiner-config --ckpt runs/mm2face2/model.pt --out model.pt --refiner-from runs/refiner/model.pt
     torchrun --nproc_per_node 2 -m mm2face.training.train_cli vqvae ...     # data parallel (gloo on CPU)
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -32,6 +34,21 @@ def _kv(items: list[str]) -> dict:
     return out
 
 
+def add_run_arguments(p: argparse.ArgumentParser, set_help: str) -> None:
+    """The options every training stage takes: data, output, validation, seed, threads, device, progress."""
+    p.add_argument("--data", required=True, help="corpus folder (MMHead layout, real or synthetic)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--val-every", type=int, default=250, help="validate every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for training, e.g. cpu or cuda (default: cpu); checkpoints load on CPU")
+    p.add_argument("--limit", type=int, default=0, help="use at most N clips per split (quick runs)")
+    p.add_argument("--subsets", default="talking,t2m", help="comma list of subsets")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[], help=set_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mm2face-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,24 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("vqvae", "stage 1: the motion VQ-VAE"),
                            ("mm2face", "stage 2: the token transformer + audio encoder (needs --vq)")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--data", required=True, help="corpus folder (MMHead layout, real or synthetic)")
-        p.add_argument("--out", required=True, help="output folder")
+        add_run_arguments(p, "model config overrides, e.g. width=128 n_codes=512 (VQConfig) or "
+                             "d_model=192 n_layer=6 (GPTConfig) / audio.window_feats=16 (AudioConfig)")
         p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
         p.add_argument("--batch", type=int, default=None, help="batch per process (vqvae 32, mm2face 16)")
         p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (Adam, betas 0.5/0.999)")
-        p.add_argument("--val-every", type=int, default=250, help="validate every N steps")
         p.add_argument("--save-every", type=int, default=None, help="write OUT/last.pt every N steps")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
         p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-        p.add_argument("--limit", type=int, default=0, help="use at most N clips per split (quick runs)")
-        p.add_argument("--subsets", default="talking,t2m", help="comma list of subsets")
-        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
-                       help="model config overrides, e.g. width=128 n_codes=512 (VQConfig) or "
-                            "d_model=192 n_layer=6 (GPTConfig) / audio.window_feats=16 (AudioConfig)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("--device", default="cpu",
-                       help="torch device for training, e.g. cpu or cuda (default: cpu); checkpoints load on CPU")
         if name == "vqvae":
             p.add_argument("--head", default="standin", choices=["standin", "flame"],
                            help="parameter space of the data (recorded in the checkpoint)")
@@ -83,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="fine-tune: start the GPT and audio encoder from this MM2Face file (its shapes "
                                 "are kept; pass the same file as --vq, e.g. engine/assets/default.pt)")
     p = sub.add_parser("refiner", help="stage 3 (optional): the causal audio refiner on the model's own samples")
-    p.add_argument("--data", required=True, help="corpus folder (MMHead layout, real or synthetic)")
-    p.add_argument("--out", required=True, help="output folder")
+    add_run_arguments(p, "RefinerConfig overrides, e.g. width=96 dilations=[1,2,4]")
     p.add_argument("--init", default="", metavar="CKPT",
                    help="MM2Face file to refine; stages 1-2 stay frozen (default: the shipped default checkpoint)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
@@ -92,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam, betas 0.5/0.999)")
     p.add_argument("--clips", type=int, default=600,
                    help="training clips whose motions are sampled from the model (default 600; ~1 s each on CPU)")
-    p.add_argument("--val-every", type=int, default=250, help="validate every N steps")
     p.add_argument("--w-clip-mean", type=float, default=1.0,
                    help="weight of the per-clip mean error (emotion level, head offset; default 1)")
     p.add_argument("--text-only-loss", choices=["frames", "sorted"], default="frames",
@@ -119,14 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-min", type=float, default=0.0,
                    help="stop training after this many minutes of steps (a last validation first; "
                         "0 = all --steps)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--limit", type=int, default=0, help="use at most N clips per split (quick runs)")
-    p.add_argument("--subsets", default="talking,t2m", help="comma list of subsets")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
-                   help="RefinerConfig overrides, e.g. width=96 dilations=[1,2,4]")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    k = sub.add_parser("closure", help="stage 4 (optional, stand-in head): the lip-contact classifier, trained on "
+                                       "a synthetic corpus's phone timings (engine/closure.py)")
+    k.add_argument("--data", required=True, nargs="+", help="MMHead-layout corpus folder(s) whose synth_meta has phones")
+    k.add_argument("--out", required=True, help="run folder: OUT/model.pt (the --init model with the stage) and log.jsonl")
+    k.add_argument("--init", default="", metavar="CKPT",
+                   help="MM2Face file to add the stage to; the rest stays as it is (default: the shipped default)")
+    k.add_argument("--steps", type=int, default=2500, help="optimiser steps (default 2500)")
+    k.add_argument("--batch", type=int, default=24, help="crops per step (default 24)")
+    k.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, one-cycle)")
+    k.add_argument("--augment-share", type=float, default=0.7,
+                   help="share of crops heard through a random microphone condition (training.augment; default 0.7)")
+    k.add_argument("--time-budget-min", type=float, default=0.0, help="stop after this many minutes (0 = all --steps)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    k.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
+                   help="ClosureConfig overrides, e.g. channels=96 on_p=0.35 jaw_max_rad=0.16")
     c = sub.add_parser("refiner-config", help="change settings of a trained model that keep its weights "
                                               "(the refiner's silent_dims, another file's refiner, the empty "
                                               "style) and write a new model file; no training")
@@ -168,12 +180,39 @@ def refiner_config(args) -> str:
     return str(model.save(args.out))
 
 
+def closure(args) -> str:
+    from mm2face.engine.closure import ClosureConfig
+    from mm2face.engine.model import load_model
+    from mm2face.training.train_closure import ClosureTrainConfig, train_closure
+    try:
+        model = load_model(args.init or None)
+        net_cfg = ClosureConfig(**_kv(args.set))
+    except (FileNotFoundError, TypeError) as e:
+        raise SystemExit(f"mm2face-train closure: {e}") from None
+    cfg = ClosureTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, augment_share=args.augment_share,
+                             seed=args.seed, time_budget_min=args.time_budget_min)
+    try:
+        train_closure(model, args.data, args.out, cfg, net_cfg)
+    except ValueError as e:
+        raise SystemExit(f"mm2face-train closure: {e}") from None
+    return str(Path(args.out) / "model.pt")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.stage == "refiner-config":
         print(f"wrote {refiner_config(args)}")
         return
+    if args.stage == "closure":
+        torch.set_num_threads(max(1, args.threads))
+        print(f"wrote {closure(args)}")
+        return
     torch.set_num_threads(max(1, args.threads))
+    from mm2face.training.trainer import torch_device
+    try:
+        torch_device(args.device)              # a device this machine lacks: say so before loading any data
+    except ValueError as e:
+        raise SystemExit(f"mm2face-train: {e}") from None
     from mm2face.training.dataset import load_clips
     subsets = tuple(s for s in args.subsets.split(",") if s)
     train = load_clips(args.data, "train", subsets, args.limit)

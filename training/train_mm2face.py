@@ -8,7 +8,6 @@ embeddings come from the frozen text encoder once, before training (cached in th
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from mm2face.engine.frame import FRAME_DIM
-from mm2face.training.train_vqvae import cleanup_dist, log_line, lr_at, save_state, setup_dist
+from mm2face.training.trainer import (TimeBudget, cleanup_dist, load_state, log_line, lr_at, make_adam,
+                                      optimizer_step, progress_bar, report, save_state, seed_all, set_lr,
+                                      setup_dist, torch_device)
 
 
 @dataclass
@@ -181,12 +181,12 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
     d = setup_dist()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    seed_all(cfg.seed)
+    dev = torch_device(cfg.device)
     model = build_model(cfg)
     step = 0
-    st = None
-    if cfg.resume and (out / "last.pt").exists():
-        st = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    st = load_state(out, cfg.resume)
+    if st is not None:
         model = MM2Face.from_checkpoint_dict(st["model"])
         step = st["step"]
         if d.main:
@@ -227,7 +227,6 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
     ds = TokenCrops(train_clips, tr_tokens, seed=cfg.seed, motions=norm_motions(train_clips), **kw)
     vds = TokenCrops(val_clips or train_clips, va_tokens, seed=cfg.seed + 999,
                      motions=norm_motions(val_clips or train_clips), **kw)
-    dev = torch.device(cfg.device)
     vbatches = [_collate([vds[i * cfg.batch + j] for j in range(cfg.batch)]) for i in range(4)]
     model.to(dev)
     table = table.to(dev)
@@ -236,7 +235,7 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
 
     stage.to(dev)
     params = [p for p in stage.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999))
+    opt = make_adam(params, cfg.lr)
     if st is not None:
         opt.load_state_dict(st["opt"])
     net = stage
@@ -265,30 +264,26 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
         return prev, b["target"], b["audio"], use_audio, te, use_text, b.get("motion"), wi
 
     t_start = time.time()
-    wall0 = st.get("wall_s", 0.0) if st else 0.0
+    budget = TimeBudget(cfg.time_budget_min, spent_s=st.get("wall_s", 0.0) if st else 0.0)
 
     def state_extra() -> dict:          # what last.pt holds besides model and optimiser
-        return {"wall_s": wall0 + time.time() - t_start, "aux": stage.aux.state_dict()}
+        return {"wall_s": budget.elapsed_s(), "aux": stage.aux.state_dict()}
     best = float("inf")
-    bar = tqdm(total=cfg.steps, initial=step, desc="mm2face", disable=not (progress and d.main), dynamic_ncols=True)
+    bar = progress_bar(cfg.steps, "mm2face", progress and d.main, initial=step)
     stage.train()
     model.vq.eval()
     while step < cfg.steps:
         base = (step * d.world + d.rank) * cfg.batch
         b = _collate([ds[base + j] for j in range(cfg.batch)])
         eff_step, eff_total = step, cfg.steps
-        if cfg.time_budget_min > 0:                 # the schedule follows whichever runs out first
-            frac = (wall0 + time.time() - t_start) / (60 * cfg.time_budget_min)
+        if budget.enabled:                          # the schedule follows whichever runs out first
+            frac = budget.fraction()
             if frac >= 1.0 and d.world == 1:
                 break
             eff_step = max(step, int(frac * cfg.steps))
-        for grp in opt.param_groups:
-            grp["lr"] = lr_at(eff_step, cfg.lr, eff_total)
+        set_lr(opt, lr_at(eff_step, cfg.lr, eff_total))
         loss, acc = net(*batch_inputs(b, True))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.3f}")
@@ -301,9 +296,7 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
             stage.train()
             rec = {"step": step, "val_loss": float(np.mean([x[0].item() for x in vl])),
                    "val_acc": float(np.mean([x[1].item() for x in vl]))}
-            log_line(out, rec)
-            if progress:
-                tqdm.write(json.dumps(rec))
+            report(out, rec, progress)
             if rec["val_loss"] < best:                # keep the best validation model too
                 best = rec["val_loss"]
                 model.info.step = step
@@ -317,7 +310,7 @@ def train_mm2face(cfg: GPTTrainConfig, train_clips, val_clips, progress: bool = 
     path = out / "model.pt"
     if d.main:
         model.info.step = step
-        model.info.meta.update({"gpt_steps": step, "gpt_wall_s": round(wall0 + time.time() - t_start, 1)})
+        model.info.meta.update({"gpt_steps": step, "gpt_wall_s": round(budget.elapsed_s(), 1)})
         model.eval().cpu().save(path)
     cleanup_dist()
     return path

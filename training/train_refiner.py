@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,8 @@ from mm2face.engine.frame import HEAD, JAW
 from mm2face.engine.units import unit
 from mm2face.training.dataset import clip_texts
 from mm2face.training.eval_cli import clip_caption
-from mm2face.training.train_vqvae import dim_weights, log_line, lr_at
+from mm2face.training.trainer import (TimeBudget, dim_weights, log_line, lr_at, make_adam, optimizer_step,
+                                      progress_bar, report, seed_all, set_lr, torch_device)
 
 
 @dataclass
@@ -105,7 +105,7 @@ def sample_inputs(model, clips, seed: int, progress: bool = True, desc: str = "s
     sc = StreamConfig()
     out: list = [None] * len(clips)
     order = sorted(range(len(clips)), key=lambda i: len(clips[i].motion))
-    bar = tqdm(total=len(clips), desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(clips), desc, progress)
     for b0 in range(0, len(clips), max(1, batch)):
         idx = order[b0:b0 + max(1, batch)]
         group = [clips[i] for i in idx]
@@ -336,8 +336,8 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng = seed_all(cfg.seed)
+    dev = torch_device(cfg.device)
     init = cfg.init or str(default_checkpoint_path())
     model = load_model(init)
     sc = StreamConfig()
@@ -365,7 +365,6 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
     states = text_states(model, [t for p in data.values() for it in p for t in it["texts"]],
                          out / "text_states.pt", progress)
     rcfg = RefinerConfig(**cfg.refiner)
-    dev = torch.device(cfg.device)
     old = model.refiner.state_dict() if (cfg.warm_start and model.refiner is not None) else None
     model.attach_refiner(rcfg)
     same = {}
@@ -394,29 +393,26 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
                          f"{sorted({n.split('.')[0] for n, _ in ref.named_parameters()})}")
     for n, p in ref.named_parameters():
         p.requires_grad_(n not in frozen)
-    opt = torch.optim.Adam([p for p in ref.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.999))
+    opt = make_adam([p for p in ref.parameters() if p.requires_grad], cfg.lr)
     vb = _batch(data["val"], model.down, dev, states, front=front)
     with torch.no_grad():
         base_val = _loss(model, w, vb, cfg.w_vel, text_only_loss=cfg.text_only_loss)[1].item()
     # the error at step 0: of the sampled motions (a new refiner is the identity) or of the warm start
     base_key = "val_rec_start" if old is not None else "val_rec_unrefined"
     best, best_state, best_step, t_start = float("inf"), None, 0, time.time()
+    budget = TimeBudget(cfg.time_budget_min)
     if old is not None:          # a warm start competes too: a run that never beats it returns it unchanged
         best, best_state = base_val, _snapshot(ref)
-    bar = tqdm(total=cfg.steps, desc="refiner", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(cfg.steps, "refiner", progress)
     tr = data["train"]
     last_step = cfg.steps
     for step in range(1, cfg.steps + 1):
-        out_of_time = cfg.time_budget_min > 0 and time.time() - t_start > 60 * cfg.time_budget_min
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step - 1, cfg.lr, cfg.steps)
+        out_of_time = budget.over()
+        set_lr(opt, lr_at(step - 1, cfg.lr, cfg.steps))
         items = [tr[i] for i in rng.integers(len(tr), size=cfg.batch)]
         b = _batch(items, model.down, dev, states, cfg.style_drop, rng, front)
         loss, rec, _ = _loss(model, w, b, cfg.w_vel, cfg.w_clip_mean, cfg.text_only_loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, ref.parameters())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 50 == 0 or step == 1:
@@ -432,9 +428,7 @@ def train_refiner(cfg: RefinerTrainConfig, train_clips, val_clips, progress: boo
             rec_val = {"step": step, "val_rec": vrec.item(), base_key: base_val,
                        "val_jaw_mae_rad": jaw, "val_jaw_mae_rad_unrefined": jaw0,
                        "val_head_mae_rad": head, "val_head_mae_rad_unrefined": head0}
-            log_line(out, rec_val)
-            if progress:
-                tqdm.write(json.dumps(rec_val))
+            report(out, rec_val, progress)
             if vrec.item() < best:
                 best, best_step = vrec.item(), step
                 best_state = _snapshot(ref)

@@ -1,4 +1,4 @@
-"""Stage 1 trainer: the motion VQ-VAE, plus the helpers both trainers share (DDP, schedule, state files).
+"""Stage 1 trainer: the motion VQ-VAE (helpers shared by all trainers: ``training/trainer.py``).
 
 Loss, in normalised units: weighted MSE of the reconstruction (jaw and mouth dimensions weigh more,
 lip sync lives there) + ``w_vel`` x the same on frame-to-frame velocity + commitment. The codebook
@@ -7,96 +7,16 @@ environment and gradients and codebook statistics are averaged across processes.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from tqdm import tqdm
 
-from mm2face.engine.frame import FRAME_DIM, HEAD, JAW
-from mm2face.engine.units import UNIT_INDEX
-
-MOUTH_UNITS = ("upper_lip_raiser", "lip_corner_puller_left", "lip_corner_puller_right", "lower_lip_depressor",
-               "chin_raiser", "lip_pucker", "lip_stretcher", "lip_funneler", "lip_tightener", "lip_pressor",
-               "lips_part")
-
-
-# ---- shared helpers --------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_dist() -> Dist:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("MM2FACE_NCCL") else "gloo"
-        dist.init_process_group(backend)
-        import atexit
-        atexit.register(_destroy_at_exit)
-    if dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size())
-    return Dist()
-
-
-def cleanup_dist():
-    """Wait for all processes; the group stays up (a second trainer in the same process reuses it)
-    and is destroyed at exit."""
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _destroy_at_exit():
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def lr_at(step: int, base: float, total: int, warmup: int = 100) -> float:
-    """Linear warmup, then cosine decay to 10 % of ``base``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def save_state(path: Path, model, opt, step: int, train_cfg: dict, extra: dict | None = None):
-    """Trainer state: the model checkpoint (rebuildable alone) + optimiser + step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.info.step = step
-    state = {"model": model.checkpoint_dict(), "opt": opt.state_dict(), "step": step, "train_cfg": train_cfg,
-             **(extra or {})}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def log_line(out: Path, rec: dict):
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
-def dim_weights(head: str, w_jaw: float, w_mouth: float, w_head: float = 1.0) -> torch.Tensor:
-    w = torch.ones(FRAME_DIM)
-    w[JAW] = w_jaw
-    w[HEAD] = w_head
-    if head == "standin":
-        for u in MOUTH_UNITS:
-            w[UNIT_INDEX[u]] = w_mouth
-    else:                                   # FLAME: the first PCA components carry most mouth motion
-        w[:10] = w_mouth
-    return w / w.mean()
-
+from mm2face.engine.frame import HEAD, JAW
+from mm2face.training.trainer import (cleanup_dist, dim_weights, load_state, log_line, lr_at, make_adam,
+                                      optimizer_step, progress_bar, report, save_state, seed_all, set_lr,
+                                      setup_dist, torch_device)
 
 # ---- stage 1 ---------------------------------------------------------------------------------
 @dataclass
@@ -130,7 +50,8 @@ def train_vqvae(cfg: VQTrainConfig, train_clips, val_clips, progress: bool = Tru
     d = setup_dist()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    seed_all(cfg.seed)
+    dev = torch_device(cfg.device)
     mean, std = motion_stats(train_clips)
     model = MM2Face(VQConfig(**cfg.vq), GPTConfig(n_layer=1, d_model=32, n_head=1),
                     AudioConfig(hidden=32, layers=1, heads=1, ffn=32, conv_dim=16, window_feats=8),
@@ -138,14 +59,14 @@ def train_vqvae(cfg: VQTrainConfig, train_clips, val_clips, progress: bool = Tru
     model.set_norm(mean, std)
     vq = model.vq
     params = [p for p in vq.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999))
+    opt = make_adam(params, cfg.lr)
     step = 0
-    if cfg.resume and (out / "last.pt").exists():
-        st = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    st = load_state(out, cfg.resume)
+    if st is not None:
         model = MM2Face.from_checkpoint_dict(st["model"]).train()
         vq = model.vq
         params = [p for p in vq.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999))
+        opt = make_adam(params, cfg.lr)
         opt.load_state_dict(st["opt"])
         step = st["step"]
         if d.main:
@@ -153,7 +74,6 @@ def train_vqvae(cfg: VQTrainConfig, train_clips, val_clips, progress: bool = Tru
     mean_t, std_t = model.mean.numpy(), model.std.numpy()
     ds = MotionWindows(train_clips, mean_t, std_t, window=cfg.window, seed=cfg.seed)
     vds = MotionWindows(val_clips or train_clips, mean_t, std_t, window=cfg.window, seed=cfg.seed + 999)
-    dev = torch.device(cfg.device)
     model.to(dev)
     vbatch = torch.stack([vds[i] for i in range(min(128, max(cfg.batch, 16)))]).to(dev)
     net = vq
@@ -161,21 +81,17 @@ def train_vqvae(cfg: VQTrainConfig, train_clips, val_clips, progress: bool = Tru
         net = torch.nn.parallel.DistributedDataParallel(vq)
     w = dim_weights(cfg.head, cfg.w_jaw, cfg.w_mouth, cfg.w_head).to(dev)
     t_start = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc="vqvae", disable=not (progress and d.main), dynamic_ncols=True)
+    bar = progress_bar(cfg.steps, "vqvae", progress and d.main, initial=step)
     model.train()
     while step < cfg.steps:
         base = (step * d.world + d.rank) * cfg.batch
         x = torch.stack([ds[base + j] for j in range(cfg.batch)]).to(dev)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.lr, cfg.steps)
+        set_lr(opt, lr_at(step, cfg.lr, cfg.steps))
         rec, commit, codes = net(x)
         rec_l = ((rec - x).pow(2) * w).mean()
         vel_l = ((rec[:, 1:] - rec[:, :-1]) - (x[:, 1:] - x[:, :-1])).pow(2).mul(w).mean()
         loss = rec_l + cfg.w_vel * vel_l + vq.cfg.commit * commit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         step += 1
         used = int(torch.unique(codes).numel())
         bar.update(1)
@@ -194,8 +110,7 @@ def train_vqvae(cfg: VQTrainConfig, train_clips, val_clips, progress: bool = Tru
             rec_val = {"step": step, "val_rec": rec_v, "val_jaw_mae_rad": jaw,
                        "val_head_mae_rad": raw_err[..., HEAD].mean().item(),
                        "val_mae": raw_err.mean().item(), "val_codes": int(torch.unique(c).numel())}
-            log_line(out, rec_val)
-            tqdm.write(json.dumps(rec_val)) if progress else None
+            report(out, rec_val, progress)
         if d.main and (step % cfg.save_every == 0 or step == cfg.steps):
             save_state(out / "last.pt", model, opt, step, asdict(cfg), {"wall_s": time.time() - t_start})
     bar.close()
