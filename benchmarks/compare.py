@@ -79,11 +79,14 @@ def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 40, device="cpu", kv
             # interleaved, so that both see the same machine load
             kv, pre, kvb, cold, coldb = [], [], [], [], []
             n_pre = max(5, reps // (1 + n // 150))
-            backend_step = model.__dict__.get("g_logits")        # the backend's G step, if one is installed
-            bcache = g.new_cache()
-            if backend_step is not None:
+            backend_step = None                                  # the backend's G step, if one is set
+            runner = getattr(model, "runner", None)
+            if runner is not None and runner.name != "eager":
+                from mm2face.engine.batch_state import KVRing
+                bkv = KVRing(c, 2, dev)                          # one stream's ring, as a session holds it
+                backend_step = lambda: runner.g_logits(prev, av, text, bkv, [0], 2.0)
                 for _ in range(min(n, c.ctx_tokens + 2)):
-                    backend_step(prev, av, text, bcache, 2.0)
+                    backend_step()
             kv_per_prefix = max(2, int(kv_per_prefix))
             for i in range(n_pre * kv_per_prefix):
                 after_prefix = i % kv_per_prefix == 0 and i > 0
@@ -94,7 +97,7 @@ def kv_vs_prefix(model, contexts_s=(5, 10, 30), reps: int = 40, device="cpu", kv
                 (cold if after_prefix else kv).append(time.perf_counter() - t)
                 if backend_step is not None:
                     t = time.perf_counter()
-                    backend_step(prev, av, text, bcache, 2.0)
+                    backend_step()
                     _sync(dev)
                     (coldb if after_prefix else kvb).append(time.perf_counter() - t)
                 if i % kv_per_prefix == kv_per_prefix - 1:

@@ -35,6 +35,7 @@ neither queued input nor a ready hop left.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import threading
 import time
@@ -42,6 +43,7 @@ from typing import Callable, Hashable
 
 import numpy as np
 
+from mm2face.engine.batch_state import BatchState
 from mm2face.engine.session import Frame, StreamSession, step_sessions
 
 SPEAKING_HOLD_S = 1.0      # a session counts as speaking this long after its last real audio arrived
@@ -78,7 +80,10 @@ class SessionBatcher:
                  on_step: Callable[[float, int], None] | None = None,
                  speaking_hold_s: float = SPEAKING_HOLD_S):
         self.model = model
-        self.step_fn = step_sessions
+        # the model state of all its sessions, a row each (engine/batch_state.py): a session joins it at
+        # its first hop here (in the worker) and leaves it when removed
+        self.state = BatchState(model, device=device)
+        self.step_fn = functools.partial(step_sessions, state=self.state)
         self.device = device
         self.max_batch = max(1, int(max_batch))
         self.on_frames = on_frames
@@ -114,6 +119,7 @@ class SessionBatcher:
                 return None
             slot.removed = True
             waiters, slot.waiters = slot.waiters, []
+        self.state.release(slot.session)          # its row is freed at the next round (the worker's)
         for fn in waiters:
             fn(None)
         return slot.session

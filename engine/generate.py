@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mm2face.engine.batch_state import KVRing
 from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.session import StreamConfig, add_blinks, mouth_dims
+from mm2face.engine.runners import runner_for
 from mm2face.engine.style import GestureTrack, resolve_style
 from mm2face.engine.vad import VadConfig, vad_frame_weights
 
@@ -54,11 +56,12 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
     style = resolve_style(text, model.text_encoder, parse_styles)   # the caption the model reads, gestures
     text_emb = model.text_embed(style.caption).to(dev)[None]
     gen = torch.Generator().manual_seed(int(seed))
-    cache = model.gpt.new_cache()
+    runner = runner_for(model)                       # the G step a StreamSession runs, on the same ring cache
+    kv = KVRing(model.gpt.cfg, 2, dev)               # one stream: rows 0 (with the style) and 1 (null style)
     prev = model.gpt.bos
     toks = []
     for t in range(n_tok):
-        logits = model.g_logits(torch.tensor([prev], device=dev), av[t:t + 1], text_emb, cache, guidance)
+        logits = runner.g_logits(torch.tensor([prev], device=dev), av[t:t + 1], text_emb, kv, [0], guidance)
         prev = int(model.sample(logits[0], temperature, top_k, gen))
         toks.append(prev)
     codes = torch.tensor(toks, device=dev)[None]

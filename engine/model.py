@@ -23,6 +23,7 @@ from mm2face.engine.audio_encoder import AudioConfig, AudioEncoder
 from mm2face.engine.frame import EXP, FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.engine.gpt import GPTConfig, KVCache, MotionGPT
 from mm2face.engine.refiner import Refiner, RefinerConfig
+from mm2face.engine.runners import guide
 from mm2face.engine.vqvae import VQConfig, VQVAE
 
 SCHEMA_VERSION = 1
@@ -58,6 +59,8 @@ class MM2Face(nn.Module):
         self.gpt = MotionGPT(gpt_cfg)
         self.audio = AudioEncoder(audio_cfg)
         self.refiner: Refiner | None = None        # optional stage 3, see attach_refiner()
+        self.runner = None                         # what runs the per-hop work (engine/runners.py; None = eager),
+                                                   # set by engine/backends.py apply_backend
         self.info = info or ModelInfo()
         self.register_buffer("mean", torch.zeros(FRAME_DIM))
         self.register_buffer("std", torch.ones(FRAME_DIM))
@@ -149,9 +152,7 @@ class MM2Face(nn.Module):
         two = lambda a, b: torch.stack([a, b], 1).reshape(2 * B, *a.shape[1:])    # rows: b cond, b uncond
         logits = self.gpt(two(prev, prev)[:, None], two(audio_vec, audio_vec)[:, None],
                           two(text_emb, null)[:, None], cache)[:, -1].view(B, 2, -1)
-        cond, unc = logits[:, 0], logits[:, 1]
-        g = torch.as_tensor(guidance, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
-        return unc + g * (cond - unc)
+        return guide(logits, guidance)
 
     @staticmethod
     def token_probs(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:

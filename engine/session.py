@@ -17,7 +17,11 @@ encoder on a sliding window, one G step with a bounded (sliding) KV cache, and D
 ``receptive_tokens`` tokens; the work per hop is constant on an endless stream.
 
 :func:`step_sessions` runs one hop for several sessions as one batched call (cross-session batching);
-:meth:`StreamSession.poll` uses it with a single session, so both paths are the same code.
+:meth:`StreamSession.poll` uses it with a single session, so both paths are the same code. The model
+state that a hop carries to the next (KV cache, the audio encoder's feature window, the refiner's past)
+is a row of a :class:`~mm2face.engine.batch_state.BatchState`: a session starts with a one-row state of
+its own and moves into a scheduler's shared one when it joins it. The model parts run through the
+model's runner (:mod:`mm2face.engine.runners`, chosen by :func:`~mm2face.engine.backends.apply_backend`).
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ import torch
 
 from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
 from mm2face.engine.frame import FPS, JAW, SAMPLES_PER_FRAME
-from mm2face.engine.gpt import KVCache, stack_caches, unstack_cache
+from mm2face.engine.batch_state import BatchState
 from mm2face.engine.style import GestureTrack, resolve_style
+from mm2face.engine.runners import runner_for
 from mm2face.engine.units import UNIT_INDEX
 from mm2face.engine.vad import VadConfig, VadStream
 
@@ -163,7 +168,9 @@ class StreamSession:
         self.fpt = m.audio.cfg.feats_per_token
         self.la = m.audio.cfg.lookahead_feats
         self.gen = torch.Generator().manual_seed(int(self.cfg.seed))
-        self.cache = m.gpt.new_cache()
+        self.batch_state: BatchState | None = None         # the state holding this session's row (set by join)
+        self.row: int | None = None
+        BatchState(m, 1, self.device).join(self)          # a one-row state of its own until a scheduler's takes it
         self.prev = m.gpt.bos
         self.hist: list[int] = []                          # last receptive_tokens tokens
         self.k = 0                                         # next token to compute
@@ -174,9 +181,6 @@ class StreamSession:
         self.n_in = 0
         self.n_real = 0                                    # samples pushed by the caller (not inserted)
         self.arrivals = _Arrivals()                        # when each stretch of the timeline arrived
-        with torch.no_grad():                              # features -W..-1 see only zeros
-            z = torch.zeros(1, self.W * FEAT_HOP + FEAT_PAD, device=self.device)
-            self.feats = m.audio.cnn(z)[0]                 # (W, C) last W CNN features
         self.feat_next = 0                                 # next CNN feature index to compute
         # style
         self.style = style
@@ -200,7 +204,6 @@ class StreamSession:
         self.front_samples = front.window_samples if front is not None else 0   # audio the refiner's front reads
         # audio kept before the next token's start: the CNN's past features need 2 tokens, the front its window
         self.keep_back = max(2 * self.spt, self.front_samples - self.spt - self.look)
-        self.ref_state: list | None = None            # the refiner's streaming state, see _refine
         self.ref_head = None                          # its head offset of the last token (down * 3,)
         self.ref_head_from = None                     # the offset a new style fades from (None = rest)
         self.style_k0 = 0                             # token at which the current style text was set
@@ -410,14 +413,18 @@ class StreamSession:
 
 
 @torch.no_grad()
-def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
-    """Run one hop for every session in ``sessions`` (each must have ``hop_ready()``) as batched calls;
+def step_sessions(sessions: list[StreamSession], state: BatchState | None = None) -> list[list[Frame]]:
+    """Run one hop for every session in ``sessions`` (each must have ``hop_ready()``) as batched calls
+    over the rows of ``state`` (default: the first session's state; sessions held elsewhere join it);
     the new frames are appended to each session's pending list (returned by its next ``poll()``) and
-    also returned here. ``poll()`` calls it with one session, so single and batched paths are one code.
+    also returned here, in the order of ``sessions``. ``poll()`` calls it with one session, so single
+    and batched paths are one code.
 
-    * the CNN feature step of all sessions whose new audio has the same length: one call;
-    * one audio-encoder call over all windows, one G step over the stacked caches (equal-length
-      caches are concatenated, others left-padded with a key mask), D grouped by history length;
+    * the CNN feature step of all sessions whose new audio has the same length: one call, its
+      features written into the state's feature windows;
+    * one audio-encoder call over all windows, one G step over the sessions' KV-ring rows, stepped
+      in place (:meth:`Runner.g_logits`), D grouped by history length, one refiner step over the
+      rows' refiner pasts;
     * sampling: one batched top-k/softmax and one device-to-host copy; each session still draws
       from its own generator, so a session's frames do not depend on who shares its batch
       (``tests/test_batching_sessions.py``).
@@ -425,7 +432,23 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
     """
     if not sessions:
         return []
-    model = sessions[0].model
+    if state is None:
+        sessions[0].batch_state.apply_released()       # a session released from a scheduler's state moves out
+        state = sessions[0].batch_state
+    with state.lock:
+        state.join_all(sessions)
+        order = sorted(range(len(sessions)), key=lambda i: sessions[i].row)   # rows in order: views, not copies
+        out = _hop(state, [sessions[i] for i in order])
+    result: list = [None] * len(sessions)
+    for i, frames in zip(order, out):
+        result[i] = frames
+    return result
+
+
+def _hop(state: BatchState, sessions: list[StreamSession]) -> list[list[Frame]]:
+    """:func:`step_sessions` for ``sessions`` that hold rows of ``state``, sorted by row."""
+    model = state.model
+    runner = runner_for(model)
     for s in sessions:
         if s.model is not model:
             raise ValueError("step_sessions: all sessions must share one model")
@@ -433,6 +456,7 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
             raise ValueError("step_sessions: a session has no ready hop (check hop_ready() first)")
     dev = sessions[0].device
     N = len(sessions)
+    rows = [s.row for s in sessions]
     t0 = time.perf_counter()
     # -- CNN features, grouped by the length of the new audio segment
     segs, nulls, ends = [], [], []
@@ -444,21 +468,18 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
         segs.append(x)
         nulls.append(bool(own.all()))
         ends.append(f_end)
-    wins: list = [None] * N
     by_len: dict[int, list[int]] = {}
     for i, x in enumerate(segs):
         by_len.setdefault(len(x), []).append(i)
     for _, idx in by_len.items():
         x = torch.from_numpy(np.stack([segs[i] for i in idx])).to(dev)
         new = model.audio.cnn(x)                                              # (n, F_new, C)
-        old = torch.stack([sessions[i].feats for i in idx])                   # (n, W, C)
-        W = sessions[idx[0]].W
-        w = torch.cat([old, new], 1)[:, -W:]
-        for j, i in enumerate(idx):
-            sessions[i].feats = w[j]
+        at = state.rows_index([rows[i] for i in idx])
+        state.feats[at] = torch.cat([state.feats[at], new], 1)[:, -state.W:]   # the windows slide in place
+        for i in idx:
             sessions[i].feat_next = ends[i]
-            wins[i] = w[j]
-    av = model.audio.encode_windows(torch.stack(wins))                        # (N, d_model)
+    wins = state.feats[state.rows_index(rows)]                                # (N, W, C)
+    av = runner.encode_audio(wins)                                            # (N, d_model)
     null = torch.tensor(nulls, device=dev)
     av = torch.where(null[:, None], model.gpt.null_audio.detach()[None].expand_as(av), av)
     t1 = time.perf_counter()
@@ -466,13 +487,7 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
     prev = torch.tensor([s.prev for s in sessions], device=dev)
     text = torch.stack([s._style_emb(s.k) for s in sessions])
     guid = torch.tensor([s.guidance for s in sessions], device=dev)
-    if N == 1:
-        logits = model.g_logits(prev, av, text, sessions[0].cache, guid)
-    else:
-        cache = _stack_equal(sessions) or stack_caches([s.cache for s in sessions], [2] * N)
-        logits = model.g_logits(prev, av, text, cache, guid)
-        for s, c in zip(sessions, unstack_cache(cache, [2] * N, [s.cache.t + 1 for s in sessions])):
-            s.cache = c
+    logits = runner.g_logits(prev, av, text, state.kv, [2 * r for r in rows], guid)   # rows stepped in place
     toks = _sample_batch(model, logits, sessions)
     t2 = time.perf_counter()
     # -- D on each session's last receptive_tokens tokens, grouped by history length
@@ -483,11 +498,11 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
     for i, h in enumerate(hists):
         groups.setdefault(len(h), []).append(i)
     for _, idx in groups.items():
-        out = model.vq.decode_last(torch.tensor([hists[i] for i in idx], device=dev))   # (n, down, 56)
+        out = runner.decode(torch.tensor([hists[i] for i in idx], device=dev))   # (n, down, 56)
         for j, i in enumerate(idx):
             frames_norm[i] = out[j]
     if model.refiner is not None:
-        frames_norm = _refine(model, sessions, av, frames_norm, null)
+        frames_norm = _refine(model, state, sessions, av, frames_norm, null)
     t3 = time.perf_counter()
     result = []
     for i, s in enumerate(sessions):
@@ -502,9 +517,9 @@ def step_sessions(sessions: list[StreamSession]) -> list[list[Frame]]:
     return result
 
 
-def _refine(model, sessions, av, frames_norm, null) -> list:
+def _refine(model, state: BatchState, sessions, av, frames_norm, null) -> list:
     """Stage 3 (the refiner) for one token of every session: one batched :meth:`Refiner.step` over the
-    sessions' streaming states (each block's last inputs; same shapes for all, so no grouping) and, with
+    sessions' rows of ``state.ref`` (each block's last inputs; same shapes for all, so no grouping) and, with
     an audio front, the audio windows that end at each token's own end + lookahead; ``null (N,)`` True
     where the token has no audio."""
     r = model.refiner
@@ -513,37 +528,22 @@ def _refine(model, sessions, av, frames_norm, null) -> list:
     if r.front is not None:
         window = torch.from_numpy(np.stack([s._samples(s.heard_end - s.front_samples, s.heard_end)[0]
                                             for s in sessions]))
-    for s in sessions:
-        if s.ref_state is None:
-            s.ref_state = r.initial_state(1, dev)
+    at = state.rows_index([s.row for s in sessions])
     codes = [s._refiner_code(s.k) for s in sessions]
-    state = [torch.cat(parts) for parts in zip(*(s.ref_state for s in sessions))]
+    past = [x[at] for x in state.ref]
     head_from = None
     if r.head_out is not None:
         head_from = torch.stack([s.ref_head_from if s.ref_head_from is not None
                                  else torch.zeros(3 * model.down, device=dev) for s in sessions])
-    out, state, head = r.step(state, av, torch.stack(list(frames_norm)),
+    out, past, head = r.step(past, av, torch.stack(list(frames_norm)),
                               None if codes[0] is None else torch.stack(codes),
                               torch.tensor([s.k - s.style_k0 for s in sessions], device=dev), head_from,
                               None if window is None else window.to(dev), null)
+    for x, p in zip(state.ref, past):
+        x[at] = p
     for i, s in enumerate(sessions):
-        s.ref_state = [st[i:i + 1] for st in state]
         s.ref_head = None if head is None else head[i]
     return list(out)
-
-
-def _stack_equal(sessions):
-    """Concatenate the sessions' KV caches when all have the same length and no padding; else None."""
-    caches = [s.cache for s in sessions]
-    L = caches[0].length
-    if L == 0 or any(c.length != L or c.valid is not None for c in caches):
-        return None
-    out = KVCache(len(caches[0].k), caches[0].ctx)
-    out.t = -1
-    for l in range(len(out.k)):
-        out.k[l] = torch.cat([c.k[l] for c in caches])
-        out.v[l] = torch.cat([c.v[l] for c in caches])
-    return out
 
 
 def _sample_batch(model, logits, sessions) -> list[int]:

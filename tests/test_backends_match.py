@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from mm2face.engine.backends import TOLERANCE, BackendUnavailable, apply_backend, backend_status, bucket
+from mm2face.engine.batch_state import KVRing
 from mm2face.engine.batching import SessionBatcher
 from mm2face.engine.model import MM2Face
+from mm2face.engine.runners import EagerRunner, Runner, StaticRunner, runner_for
 from mm2face.engine.session import StreamConfig, StreamSession
 
 
@@ -14,19 +16,20 @@ def audio(seconds, seed=0):
 
 
 def parts(model, n_rows=3, seed=0):
-    """Outputs of the three per-hop parts on fixed random inputs, with a half-full cache."""
+    """Outputs of the model's runner's three parts on fixed random inputs, with a half-full KV ring."""
     g = torch.Generator().manual_seed(seed)
     c = model.gpt.cfg
-    cache = model.gpt.new_cache()
+    runner = runner_for(model)
     B = n_rows
+    kv = KVRing(c, 2 * B, "cpu")
     text = torch.randn(B, c.d_text, generator=g)
-    for t in range(5):               # fill 5 tokens of cache through the model's own step
-        logits = model.g_logits(torch.randint(0, c.n_codes, (B,), generator=g), torch.randn(B, c.d_model, generator=g),
-                                text, cache, 2.0)
+    for t in range(5):               # fill 5 tokens of cache through the runner's own step
+        logits = runner.g_logits(torch.randint(0, c.n_codes, (B,), generator=g),
+                                 torch.randn(B, c.d_model, generator=g), text, kv, [0, 2, 4], 2.0)
     wins = torch.randn(B, model.audio.cfg.window_feats, model.audio.cnn_channels, generator=g)
     codes = torch.randint(0, c.n_codes, (B, model.vq.receptive_tokens + 2), generator=g)
     with torch.no_grad():
-        return logits, model.audio.encode_windows(wins), model.vq.decode_last(codes)
+        return logits, runner.encode_audio(wins), runner.decode(codes)
 
 
 def stream(model, seconds=1.5):
@@ -49,6 +52,11 @@ def test_backend_matches_eager(ref, name, opts, tmp_path):
     # exporting through a wrapper module once left the model in training mode (dropout in every eager
     # fallback and in the benchmarks' eager comparisons)
     assert not [n for n, mod in m.named_modules() if mod.training]
+    # the backend is an explicit runner; nothing of the model is replaced, and guidance is combined by
+    # the one shared Runner.g_logits
+    assert m.runner.name == name and isinstance(m.runner, StaticRunner)
+    assert not {"g_logits", "forward"} & set(vars(m)) and "encode_windows" not in vars(m.audio)
+    assert type(m.runner).g_logits is Runner.g_logits
     lg2, av2, fr2 = parts(m)
     tol_logits, tol_frames = TOLERANCE[name] if name != "compile" else TOLERANCE["static"]
     assert (lg2 - lg).abs().max() <= max(tol_logits, 1e-5)
@@ -64,6 +72,7 @@ def test_int8_stays_close_and_is_a_copy(ref):
     base = MM2Face.random(seed=0, small=True)
     q = apply_backend(base, "int8")
     assert q is not base and type(base.gpt.head) is torch.nn.Linear      # the original is untouched
+    assert isinstance(q.runner, EagerRunner) and q.runner.model is q
     lg2, _, fr2 = parts(q)
     assert (lg2 - lg).abs().max() <= TOLERANCE["int8"][0]
     assert np.isfinite(stream(q)).all()
