@@ -4,7 +4,7 @@ Examples::
 
     mm2face-live --demo                              # bundled speech; window, or an MP4 when headless
     mm2face-live --mic --serve                       # default microphone -> ws://127.0.0.1:8765
-    mm2face-live --mic --device pulse --serve --view # a named PortAudio device, plus the viewer
+    mm2face-live --mic --input-device pulse --serve --view   # a named PortAudio device, plus the viewer
     mm2face-live --wav talk.wav --loop --serve --mqtt 127.0.0.1:1883
     mm2face-live --mic --livelink 192.168.1.20 --vmc 127.0.0.1   # Unreal Live Link Face, VSeeFace/VMC
     mm2face-live --serve --style "a cheerful host"   # text-only: idle motion from the style alone
@@ -20,6 +20,7 @@ import faulthandler
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--demo", action="store_true",
                    help="the bundled speech sample; opens the viewer where there is a display, otherwise "
                         "writes an MP4 with the audio (see --out)")
-    src.add_argument("--device", metavar="NAME", help="input device name or part of it (default: the system default)")
+    src.add_argument("--input-device", metavar="NAME",
+                     help="input device name or part of it (default: the system default; see --list-devices)")
     src.add_argument("--audio-backend", choices=("sounddevice", "pyaudio"), default="sounddevice",
                      help="PortAudio binding for --mic (default: %(default)s)")
     src.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
@@ -90,9 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--ckpt", metavar="PATH", help="model checkpoint (default: the bundled default checkpoint)")
     out.add_argument("--random-model", action="store_true",
                      help="use an untrained small random model (wiring tests only; the face moves meaninglessly)")
-    out.add_argument("--compute", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
+    out.add_argument("--device", default=None, metavar="TORCH_DEVICE",
+                     help="torch device for the model, e.g. cpu or cuda (default: cpu), as in every mm2face tool")
+    out.add_argument("--compute", default=None, metavar="TORCH_DEVICE",
+                     help="deprecated spelling of --device (removed in 0.2)")
     out.add_argument("--backend", default="auto",
-                     help="inference backend: auto (the engine's measured default for --compute), eager, static, "
+                     help="inference backend: auto (the engine's measured default for --device), eager, static, "
                           "compile, int8, onnx or tensorrt (default: %(default)s)")
     out.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     out.add_argument("--out", metavar="FILE.mp4", default="runs/mm2face-live-demo.mp4",
@@ -104,6 +109,29 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--quiet", action="store_true", help="no status line")
     out.add_argument("-v", "--verbose", action="store_true", help="log details")
     return ap
+
+
+# torch's device types, with an optional index: what --device names (anything else was an audio input before 0.2)
+TORCH_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|hip|meta|hpu|mtia|xla|ipu|vulkan|privateuseone)(:\d+)?$")
+
+
+def resolve_device_arguments(args) -> list[str]:
+    """``--device`` is the torch device in every mm2face tool. Until 0.2 the old spellings still work:
+    ``--device NAME`` that is no torch device is taken as the audio input (``--input-device``), and
+    ``--compute`` as ``--device``. Sets ``args.device`` (default cpu) and ``args.input_device``; returns
+    the deprecation notes to print."""
+    notes = []
+    if args.device is not None and not TORCH_DEVICE.match(args.device) and args.input_device is None:
+        notes.append(f"--device {args.device!r} as the audio input is deprecated (removed in 0.2); use "
+                     f"--input-device {args.device!r}. --device now names the torch device (cpu, cuda ...)")
+        args.input_device, args.device = args.device, None
+    if args.compute is not None:
+        notes.append("--compute is deprecated (removed in 0.2); use --device (the torch device, as in the other tools)")
+        if args.device is None:
+            args.device = args.compute
+    if args.device is None:
+        args.device = "cpu"
+    return notes
 
 
 def has_display() -> bool:
@@ -200,14 +228,14 @@ def load_the_model(args):
         torch.set_num_threads(args.threads)
     from mm2face.engine.model import MM2Face, default_checkpoint_path, load_model
     if args.random_model:
-        return MM2Face.random(seed=0, small=True).to(args.compute).eval()
+        return MM2Face.random(seed=0, small=True).to(args.device).eval()
     path = args.ckpt
     if path is None and not default_checkpoint_path().exists():
         raise SystemExit(f"mm2face-live: no default checkpoint at {default_checkpoint_path()}. Train one "
                          "(mm2face-train), pass --ckpt PATH, or use --random-model to test the wiring.")
     if path is not None and not Path(path).exists():
         raise SystemExit(f"mm2face-live: checkpoint not found: {path}")
-    return load_model(path, device=args.compute).eval()
+    return load_model(path, device=args.device).eval()
 
 
 def with_backend(model, args):
@@ -217,14 +245,14 @@ def with_backend(model, args):
         from mm2face.engine.backends import BackendUnavailable, apply_backend, default_backend
     except ImportError:          # an engine without backends: plain eager PyTorch
         return model
-    name = default_backend(args.compute) if args.backend == "auto" else args.backend
+    name = default_backend(args.device) if args.backend == "auto" else args.backend
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")          # exporter/tracer chatter
-            model = apply_backend(model, name, device=args.compute)
+            model = apply_backend(model, name, device=args.device)
     except (BackendUnavailable, ValueError) as e:
         raise SystemExit(f"mm2face-live: backend {name!r} is not available here: {e}") from None
-    log.info("inference backend: %s on %s", name, args.compute)
+    log.info("inference backend: %s on %s", name, args.device)
     return model
 
 
@@ -250,7 +278,7 @@ async def amain(args) -> int:
     source = None
     try:
         if args.mic:
-            source = sources.MicSource(args.device, args.audio_backend)
+            source = sources.MicSource(args.input_device, args.audio_backend)
         elif args.wav:
             source = sources.WavSource(args.wav, loop=args.loop or (args.demo and not demo_headless))
     except (sources.DeviceError, AudioFileError) as e:
@@ -264,7 +292,7 @@ async def amain(args) -> int:
         cfg.guidance = args.guidance
     cfg.vad = not args.no_vad
     cfg.parse_styles = not args.raw_styles
-    make_session = lambda style: StreamSession(model, cfg, style=style, device=args.compute)  # noqa: E731
+    make_session = lambda style: StreamSession(model, cfg, style=style, device=args.device)  # noqa: E731
     serving = args.serve or args.view or args.demo
     limits = admission.limits_from_args(args, make_session if serving else None, batched=not args.no_batch,
                                         log=lambda line: print(f"mm2face-live: {line}", file=sys.stderr))
@@ -489,8 +517,10 @@ def main(argv=None) -> int:
             return 2
         print("\n".join(names) if names else "no input devices found")
         return 0
-    if (args.device or args.audio_backend != "sounddevice") and not args.mic:
-        print("mm2face-live: --device and --audio-backend go with --mic", file=sys.stderr)
+    for note in resolve_device_arguments(args):
+        print(f"mm2face-live: warning: {note}", file=sys.stderr)
+    if (args.input_device or args.audio_backend != "sounddevice") and not args.mic:
+        print("mm2face-live: --input-device and --audio-backend go with --mic", file=sys.stderr)
         return 2
     if args.loop and not (args.wav or args.demo):
         print("mm2face-live: --loop goes with --wav FILE or --demo", file=sys.stderr)

@@ -82,7 +82,7 @@ def _device_help(backend: str) -> str:
         return str(e)
     if not names:
         return ("no input devices found. Plug in a microphone, or start PulseAudio, or use --wav FILE / --demo")
-    return "input devices:\n" + "\n".join(f"  {n}" for n in names) + "\nchoose one with --device NAME"
+    return "input devices:\n" + "\n".join(f"  {n}" for n in names) + "\nchoose one with --input-device NAME"
 
 
 def resolve_device(name: str | None, backend: str = "sounddevice"):

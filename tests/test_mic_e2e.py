@@ -112,7 +112,7 @@ def free_port() -> int:
 
 
 def start_live(env, port, *extra, backend="sounddevice"):
-    cmd = [sys.executable, "-m", "mm2face.realtime.cli", "--mic", "--device", "pulse", "--audio-backend", backend,
+    cmd = [sys.executable, "-m", "mm2face.realtime.cli", "--mic", "--input-device", "pulse", "--audio-backend", backend,
            "--serve", "--port", str(port), "--threads", "1", "--quiet", *extra]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -410,7 +410,7 @@ def test_mic_that_stops_delivering_gives_a_clear_error(pulse_source, monkeypatch
     assert suspended[0], "the device never delivered audio before the test suspended it"
     msg = str(err.value)
     assert "input device 'pulse' delivered no audio" in msg, msg
-    assert "input devices" in msg.lower() or "--device" in msg, msg
+    assert "input devices" in msg.lower() or "--input-device" in msg, msg
 
 
 _RUN_CLI = "import sys; from mm2face.realtime.cli import main; sys.exit(main(sys.argv[1:]))"

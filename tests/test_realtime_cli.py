@@ -24,11 +24,35 @@ def free_port() -> int:
 
 
 def test_missing_device_lists_devices_without_traceback():
-    r = subprocess.run(LIVE + ["--mic", "--device", "no-such-microphone-xyz", "--random-model"],
+    r = subprocess.run(LIVE + ["--mic", "--input-device", "no-such-microphone-xyz", "--random-model"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "no-such-microphone-xyz" in r.stderr and "Traceback" not in r.stderr
     assert "input devices" in r.stderr or "no input devices" in r.stderr
+    assert "deprecated" not in r.stderr
+
+
+def test_old_device_spellings_still_work_with_a_deprecation_note():
+    """Until 0.2: --device NAME that is no torch device is the audio input, --compute is --device."""
+    r = subprocess.run(LIVE + ["--mic", "--device", "no-such-microphone-xyz", "--compute", "cpu", "--random-model"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "use --input-device 'no-such-microphone-xyz'" in r.stderr      # the old meaning, with the new spelling
+    assert "--compute is deprecated" in r.stderr and "use --device" in r.stderr
+    assert "could not find input device 'no-such-microphone-xyz'" in r.stderr   # and it was used as the microphone
+
+
+def test_device_names_the_torch_device():
+    from argparse import Namespace
+    from mm2face.realtime.cli import build_parser, resolve_device_arguments
+    for argv, device, mic in ((["--device", "cuda:1"], "cuda:1", None), ([], "cpu", None),
+                              (["--device", "mps", "--input-device", "pulse"], "mps", "pulse"),
+                              (["--device", "pulse"], "cpu", "pulse")):
+        args = build_parser().parse_args(argv)
+        notes = resolve_device_arguments(args)
+        assert (args.device, args.input_device) == (device, mic), argv
+        assert bool(notes) == (argv == ["--device", "pulse"])
+    assert isinstance(args, Namespace)
 
 
 def test_bad_arguments_are_explained():
