@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mm2face.engine.closure import apply_contact, standin_head
 from mm2face.engine.batch_state import KVRing
 from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.session import StreamConfig, add_blinks, mouth_dims
@@ -32,14 +33,15 @@ def audio_vectors(model, audio_16k: np.ndarray | None, n_tok: int, device="cpu")
 def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0, guidance: float = _D.guidance,
              temperature: float = _D.temperature, top_k: int = _D.top_k, n_frames: int | None = None,
              device="cpu", return_tokens: bool = False, blinks: bool = True,
-             parse_styles: bool = _D.parse_styles, vad: bool = _D.vad):
+             parse_styles: bool = _D.parse_styles, vad: bool = _D.vad, contact: bool = _D.contact):
     """Motion ``(T, 56) float32`` for ``audio_16k: (samples,)`` float32 16 kHz (or ``None`` for
     text only, then ``n_frames`` is required) and a style ``text``.
 
     T = ceil(samples / 640) (25 fps) unless ``n_frames`` is given. Defaults equal StreamConfig's
     (``blinks``: procedural blinks, see :func:`mm2face.engine.session.blink_overlay`; ``parse_styles``:
     the style parser and gesture layer of :mod:`mm2face.engine.style`, False = raw text to the model;
-    ``vad``: the voice-activity gate of :mod:`mm2face.engine.vad`, mouth at rest where no speech is heard)."""
+    ``vad``: the voice-activity gate of :mod:`mm2face.engine.vad`, mouth at rest where no speech is heard;
+    ``contact``: the lip-contact stage of :mod:`mm2face.engine.closure`, where the model has one)."""
     model = model.eval()
     dev = torch.device(device)
     if audio_16k is None:
@@ -78,4 +80,7 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
     GestureTrack(style.gestures, 0, gain=style.expression_gain).apply(motion, 0, model.head_name)  # as StreamSession
     if blinks:                                       # the same procedural blinks as StreamSession
         motion = add_blinks(motion, 0, seed, model.head_name)
+    if contact and model.closure is not None and audio_16k is not None:   # as StreamSession, after all the above
+        w = model.closure.clip_weights(audio_16k, len(motion))
+        motion = apply_contact(motion, w, standin_head(), model.closure.cfg)
     return (motion, toks) if return_tokens else motion

@@ -22,6 +22,7 @@ import torch.nn as nn
 from mm2face.engine.audio_encoder import AudioConfig, AudioEncoder
 from mm2face.engine.frame import EXP, FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.engine.gpt import GPTConfig, KVCache, MotionGPT
+from mm2face.engine.closure import ClosureConfig, LipContact
 from mm2face.engine.refiner import Refiner, RefinerConfig
 from mm2face.engine.runners import guide
 from mm2face.engine.vqvae import VQConfig, VQVAE
@@ -61,6 +62,7 @@ class MM2Face(nn.Module):
         self.refiner: Refiner | None = None        # optional stage 3, see attach_refiner()
         self.runner = None                         # what runs the per-hop work (engine/runners.py; None = eager),
                                                    # set by engine/backends.py apply_backend
+        self.closure: LipContact | None = None     # optional stage 4 (lip contact), see attach_closure()
         self.info = info or ModelInfo()
         self.register_buffer("mean", torch.zeros(FRAME_DIM))
         self.register_buffer("std", torch.ones(FRAME_DIM))
@@ -196,6 +198,16 @@ class MM2Face(nn.Module):
                                self.lookahead_samples).to(self.mean.device)
         return self.refiner
 
+    def attach_closure(self, cfg: ClosureConfig | None = None) -> LipContact:
+        """Add (or replace) the stage-4 lip-contact classifier (``engine/closure.py``); needs a head with the
+        ``mouth_close`` unit (the stand-in). An untrained one must not be shipped: train it with
+        ``mm2face-train closure``."""
+        if self.head_name != "standin":
+            raise ValueError(f"the lip-contact stage needs the stand-in head's mouth_close unit; this model drives "
+                             f"{self.head_name!r}")
+        self.closure = LipContact(cfg or ClosureConfig(), self.lookahead_samples).to(self.mean.device)
+        return self.closure
+
     def reconfigure_refiner(self, **changes) -> Refiner:
         """Rebuild the stage-3 refiner with some :class:`RefinerConfig` fields changed and its trained
         weights kept, e.g. ``silent_dims``; a change that alters the weights' shapes raises ValueError."""
@@ -259,6 +271,7 @@ class MM2Face(nn.Module):
     def configs(self) -> dict:
         return {"vq": asdict(self.vq.cfg), "gpt": asdict(self.gpt.cfg), "audio": asdict(self.audio.cfg),
                 "refiner": asdict(self.refiner.cfg) if self.refiner is not None else None,
+                "closure": asdict(self.closure.cfg) if self.closure is not None else None,
                 "info": asdict(self.info)}
 
     def save(self, path, **meta) -> Path:
@@ -289,6 +302,8 @@ class MM2Face(nn.Module):
         m = cls(VQConfig(**c["vq"]), GPTConfig(**gpt), AudioConfig(**c["audio"]), ModelInfo(**c["info"]))
         if c.get("refiner"):                                     # absent in files written before stage 3
             m.attach_refiner(RefinerConfig(**{"mel_bins": 0, **c["refiner"]}))   # no front before it existed
+        if c.get("closure"):                                     # absent in files written before stage 4
+            m.attach_closure(ClosureConfig(**c["closure"]))
         m.load_state_dict(ck["state_dict"])
         return m.to(device).eval()
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
+from mm2face.engine.closure import apply_contact, standin_head
 from mm2face.engine.frame import FPS, JAW, SAMPLES_PER_FRAME
 from mm2face.engine.batch_state import BatchState
 from mm2face.engine.style import GestureTrack, resolve_style
@@ -106,6 +107,8 @@ class StreamConfig:
     parse_styles: bool = True     # read free-text styles with engine/style.py (template caption + head gestures);
                                   # False: the raw text goes to the model, no gesture layer (research)
     vad: bool = True              # voice-activity gate (engine/vad.py): mouth and jaw rest while no speech is heard
+    contact: bool = True          # lip-contact stage (engine/closure.py, models that have one): lips meet on p/b/m,
+                                  # the lower lip reaches the upper teeth on f/v; same in generate(contact=True)
 
 
 @dataclass
@@ -203,7 +206,11 @@ class StreamSession:
         front = m.refiner.front if m.refiner is not None else None
         self.front_samples = front.window_samples if front is not None else 0   # audio the refiner's front reads
         # audio kept before the next token's start: the CNN's past features need 2 tokens, the front its window
-        self.keep_back = max(2 * self.spt, self.front_samples - self.spt - self.look)
+        # the lip-contact stage (None: off or the model has none) and the stand-in head it solves on
+        self.contact = m.closure if (self.cfg.contact and m.closure is not None) else None
+        self.contact_head = standin_head() if self.contact is not None else None
+        contact_left = self.contact.left_samples if self.contact is not None else 0
+        self.keep_back = max(2 * self.spt, self.front_samples - self.spt - self.look, contact_left)
         self.ref_head = None                          # its head offset of the last token (down * 3,)
         self.ref_head_from = None                     # the offset a new style fades from (None = rest)
         self.style_k0 = 0                             # token at which the current style text was set
@@ -374,6 +381,24 @@ class StreamSession:
         self.stats["vad_ms_total"] += ms
         return w
 
+    def _contact(self, params: torch.Tensor) -> torch.Tensor:
+        """This hop's frames ``params (down, 56)`` with the lip-contact stage applied (engine/closure.py); frames
+        whose own samples are all no-audio get no contact. Reads only audio up to :attr:`heard_end`."""
+        if self.contact is None:
+            return params
+        t0 = time.perf_counter()
+        f0 = self.k * self.down
+        w = self.contact.stream_weights(lambda a, b: self._samples(a, b)[0], f0, self.down)     # (down, 2)
+        for i in range(self.down):
+            if self._samples(SAMPLES_PER_FRAME * (f0 + i), SAMPLES_PER_FRAME * (f0 + i + 1))[1].all():
+                w[i] = 0.0
+        out = torch.from_numpy(apply_contact(params.float().cpu().numpy(), w, self.contact_head,
+                                             self.contact.cfg)).to(params)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.stats["contact_ms"] = ms
+        self.stats["contact_ms_total"] = self.stats.get("contact_ms_total", 0.0) + ms
+        return out
+
     def _after_hop(self, tok: int, frames_norm: torch.Tensor) -> None:
         m = self.model
         self.prev = tok
@@ -390,6 +415,8 @@ class StreamSession:
         for i in range(self.down):
             if gate is not None and gate[i] < 1.0:
                 params[i, self.mouth_dims] *= float(gate[i])
+        params = self._contact(params)
+        for i in range(self.down):
             if self.mouth_w != self.mouth_target:
                 d = self.mouth_target - self.mouth_w
                 self.mouth_w += max(-self.mouth_step, min(self.mouth_step, d))

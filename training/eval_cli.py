@@ -126,7 +126,7 @@ def clip_phones(clip):
 def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: int | None = None,
              seed: int = 0, guidance: float | None = None, baseline_clips: int = 2000,
              progress: bool = True, seeds: int = 1, temperature: float | None = None,
-             top_k: int | None = None, vad: bool | None = None,
+             top_k: int | None = None, vad: bool | None = None, contact: bool | None = None,
              noise_gains: tuple = A.GAINS_DBFS) -> dict:
     """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results.
 
@@ -134,13 +134,14 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
     (the model samples its tokens; a style check on a few dozen clips moves by several points between
     seeds). Lip-sync metrics are averaged over the clips with audio (see :func:`metrics.aggregate`).
     ``temperature``/``top_k``: sampling settings (None: the generator's defaults); ``vad``: the voice-activity
-    gate (engine/vad.py; None: generate's default, on).
+    gate (engine/vad.py; None: generate's default, on); ``contact``: the lip-contact stage (engine/closure.py;
+    None: generate's default, on where the model has one).
 
     Articulation (:mod:`training.articulation`, heads with a ``lip_midline`` mask, talking clips): closure,
     opening and rest counts of every seed's motion and of the ground truth on the clip's phones and pauses;
     and, for the first seed, rest and flicker in pauses with the clip heard at each peak level of
     ``noise_gains`` (dBFS) over the -45 dBFS low-frequency noise bed (empty: skipped)."""
-    sampling = {"temperature": temperature, "top_k": top_k, "vad": vad}
+    sampling = {"temperature": temperature, "top_k": top_k, "vad": vad, "contact": contact}
     from tqdm import tqdm
 
     train = list(corpus.clips("train") if hasattr(corpus, "clips") else corpus.split("train"))
@@ -504,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and ground truth) into this picture (needs headless OpenGL)")
     p.add_argument("--no-vad", action="store_true",
                    help="generate without the voice-activity gate (default: on, as mm2face-live runs)")
+    p.add_argument("--no-contact", action="store_true",
+                   help="generate without the lip-contact stage (default: on where the model has one, as "
+                        "mm2face-live runs)")
     return p
 
 
@@ -528,7 +532,8 @@ def main(argv=None) -> int:
     head = load_head(model_head_spec(model, args.head))
     res = evaluate(model, corpus, args.split, head, device=args.device, max_clips=args.max_clips,
                    seed=args.seed, guidance=args.guidance, seeds=args.seeds, temperature=args.temperature,
-                   top_k=args.top_k, vad=False if args.no_vad else None, noise_gains=tuple(args.noise_gains))
+                   top_k=args.top_k, vad=False if args.no_vad else None,
+                   contact=False if args.no_contact else None, noise_gains=tuple(args.noise_gains))
     res["ckpt"] = args.ckpt or "default"
     res["data"] = str(data)
     print(format_table(res))
@@ -548,7 +553,8 @@ def main(argv=None) -> int:
         else:
             pred = generate_motion(model, clip_caption(clip), clip.audio_16k, len(clip.motion), args.device,
                                    args.seed, args.guidance, temperature=args.temperature, top_k=args.top_k,
-                                   vad=False if args.no_vad else None)
+                                   vad=False if args.no_vad else None,
+                                   contact=False if args.no_contact else None)
             print(f"wrote {closure_picture(head, clip, pred, args.closure_picture)}")
     return 0
 

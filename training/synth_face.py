@@ -315,6 +315,22 @@ EDGE_WEIGHT = 0.5               # frames that a p/b/m or f/v only partly overlap
 LIP_ON_TEETH_MM = 0.5           # f/v: the lower lip's midline sits this far below the upper teeth's edge
 
 
+def contact_weights(phones, n_frames: int) -> dict[str, np.ndarray]:
+    """Per-frame lip-contact weights ``{"bilabial": (T,), "labiodental": (T,)}`` in 0..1 of a clip's phones:
+    1 on the frames a p/b/m (f/v) owns (:func:`articulation.core_frames`), :data:`EDGE_WEIGHT` on frames it
+    only partly overlaps, 0 elsewhere; a frame shared by both counts as bilabial. The truth's constraint
+    (:func:`articulate`) and the lip-contact stage's training targets (``training/train_closure.py``)."""
+    from .articulation import classed_phones, core_frames, phone_frames
+    w = {"bilabial": np.zeros(n_frames), "labiodental": np.zeros(n_frames)}
+    for c, t0, t1 in classed_phones(phones):
+        if c in w:
+            fr = phone_frames(t0, t1, n_frames)
+            w[c][fr] = np.maximum(w[c][fr], EDGE_WEIGHT)
+            w[c][core_frames(t0, t1, n_frames)] = 1.0
+    w["labiodental"][w["bilabial"] > 0] = 0.0
+    return w
+
+
 def articulate(m: np.ndarray, phones: list[Phone], rest: np.ndarray | None = None, head=None) -> dict[str, np.ndarray]:
     """Lip contact as a constraint on a finished talking motion ``m (T, 56)`` (changed in place).
 
@@ -328,17 +344,10 @@ def articulate(m: np.ndarray, phones: list[Phone], rest: np.ndarray | None = Non
     ``{"bilabial": (T,), "labiodental": (T,)}``."""
     from mm2face.engine.flame import load_head
 
-    from .articulation import (classed_phones, closed_gap_mm, core_frames, incisor_edge_y_mm, phone_frames,
-                               solve_unit)
+    from .articulation import closed_gap_mm, incisor_edge_y_mm, solve_unit
     head = head or load_head("standin")
     T = len(m)
-    w = {"bilabial": np.zeros(T), "labiodental": np.zeros(T)}
-    for c, t0, t1 in classed_phones(phones):
-        if c in w:
-            fr = phone_frames(t0, t1, T)
-            w[c][fr] = np.maximum(w[c][fr], EDGE_WEIGHT)
-            w[c][core_frames(t0, t1, T)] = 1.0
-    w["labiodental"][w["bilabial"] > 0] = 0.0
+    w = contact_weights(phones, T)
     close = unit("mouth_close")
     lab = w["labiodental"]
     if lab.any():

@@ -62,6 +62,9 @@ def build_parser():
     ap.add_argument("--top-k", type=int, default=d.top_k, help=f"sample among the k likeliest tokens (0 = all; default {d.top_k})")
     ap.add_argument("--no-vad", action="store_true",
                     help="turn off the voice-activity gate (by default the mouth rests where no speech is heard)")
+    ap.add_argument("--no-contact", action="store_true",
+                    help="turn off the lip-contact stage (lips meeting on p/b/m, the lower lip on the upper teeth on "
+                         "f/v; engine/closure.py), as mm2face-live --no-contact")
     ap.add_argument("--raw-styles", action="store_true",
                     help="send --text to the model as typed: no style parser, no head-gesture layer (engine/style.py)")
     ap.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
@@ -97,7 +100,8 @@ def main(argv=None):
     n_frames = None if audio is not None else int(round(args.seconds * FPS))
     motion = generate(model, audio, args.text, seed=args.seed, guidance=args.guidance,
                       temperature=args.temperature, top_k=args.top_k, n_frames=n_frames, device=args.device,
-                      vad=not args.no_vad, parse_styles=not args.raw_styles)
+                      vad=not args.no_vad, parse_styles=not args.raw_styles,
+                      contact=not args.no_contact)
     if args.format == "arkit-csv":
         out = write_arkit_csv(args.out, motion, model.head_name, retarget)
         print(f"wrote {out}: {len(motion)} frames ({len(motion) / FPS:.2f} s) as ARKit-52 (Live Link Face CSV)")
