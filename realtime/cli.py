@@ -83,8 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--arkit-retarget", metavar="FILE.npz",
                      help="ARKit map from `mm2face-retarget fit`, for a real-FLAME checkpoint (default: the "
                           "stand-in head's exact map); used by the arkit frame formats")
-    srv.add_argument("--no-batch", action="store_true",
-                     help="step each session on its own instead of batching ready sessions into one step")
     srv.add_argument("--view", action="store_true", help="open the viewer window on the stream (implies --serve)")
     udp_outputs.add_arguments(ap)
     admission.add_arguments(ap)
@@ -294,9 +292,9 @@ async def amain(args) -> int:
     cfg.parse_styles = not args.raw_styles
     make_session = lambda style: StreamSession(model, cfg, style=style, device=args.device)  # noqa: E731
     serving = args.serve or args.view or args.demo
-    limits = admission.limits_from_args(args, make_session if serving else None, batched=not args.no_batch,
+    limits = admission.limits_from_args(args, make_session if serving else None,
                                         log=lambda line: print(f"mm2face-live: {line}", file=sys.stderr))
-    hub = Hub(make_session, token=args.token, batch=not args.no_batch, limits=limits,
+    hub = Hub(make_session, token=args.token, limits=limits,
               server_session_control=args.server_session_control, ingest_speed=args.ingest_speed or None)
     configure_arkit(hub, model.head_name, args.arkit_retarget, build_now=bool(serving or args.mqtt or outputs))
     live = await hub.create_session("default", style=args.style)

@@ -7,14 +7,15 @@
 
 Parsing and encoding live in :mod:`mm2face.realtime.protocol` (sans-I/O). This module holds:
 
-* :class:`LiveSession`: one StreamSession plus its subscribers. Every call into the session runs in a
-  worker thread under a per-session lock (the event loop keeps sending while the model computes),
-  and the frames it returns are pushed to every subscriber at once. It records when each piece of
-  audio arrived, so each frame carries ``audio_arrival_time`` and ``input_ready_time``.
+* :class:`LiveSession`: one StreamSession plus its subscribers. Its input goes to the hub's scheduler
+  (:class:`mm2face.engine.batching.SessionBatcher`, one worker thread that steps every session as
+  batched hops); the worker hands each session's frames back to the event loop
+  (``loop.call_soon_threadsafe``), which pushes them to every subscriber at once. The event loop never
+  waits on the model. Each frame carries the timing its session recorded (``audio_arrival_time``,
+  ``input_ready_time``).
 * :class:`ClientConn`: one WebSocket client with a bounded outbox. When a client stops reading, its
   oldest queued frames are dropped (for it alone) and counted; control replies are never dropped.
-* :class:`Hub`: the sessions of one server and the connection handler.
-* :class:`Batcher`: cross-session batching, one engine step for every session with a ready hop.
+* :class:`Hub`: the sessions of one server, its scheduler and the connection handler.
 * :class:`IdleClock`: keeps client sessions that receive no audio moving (breathing, blinks) at 25 fps.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from mm2face.engine.batching import SPEAKING_HOLD_S, SessionBatcher
 from mm2face.engine.frame import FPS, FRAME_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
 from mm2face.realtime import web_static
@@ -55,7 +57,7 @@ SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer per client: bounds the frame
 WS_MAX_SIZE = 4 * P.MAX_AUDIO_BYTES   # websockets closes the socket (1009) above this; we answer below it
 IDLE_AFTER_S = 0.5            # a client session whose audio has played out this long ago (s) goes idle
 IDLE_MAX_BURST_FRAMES = 25    # idle clock: after a stall longer than this (frames) it re-anchors, no burst
-SPEAKING_HOLD_S = 1.0         # a session counts as speaking this long after its last real audio arrived
+MAX_BATCH = 64                # most sessions in one batched engine call (larger rounds are split)
 REAP_EVERY_S = 1.0            # how often idle client sessions without subscribers are checked for the timeout
 IDLE_TIMEOUT_REASON = "idle timeout: no audio and no subscriber"
 INGEST_SLICE_SAMPLES = 1280   # a client audio message is fed in slices of this many 16 kHz samples (80 ms, one hop)
@@ -78,13 +80,6 @@ class _PlayedFrame:
         return self.seq / FPS
 
 
-@dataclass
-class _Arrival:
-    end_sample: int            # absolute 16 kHz sample index just past this chunk
-    time: float                # server time.time() when it arrived (or when time was let pass)
-    audio: bool                # False: no audio, time only passed (idle / text-only)
-
-
 class LiveSession:
     """A StreamSession shared by its subscribers. All methods are called from the event loop."""
 
@@ -95,18 +90,15 @@ class LiveSession:
         self.listeners: list[Callable[["LiveSession", list[P.WireFrame]], None]] = []
         self.audio_taps: list[Callable[[np.ndarray], None]] = []   # see every 16 kHz chunk pushed
         self.audio_subscribers: set["ClientConn"] = set()   # subscribers that asked for the audio (MMAU)
-        # One lock per session; with cross-session batching all sessions share the hub's lock, since
-        # a batched step touches every ready session at once.
-        self.lock = hub.batcher.lock if hub.batcher is not None else asyncio.Lock()
-        self._batched_out: list[P.WireFrame] = []
+        self.loop = asyncio.get_running_loop()     # where the scheduler's worker hands the frames back
+        self._collecting: list[list[P.WireFrame]] = []   # callers awaiting this session's next frames
         self.closed = False
         # Audio bookkeeping (16 kHz samples).
-        self.samples_in = 0                  # samples handed to the session (audio + no-audio)
+        self.samples_in = 0                  # samples handed to the scheduler (audio + no-audio); after
+                                             # end/flush the session's own count (padding, dropped audio)
         self.audio_samples_in = 0            # of which real audio
         self.n_clipped = 0
         self.warned_clipped = False
-        self._arrivals: collections.deque[_Arrival] = collections.deque()
-        self._last_input_time = math.nan
         self.last_audio_time = 0.0           # time.time() of the last real audio chunk
         # Idle clock (client sessions, see IdleClock): play_end is the wall time at which the input so
         # far would have finished playing at real-time pace (each chunk starts at max(play_end, arrival)).
@@ -133,49 +125,63 @@ class LiveSession:
         self._a2f_ms: collections.deque[float] = collections.deque(maxlen=250)       # audio arrived -> sent
         self.created = time.time()
 
-    # -- calls into the StreamSession (serialised, in a worker thread) ------------------------
+    # -- input, through the hub's scheduler (its worker thread steps the session) ---------------
 
-    async def _run(self, fn, *args):
+    def _check_open(self) -> None:
         if self.closed:
             raise SessionClosed(self.name)
-        async with self.lock:
-            return await asyncio.to_thread(fn, *args)
+
+    async def _frames_until_caught_up(self) -> list[P.WireFrame]:
+        """Wait (without blocking the loop) until the scheduler has applied this session's queued input and
+        run every ready hop; the frames published meanwhile. A session whose hop failed is closed:
+        :class:`SessionClosed`."""
+        fut = self.loop.create_future()
+
+        def done(exc: BaseException | None) -> None:         # worker thread
+            self.loop.call_soon_threadsafe(_settle, fut, exc)
+        got: list[P.WireFrame] = []
+        self._collecting.append(got)
+        try:
+            self.hub.batcher.when_caught_up(self, done)
+            exc = await fut
+        except KeyError:                                       # removed meanwhile
+            exc = None
+        finally:
+            self._collecting.remove(got)
+        if exc is not None or self.closed:
+            raise SessionClosed(self.name)
+        return got
+
+    def _deliver(self, frames) -> None:
+        """Frames from the scheduler's worker (called on the event loop): publish them."""
+        if self.closed:
+            return
+        out = self._publish(frames)
+        for got in self._collecting:
+            got.extend(out)
 
     async def push_audio(self, audio_16k: np.ndarray, arrival_time: float | None = None) -> list[P.WireFrame]:
-        """Feed ``audio_16k: (samples,) float32`` that arrived at server time ``arrival_time``."""
+        """Feed ``audio_16k: (samples,) float32`` that arrived at server time ``arrival_time``; returns once
+        its hops have run, with the frames published meanwhile."""
         audio_16k = np.asarray(audio_16k, np.float32).reshape(-1)
         if len(audio_16k) == 0:
             return []
+        self._check_open()
         t = time.time() if arrival_time is None else arrival_time
-
-        def work():
-            self.session.push_audio(audio_16k)
-            return self.session.poll()
-
-        async with self.lock:
-            if self.closed:
-                raise SessionClosed(self.name)
-            if self.idle_active:             # audio resumes after idle frames: it starts right after them
-                self.idle_active = False
-                self._stop_idle_loop()
-                self._idle_event("active", self.t_wire_s())
-            self._send_audio(audio_16k)
-            self.samples_in += len(audio_16k)
-            self.audio_samples_in += len(audio_16k)
-            self._arrivals.append(_Arrival(self.samples_in, t, True))
-            self._last_input_time = t
-            self.last_audio_time = t
-            self._played(len(audio_16k), t)
-            self.input_over = False
-            for tap in self.audio_taps:
-                tap(audio_16k)
-            if self.hub.batcher is not None:
-                self.session.push_audio(audio_16k)        # cheap: the hops run in the batcher
-            else:
-                frames = await asyncio.to_thread(work)
-        if self.hub.batcher is not None:
-            return await self._batched()
-        return self._publish(frames)
+        if self.idle_active:                 # audio resumes after idle frames: it starts right after them
+            self.idle_active = False
+            self._stop_idle_loop()
+            self._idle_event("active", self.t_wire_s())
+        self._send_audio(audio_16k)
+        self.samples_in += len(audio_16k)
+        self.audio_samples_in += len(audio_16k)
+        self.last_audio_time = t
+        self._played(len(audio_16k), t)
+        self.input_over = False
+        for tap in self.audio_taps:
+            tap(audio_16k)
+        self.hub.batcher.push_audio(self, audio_16k, arrival_time=t)
+        return await self._frames_until_caught_up()
 
     def _send_audio(self, audio_16k: np.ndarray) -> None:
         """Queue ``audio_16k: (samples,) float32``, about to be consumed, for the subscribers that asked for the
@@ -186,39 +192,20 @@ class LiveSession:
             for c in clients:
                 c.send_audio(msg, len(audio_16k), self)
 
-    async def _batched(self) -> list[P.WireFrame]:
-        """Wait until the batcher has run every hop this session has ready; its published frames."""
-        await self.hub.batcher.step(self)
-        out, self._batched_out = self._batched_out, []
-        return out
-
     async def push_no_audio(self, n_samples: int) -> list[P.WireFrame]:
         """Let ``n_samples`` of 16 kHz time pass with no audio (idle / text-only motion)."""
         if n_samples <= 0:
             return []
+        self._check_open()
+        self._feed_no_audio(int(n_samples))
+        return await self._frames_until_caught_up()
 
-        def work():
-            self.session.push_no_audio(int(n_samples))
-            return self.session.poll()
-
-        async with self.lock:
-            if self.closed:
-                raise SessionClosed(self.name)
-            self._push_no_audio_locked(int(n_samples))
-            if self.hub.batcher is not None:
-                self.session.push_no_audio(int(n_samples))
-            else:
-                frames = await asyncio.to_thread(work)
-        if self.hub.batcher is not None:
-            return await self._batched()
-        return self._publish(frames)
-
-    def _push_no_audio_locked(self, n_samples: int) -> None:
-        """Bookkeeping for ``n_samples`` of no-audio time (the caller holds the lock and feeds the session)."""
+    def _feed_no_audio(self, n_samples: int) -> None:
+        """Hand ``n_samples`` of no-audio time to the scheduler (returns at once)."""
+        now = time.time()
         self.samples_in += n_samples
-        self._last_input_time = time.time()
-        self._arrivals.append(_Arrival(self.samples_in, self._last_input_time, False))
-        self._played(n_samples, self._last_input_time)
+        self._played(n_samples, now)
+        self.hub.batcher.push_no_audio(self, n_samples, arrival_time=now)
 
     def _played(self, n_samples: int, arrival: float) -> None:
         self.play_end = max(self.play_end, arrival) + n_samples / SAMPLE_RATE
@@ -230,7 +217,7 @@ class LiveSession:
             c.send_control(msg)
 
     def idle_due(self, now: float) -> int:
-        """Frames of idle time the idle clock should push now (0: none). Call under the lock.
+        """Frames of idle time the idle clock should push now (0: none).
 
         Starved = no audio has arrived for ``IDLE_AFTER_S`` past the play-out of the input so far
         (no grace after end/flush). An idle stretch then keeps the session clock one frame ahead of
@@ -258,7 +245,7 @@ class LiveSession:
         return self.idle_loop is not None and self.idle_loop.playing and self.idle_active
 
     def play_idle(self, n_frames: int) -> list[P.WireFrame]:
-        """Publish ``n_frames`` of recorded idle motion (no model step); call under the lock."""
+        """Publish ``n_frames`` of recorded idle motion (no model step)."""
         params = self.idle_loop.play(n_frames)
         base = (self.last_frame.seq + 1) if self.last_frame is not None else self.seq_offset
         frames = [_PlayedFrame(base + i, p, self.style) for i, p in enumerate(params)]
@@ -270,29 +257,15 @@ class LiveSession:
         if self.idle_loop is not None and self.idle_loop.playing:
             self.idle_loop.stop(self.last_frame.params if self.last_frame is not None else None)
 
-    async def idle_tick(self, now: float) -> list[P.WireFrame]:
-        """Unbatched idle step: push the due idle time and publish its frames."""
-        async with self.lock:
-            n = self.idle_due(now)
-            if n <= 0:
-                return []
-            if self.replaying():
-                return self.play_idle(n)
-            self._push_no_audio_locked(n * SAMPLES_PER_FRAME)
-
-            def work():
-                self.session.push_no_audio(n * SAMPLES_PER_FRAME)
-                return self.session.poll()
-            frames = await asyncio.to_thread(work)
-        return self._publish(frames)
-
     async def set_style(self, text: str, blend_s: float = 0.5, guidance: float | None = None,
                         requester: "ClientConn | None" = None) -> None:
-        def work():
-            self.session.set_style(text, blend_s=blend_s)
-            if guidance is not None:
-                self.session.set_guidance(guidance)
-        await self._run(work)
+        self._check_open()
+        if guidance is not None and not math.isfinite(guidance):
+            raise ValueError(f"guidance must be finite, got {guidance}")
+        self.hub.batcher.set_style(self, text, blend_s)
+        if guidance is not None:
+            self.hub.batcher.set_guidance(self, guidance)
+        await self._frames_until_caught_up()
         if self.style != text or guidance is not None:
             self._stop_idle_loop()
         self.style = text
@@ -304,68 +277,35 @@ class LiveSession:
         self.hub.notify_status(self)
 
     async def end(self) -> list[P.WireFrame]:
-        """The input is over: emit the remaining frames (mouth closes, face returns to idle)."""
-        async with self.lock:
-            if self.closed:
-                raise SessionClosed(self.name)
-            self._stop_idle_loop()
-            self._last_input_time = time.time()
-            n0 = self.samples_in
-            frames = await asyncio.to_thread(self.session.end)
-            self._resync(keep_arrivals=True)
-            self._played(max(0, self.samples_in - n0), self._last_input_time)
-            self.input_over = True
-        return self._publish(frames, final=True)
+        """The input is over: emit the remaining frames (mouth closes, face returns to idle); the last one
+        is ``final``. Returns the frames published until the session caught up."""
+        self._check_open()
+        self._stop_idle_loop()
+        now, n0 = time.time(), self.samples_in
+        self.hub.batcher.end(self, arrival_time=now)
+        frames = await self._frames_until_caught_up()
+        self.samples_in = self.session.n_in          # the session's clock: padding and tail added
+        self._played(max(0, self.samples_in - n0), now)
+        self.input_over = True
+        return frames
 
     async def flush(self) -> list[P.WireFrame]:
         """Barge-in: drop queued audio; the face returns to idle within one hop."""
-        async with self.lock:
-            if self.closed:
-                raise SessionClosed(self.name)
-            self._stop_idle_loop()
-            self._last_input_time = time.time()
-            n0 = self.samples_in
-            frames = await asyncio.to_thread(self.session.flush)
-            self._resync()
-            # Barge-in: the dropped audio will never play, so play-out restarts now.
-            self.play_end = self._last_input_time + max(0, self.samples_in - n0) / SAMPLE_RATE
-            self.input_over = True
+        self._check_open()
+        self._stop_idle_loop()
+        now, n0 = time.time(), self.samples_in
+        self.hub.batcher.flush(self, arrival_time=now)
+        frames = await self._frames_until_caught_up()
+        self.samples_in = self.session.n_in          # the session's clock: unused audio dropped, idle hop added
+        # Barge-in: the dropped audio will never play, so play-out restarts now.
+        self.play_end = now + max(0, self.samples_in - n0) / SAMPLE_RATE
+        self.input_over = True
         self.resampler = StreamResampler(self.sample_rate)
-        return self._publish(frames)
-
-    def _resync(self, keep_arrivals: bool = False):
-        """After end/flush the session's clock may differ from our count: follow the session.
-        ``keep_arrivals`` (end: only padding was appended): the frames of the last real audio keep
-        their arrival times, and the padding counts as no-audio input that arrived now."""
-        n = getattr(self.session, "n_in", None)
-        if not isinstance(n, (int, np.integer)):
-            self._arrivals.clear()
-            return
-        if keep_arrivals and n >= self.samples_in:
-            if n > self.samples_in:
-                self._arrivals.append(_Arrival(int(n), self._last_input_time, False))
-        else:
-            self._arrivals.clear()
-        self.samples_in = int(n)
+        return frames
 
     # -- frames out ---------------------------------------------------------------------------
 
-    def _times_for(self, seq: int, t_audio_s: float) -> tuple[float, float]:
-        """``(audio_arrival_time, input_ready_time)`` of a frame: when the audio at its own instant
-        arrived, and when the last sample it depends on (its token's end + lookahead) arrived."""
-        own = int(round(t_audio_s * SAMPLE_RATE))
-        while self._arrivals and self._arrivals[0].end_sample <= own:
-            self._arrivals.popleft()
-        arrival = self._arrivals[0].time if self._arrivals and self._arrivals[0].audio else math.nan
-        s = self.session
-        try:   # the StreamSession's hop geometry: token k needs samples < spt * (k + 1) + look
-            need = s.spt * (seq // s.down + 1) + s.look
-        except (AttributeError, TypeError):
-            need = own + SAMPLES_PER_FRAME
-        ready = next((a.time for a in self._arrivals if a.end_sample >= need), self._last_input_time)
-        return arrival, ready
-
-    def _publish(self, frames, final: bool = False) -> list[P.WireFrame]:
+    def _publish(self, frames) -> list[P.WireFrame]:
         out = []
         for i, f in enumerate(frames):
             params = np.asarray(f.params, np.float32).reshape(-1)
@@ -375,8 +315,8 @@ class LiveSession:
             t = float(f.t_audio_s)
             if isinstance(f, _PlayedFrame):          # idle playback: already numbered on the wire clock
                 seq, arrival, ready = f.seq, math.nan, time.time()
-            else:
-                arrival, ready = self._times_for(int(f.seq), t)
+            else:                                    # the session's own timing of this frame
+                arrival, ready = float(f.audio_arrival_time), float(f.input_ready_time)
                 seq = int(f.seq) + self.seq_offset
                 if self.idle_loop is not None:
                     params = self.idle_loop.blend(params)
@@ -386,7 +326,7 @@ class LiveSession:
             wf = P.WireFrame(session=self.name, session_num=self.num, seq=seq, t_audio_s=t, params=params,
                              audio_arrival_time=arrival, input_ready_time=ready,
                              style=str(getattr(f, "style", self.style) or ""),
-                             final=final and i == len(frames) - 1)
+                             final=bool(getattr(f, "final", False)))
             out.append(wf)
         if not out:
             return out
@@ -455,94 +395,10 @@ class LiveSession:
         }
 
 
-def speaking_first(sessions: list["LiveSession"], now: float) -> list["LiveSession"]:
-    """The round's order: sessions that are speaking (audio within ``SPEAKING_HOLD_S``) before idle
-    ones, each kind in its own order. With more ready hops than ``max_batch`` the speakers' hops fill
-    the first batched steps, so idle sessions never delay a speaker."""
-    return sorted(sessions, key=lambda s: s.is_idle(now))
-
-
-class Batcher:
-    """Cross-session batching: one task runs the ready hop of every session as one batched engine
-    call (``engine.session.step_sessions``), so N sessions cost about one bigger step instead of N
-    small ones. Only sessions with a ready hop are stepped (no fixed full batch), and a session with
-    nothing to do never delays the others. Sessions on different models are stepped separately.
-    """
-
-    def __init__(self, max_batch: int = 64, on_step: Callable[[float, int], None] | None = None):
-        self.max_batch = max_batch
-        self.on_step = on_step                  # (seconds, batch size) after every engine step
-        self.lock = asyncio.Lock()              # shared by every session of the hub
-        self.sessions: list[LiveSession] = []
-        self._waiters: list[tuple[asyncio.Future, "LiveSession | None"]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self.steps = 0
-        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def step(self, live: "LiveSession | None" = None) -> None:
-        """Ask for a round. Returns once ``live`` has no ready hop left (after the round that computed
-        its last one), so a caller never waits for another session's backlog; without ``live``, after
-        the rounds have run out of ready hops."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((fut, live))
-        self._wake.set()
-        await fut
-
-    def _release(self, waiters: list, final: bool) -> list:
-        """Resolve the waiters whose session is done (all, when ``final``); the others stay."""
-        left = []
-        for fut, live in waiters:
-            if final or (live is not None and (live.closed or not live.session.hop_ready())):
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                left.append((fut, live))
-        return left
-
-    async def _run(self) -> None:
-        from mm2face.engine.session import step_sessions
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            waiters, self._waiters = self._waiters, []
-            try:
-                while True:
-                    async with self.lock:
-                        ready = [s for s in self.sessions if not s.closed and s.session.hop_ready()]
-                        if not ready:
-                            break
-                        groups: dict[int, list[LiveSession]] = {}
-                        for s in speaking_first(ready, time.time()):
-                            groups.setdefault(id(s.session.model), []).append(s)
-                        for group in groups.values():
-                            for i in range(0, len(group), self.max_batch):
-                                part = group[i:i + self.max_batch]
-                                t_step = time.perf_counter()
-                                await asyncio.to_thread(step_sessions, [s.session for s in part])
-                                if self.on_step is not None:
-                                    self.on_step(time.perf_counter() - t_step, len(part))
-                                self.steps += 1
-                                self.batch_sizes.append(len(part))
-                                for s in part:
-                                    frames, s.session.pending = s.session.pending, []
-                                    s._batched_out.extend(s._publish(frames))
-                    # after each round: whoever asked meanwhile joins; whoever is done goes on
-                    waiters, self._waiters = waiters + self._waiters, []
-                    waiters = self._release(waiters, final=False)
-            except Exception as e:  # report to everyone waiting; the next round starts clean
-                for f, _ in waiters + self._waiters:
-                    if not f.done():
-                        f.set_exception(e)
-                self._waiters = []
-                continue
-            self._release(waiters, final=True)
+def _settle(fut: asyncio.Future, exc: BaseException | None) -> None:
+    """Resolve ``fut`` with ``exc`` (None: caught up) unless it was cancelled meanwhile."""
+    if not fut.done():
+        fut.set_result(exc)
 
 
 class IdleClock:
@@ -550,11 +406,10 @@ class IdleClock:
     pushes no-audio time into every session whose :meth:`LiveSession.idle_due` says so, so that it
     emits idle frames (breathing, blinks, current style) at 25 fps until its audio resumes.
 
-    With the batcher, the idle sessions of one tick are fed under the batcher's lock (no compute
-    there) and computed by the same batched step as any session with real audio: N idle sessions cost
-    about one batched hop per tick, and a session whose audio hop is ready joins the next round (it
-    waits at most for the one step already in flight, as it would for any other session). Without
-    the batcher each idle session steps on its own lock and worker thread."""
+    The idle sessions of one tick are fed to the hub's scheduler together, so their hops run in the same
+    batched step as any session with real audio: N idle sessions cost about one batched hop per tick
+    (speakers are served first when a round is full). A session replaying recorded idle motion costs no
+    engine step at all. A tick returns once the sessions it fed have caught up (it waits, never blocks)."""
 
     def __init__(self, hub: "Hub"):
         self.hub = hub
@@ -592,26 +447,17 @@ class IdleClock:
             self.ticks += 1
 
     async def tick(self, sessions: list[LiveSession], now: float) -> None:
-        b = self.hub.batcher
-        if b is None:
-            for r in await asyncio.gather(*(s.idle_tick(now) for s in sessions), return_exceptions=True):
-                if isinstance(r, Exception) and not isinstance(r, SessionClosed):
-                    log.error("idle step failed: %s", r)
-            return
         fed = []
-        async with b.lock:
-            for s in sessions:
-                n = s.idle_due(now)
-                if n > 0 and s.replaying():
-                    s.play_idle(n)                 # recorded idle motion: no engine step
-                elif n > 0:
-                    s._push_no_audio_locked(n * SAMPLES_PER_FRAME)
-                    s.session.push_no_audio(n * SAMPLES_PER_FRAME)
-                    fed.append(s)
-        if fed:
-            await b.step()
-            for s in fed:                          # published already; nobody awaits these returns
-                s._batched_out.clear()
+        for s in sessions:
+            n = s.idle_due(now)
+            if n > 0 and s.replaying():
+                s.play_idle(n)                     # recorded idle motion: no engine step
+            elif n > 0:
+                s._feed_no_audio(n * SAMPLES_PER_FRAME)
+                fed.append(s)
+        for r in await asyncio.gather(*(s._frames_until_caught_up() for s in fed), return_exceptions=True):
+            if isinstance(r, Exception) and not isinstance(r, SessionClosed):
+                log.error("idle step failed: %s", r)
 
 
 _CONTROL, _FRAME, _AUDIO = 0, 1, 2    # kinds of ClientConn outbox entries
@@ -728,15 +574,15 @@ class ClientConn:
 
 
 class Hub:
-    """The sessions of one server. ``make_session(style) -> StreamSession`` builds new sessions.
-
-    ``batch=True`` (default) runs the ready hops of all sessions as one batched engine step
-    (:class:`Batcher`); ``batch=False`` steps each session on its own in a worker thread.
+    """The sessions of one server. ``make_session(style) -> StreamSession`` builds new sessions (all on
+    one model). One scheduler (:class:`~mm2face.engine.batching.SessionBatcher`, ``self.batcher``, made
+    with the first session) steps them all in its worker thread, ``max_batch`` sessions per batched call;
+    :meth:`close` stops it.
     """
 
     def __init__(self, make_session: Callable[[str], object], token: str | None = None,
                  max_frames_per_client: int = OUTBOX_MAX_FRAMES, max_sessions: int = 64,
-                 send_buffer_bytes: int = SEND_BUFFER_BYTES, batch: bool = True, limits: Limits | None = None,
+                 send_buffer_bytes: int = SEND_BUFFER_BYTES, max_batch: int = MAX_BATCH, limits: Limits | None = None,
                  server_session_control: str = "style", idle_replay: bool = True,
                  ingest_speed: float | None = None):
         self.make_session = make_session
@@ -755,7 +601,8 @@ class Hub:
         self.send_buffer_bytes = send_buffer_bytes
         self.frames_total = 0                    # frames published by all sessions
         self.metrics = HubMetrics(self)
-        self.batcher = Batcher(on_step=self.metrics.observe_hop) if batch else None
+        self.max_batch = max_batch
+        self.batcher: SessionBatcher | None = None     # the scheduler, made for the first session's model
         self.idle_clock = IdleClock(self)
         self.sessions: dict[str, LiveSession] = {}
         self.clients: set[ClientConn] = set()
@@ -796,27 +643,57 @@ class Hub:
             self._building[addr] -= 1
             if not self._building[addr]:
                 del self._building[addr]
-        live = LiveSession(self, name, next(self._nums), session, style, owner)
+        try:
+            live = LiveSession(self, name, next(self._nums), session, style, owner)
+            self._scheduler(session).add(session, key=live)
+        except BaseException:
+            del self.sessions[name]
+            raise
         live.idle = idle
         self.sessions[name] = live
         if idle:
             self.idle_clock.ensure_running()
-        if self.batcher is not None:
-            self.batcher.sessions.append(live)
         for fn in list(self.session_listeners):
             fn(live, True)
         log_event("session_opened", session=name, client=owner.addr if owner is not None else None,
                   sessions=len(self.sessions))
         return live
 
+    def _scheduler(self, session) -> SessionBatcher:
+        """The hub's scheduler (made and started for the first session's model)."""
+        if self.batcher is None:
+            self.batcher = SessionBatcher(session.model, device=session.device, max_batch=self.max_batch,
+                                          on_frames=self._on_frames, on_error=self._on_engine_error,
+                                          on_step=self.metrics.observe_hop)
+        if not self.batcher.running:
+            self.batcher.start()
+        return self.batcher
+
+    @staticmethod
+    def _on_frames(live: LiveSession, frames) -> None:
+        """The scheduler's worker thread: hand ``live``'s new frames to its event loop (never blocks)."""
+        live.loop.call_soon_threadsafe(live._deliver, frames)
+
+    def _on_engine_error(self, live: LiveSession, exc: BaseException) -> None:
+        """The scheduler's worker thread: ``live``'s hop raised; it was removed from the scheduler. Close
+        it (on its event loop) and tell its subscribers why; the other sessions go on."""
+        log.error("session %s failed in the engine and is closed: %s: %s", live.name, type(exc).__name__, exc)
+        live.loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(self.close_session(live, reason=f"engine error: {type(exc).__name__}")))
+
+    def close(self) -> None:
+        """Stop the idle clock and the scheduler's worker (the sessions stay as they are)."""
+        self.idle_clock.close()
+        if self.batcher is not None:
+            self.batcher.stop()
+
     async def close_session(self, live: LiveSession, reason: str = "closed") -> None:
         if live.closed:
             return
-        async with live.lock:
-            live.closed = True
+        live.closed = True
         self.sessions.pop(live.name, None)
-        if self.batcher is not None and live in self.batcher.sessions:
-            self.batcher.sessions.remove(live)
+        if self.batcher is not None:
+            self.batcher.remove(live)
         msg = P.event_json("session_closed", session=live.name, reason=reason)
         for c in list(live.subscribers):
             c.subs.discard(live.name)
@@ -901,9 +778,10 @@ class Hub:
                "sessions": self.live_sessions(), "dropped_frames_total": self.dropped_total,
                "limits": self.limits_info(), "refused": dict(self.admission.refused),
                "errors": dict(self.errors)}
-        if self.batcher is not None and self.batcher.batch_sizes:
-            out["batch_steps"] = self.batcher.steps
-            out["batch_size_mean"] = float(np.mean(self.batcher.batch_sizes))
+        if self.batcher is not None and self.batcher.stats["batches"]:
+            st = self.batcher.stats
+            out["batch_steps"] = st["batches"]
+            out["batch_size_mean"] = st["hops"] / st["batches"]
         return out
 
     # -- connection handler -------------------------------------------------------------------
@@ -1236,6 +1114,4 @@ async def serve_hub(hub: Hub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         finally:
             if reaper is not None:
                 reaper.cancel()
-            hub.idle_clock.close()
-            if hub.batcher is not None:
-                hub.batcher.close()
+            hub.close()

@@ -50,9 +50,9 @@ def is_type(t):
     return lambda m: isinstance(m, dict) and m.get("type") == t
 
 
-async def served_hub(make_session, batch: bool):
+async def served_hub(make_session):
     """Async generator for a fixture: a Hub with a 'default' session, served on 127.0.0.1:<free>."""
-    hub = Hub(make_session, batch=batch)
+    hub = Hub(make_session)
     await hub.create_session("default", style="calm")
     async with serve_hub(hub, "127.0.0.1", 0) as srv:
         yield hub, f"ws://127.0.0.1:{srv.port}"
@@ -73,8 +73,8 @@ def make_session():
     return session_factory()
 
 
-@pytest.fixture(params=[False, True], ids=["per-session", "batched"])
-async def server(make_session, request):
-    """(hub, ws url) of a served Hub, once per-session and once with cross-session batching."""
-    async for hub_url in served_hub(make_session, request.param):
+@pytest.fixture
+async def server(make_session):
+    """(hub, ws url) of a served Hub (its one scheduler batches the ready hops of all sessions)."""
+    async for hub_url in served_hub(make_session):
         yield hub_url

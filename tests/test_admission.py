@@ -138,7 +138,7 @@ class _FakeWS:
 
 
 async def test_dropped_frames_are_counted_per_session(make_session):
-    hub = Hub(make_session, batch=False)
+    hub = Hub(make_session)
     a = await hub.create_session("a")
     b = await hub.create_session("b")
     c = ClientConn(hub, _FakeWS(), max_frames=2)
@@ -155,7 +155,7 @@ async def test_mqtt_status_counts_drops_per_session(make_session):
     import numpy as np
 
     from mm2face.realtime.mqtt import MqttBridge
-    hub = Hub(make_session, batch=False)
+    hub = Hub(make_session)
     a = await hub.create_session("a")
     b = await hub.create_session("b")
     bridge = MqttBridge(hub, max_queue=4)              # no broker: nothing drains the queue

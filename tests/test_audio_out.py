@@ -65,7 +65,7 @@ async def test_wav_session_audio_reaches_only_the_subscriber_that_asked(make_ses
     sf.write(wav, speechy(WAV_S), SAMPLE_RATE, subtype="PCM_16")
     source_audio = load_audio_16k(wav)
     schema = validator("server_message.json")
-    async for hub, url in served_hub(make_session, batch=True):
+    async for hub, url in served_hub(make_session):
         async with connect(url) as a, connect(url) as b:
             await a.send(json.dumps({"type": "subscribe", "session": "default", "format": "binary", "audio": True}))
             await b.send(json.dumps({"type": "subscribe", "session": "default", "format": "binary"}))

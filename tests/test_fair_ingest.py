@@ -92,4 +92,4 @@ async def test_paced_upload_feeds_at_most_twice_real_time(make_session):
     assert time.monotonic() - t >= (3.0 - 1.0) / 2.0 - 0.05
     assert hub_live.audio_samples_in == 3 * 16000
     await hub.close_session(hub_live)
-    hub.batcher.close()
+    hub.close()

@@ -30,7 +30,7 @@ def test_idle_loop_records_then_plays_neighbouring_frames_and_blends_back():
 
 
 async def test_idle_session_stops_stepping_the_model_and_stays_continuous(make_session):
-    hub = Hub(make_session, batch=True)
+    hub = Hub(make_session)
     live = await hub.create_session("idle", idle=True)
     hub.idle_clock.close()                              # ticks are driven below with made-up times
     sent = []
@@ -59,11 +59,11 @@ async def test_idle_session_stops_stepping_the_model_and_stays_continuous(make_s
     assert [f.seq for f in new] == list(range(last.seq + 1, last.seq + 1 + len(new)))
     assert live.idle_loop._from is None or live.idle_loop._blend_k > 0     # the cross-fade was applied
     await hub.close_session(live)
-    hub.batcher.close()
+    hub.close()
 
 
 async def test_style_change_ends_playback(make_session):
-    hub = Hub(make_session, batch=True)
+    hub = Hub(make_session)
     live = await hub.create_session("idle", idle=True)
     hub.idle_clock.close()
     now = time.time() + 1.0
@@ -73,7 +73,7 @@ async def test_style_change_ends_playback(make_session):
     await live.set_style("a happy host")
     assert not live.idle_loop.playing                    # the new style's motion is made by the model
     await hub.close_session(live)
-    hub.batcher.close()
+    hub.close()
 
 
 async def test_idle_session_without_subscribers_times_out(make_session):
@@ -95,20 +95,23 @@ async def test_idle_session_without_subscribers_times_out(make_session):
         await recv_until(ws, is_type("opened"))
 
 
-def test_speaking_sessions_come_first_in_a_round():
-    """A round steps speakers before idle sessions (stable within each kind), so with more ready hops
-    than max_batch the idle ones take the later batched steps."""
-    from types import SimpleNamespace
+def test_speaking_sessions_come_first_in_a_round(make_session):
+    """The scheduler's round steps speakers (real audio within SPEAKING_HOLD_S) before the sessions fed
+    only no-audio time or whose audio is old, so with more ready hops than max_batch the silent ones take
+    the later batched calls. Arrival times are made up (no sleeps)."""
+    from mm2face.engine.batching import SPEAKING_HOLD_S, SessionBatcher
 
-    from mm2face.realtime.server import SPEAKING_HOLD_S, LiveSession, speaking_first
-
-    now = 1000.0
-
-    def fake(name, last_audio):
-        s = SimpleNamespace(name=name, last_audio_time=last_audio)
-        s.is_idle = lambda t, s=s: LiveSession.is_idle(s, t)
-        return s
-
-    order = [fake("idle1", 0.0), fake("talk1", now - 0.1), fake("idle2", now - 10 * SPEAKING_HOLD_S),
-             fake("talk2", now - 0.5 * SPEAKING_HOLD_S)]
-    assert [s.name for s in speaking_first(order, now)] == ["talk1", "talk2", "idle1", "idle2"]
+    first = make_session("")
+    batches = []
+    b = SessionBatcher(first.model, max_batch=2, on_frames=lambda k, fs: batches.append(k))
+    now = time.time()
+    hop = np.zeros(first.spt + first.look, np.float32)
+    for name, t in (("idle1", None), ("talk1", now - 0.1), ("idle2", now - 10 * SPEAKING_HOLD_S),
+                    ("talk2", now - 0.5 * SPEAKING_HOLD_S)):
+        key = b.add(first if name == "idle1" else make_session(""), key=name)
+        if t is None:
+            b.push_no_audio(key, len(hop))
+        else:
+            b.push_audio(key, hop, arrival_time=t)
+    assert b.step() == 4 and b.stats["batch_sizes"] == {2: 2}
+    assert set(batches[:2]) == {"talk1", "talk2"} and set(batches[2:]) == {"idle1", "idle2"}

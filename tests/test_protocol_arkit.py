@@ -117,7 +117,7 @@ def test_encoder_converts_each_frame_once_for_all_formats_and_listeners():
 
 async def test_server_subscribers_choose_their_format(make_session):
     from websockets.asyncio.client import connect
-    async for hub, url in served_hub(make_session, batch=True):
+    async for hub, url in served_hub(make_session):
         hub.arkit_retarget = rt = _counting()
         async with connect(url) as v1, connect(url) as ak, connect(url) as akb, connect(url) as src:
             # a v1 client: hello says version 1, json frames exactly as before
@@ -161,7 +161,7 @@ async def test_server_subscribers_choose_their_format(make_session):
 
 async def test_arkit_refused_with_the_reason_when_no_map_applies(make_session):
     from websockets.asyncio.client import connect
-    async for hub, url in served_hub(make_session, batch=False):
+    async for hub, url in served_hub(make_session):
         hub.arkit_error = "the model drives the 'flame' head; start mm2face-live with --arkit-retarget FILE"
         async with connect(url) as ws:
             await ws.send('{"type":"subscribe","format":"arkit"}')

@@ -93,13 +93,12 @@ def hub_loop():
 
     from mm2face.realtime.server import ClientConn, Hub
     loop = asyncio.new_event_loop()
-    hub = Hub(session_factory(), token="sekret", batch=True)
+    hub = Hub(session_factory(), token="sekret")
     loop.run_until_complete(hub.create_session("default", style="calm"))
     yield hub, loop, ClientConn
     for s in list(hub.sessions.values()):
         loop.run_until_complete(hub.close_session(s))
-    hub.idle_clock.close()
-    hub.batcher.close()
+    hub.close()
     loop.run_until_complete(asyncio.sleep(0))
     loop.close()
 

@@ -151,15 +151,15 @@ async def test_flush_goes_idle_at_once(server):
 
 async def test_idle_sessions_share_batched_steps(make_session):
     """Four idle client sessions: every idle tick is at most one batched step for all of them."""
-    hub = Hub(make_session, batch=True)
+    hub = Hub(make_session)
     async with serve_hub(hub, "127.0.0.1", 0):
         for i in range(4):
             await hub.create_session(f"i{i}", idle=True)
         await asyncio.sleep(0.8)                           # past the grace: all idle
-        steps0, ticks0 = hub.batcher.steps, hub.idle_clock.ticks
+        steps0, ticks0 = hub.batcher.stats["batches"], hub.idle_clock.ticks
         hops0 = sum(s.session.k for s in hub.sessions.values())
         await asyncio.sleep(2.0)
-        steps, ticks = hub.batcher.steps - steps0, hub.idle_clock.ticks - ticks0
+        steps, ticks = hub.batcher.stats["batches"] - steps0, hub.idle_clock.ticks - ticks0
         hops = sum(s.session.k for s in hub.sessions.values()) - hops0
         assert hops >= 4 * 10                              # each session ~25 frames/s = ~12 hops/s
         assert steps <= ticks + 2 and steps < hops         # hops of several sessions in one step
@@ -201,7 +201,7 @@ async def test_default_session_sources_keep_moving(make_session, tmp_path):
 async def test_real_time_stream_gets_no_idle_mid_speech(make_session):
     """A client streaming at real-time pace (40 ms chunks, a 0.3 s pause inside the grace) never
     has idle time inserted into its speech: every frame before `end` shows its own audio."""
-    hub = Hub(make_session, batch=True)
+    hub = Hub(make_session)
     async with serve_hub(hub, "127.0.0.1", 0) as srv, connect(f"ws://127.0.0.1:{srv.port}") as ws:
         await ws.send(json.dumps({"type": "open", "session": "live", "sample_rate": 16000}))
         await recv_until(ws, is_type("opened"))

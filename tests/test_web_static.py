@@ -54,7 +54,7 @@ def test_a_build_failure_is_reported_not_raised():
 
 async def test_generated_files_over_a_served_hub(make_session):  # noqa: F811
     gen = W.GENERATED
-    async for hub, url in served_hub(make_session, batch=False):
+    async for hub, url in served_hub(make_session):
         http = url.replace("ws://", "http://")
 
         def get(path):
