@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-vad", action="store_true",
                     help="turn off the voice-activity gate (by default the mouth rests while no speech is heard; "
                          "engine/vad.py)")
+    ap.add_argument("--no-contact", action="store_true",
+                    help="turn off the lip-contact stage (by default the lips meet on p/b/m and the lower lip reaches "
+                         "the upper teeth on f/v where the model has the stage; engine/closure.py)")
     ap.add_argument("--raw-styles", action="store_true",
                     help="send style text to the model as typed: no style parser, no head-gesture layer "
                          "(engine/style.py; research)")
@@ -172,6 +175,8 @@ class StatusLine:
 
 SHUTDOWN_WAIT_S = 5.0     # after a stop: how long the tasks get to finish before the recordings are written anyway
 SHUTDOWN_EXIT_S = 30.0    # a shutdown phase still running after this long: dump all thread stacks, exit code 1
+VIEWER_POLL_S = 0.2       # how often the viewer subprocess is checked for having exited
+VIEWER_EXIT_S = 5.0       # how long the viewer gets to exit after terminate() before it is killed
 
 
 def _fd_stream():
@@ -254,214 +259,304 @@ def with_backend(model, args):
     return model
 
 
-async def amain(args) -> int:
-    from mm2face.engine.audio import AudioFileError
-    from mm2face.realtime import sources
-    from mm2face.realtime.server import Hub, serve_hub
+class StartupFailed(Exception):
+    """A start-up phase cannot go on; the message says why (exit code 2, no traceback)."""
 
-    demo_headless = args.demo and not has_display()
-    if args.demo and not demo_headless:
-        args.view = True
-    if args.view or args.demo:
-        args.serve = True                        # the demo's frames are served too
-    if args.demo:
-        args.wav = str(sources.DEMO_WAV)
 
-    # Open the audio source before loading the model, so device problems are reported at once.
-    try:
-        outputs = udp_outputs.open_outputs(args)          # --livelink / --vmc
-    except udp_outputs.OutputError as e:
-        print(f"mm2face-live: {e}", file=sys.stderr)
-        return 2
-    source = None
-    try:
-        if args.mic:
-            source = sources.MicSource(args.input_device, args.audio_backend)
-        elif args.wav:
-            source = sources.WavSource(args.wav, loop=args.loop or (args.demo and not demo_headless))
-    except (sources.DeviceError, AudioFileError) as e:
-        print(f"mm2face-live: {e}", file=sys.stderr)
-        return 2
+def say(message: str) -> None:
+    print(f"mm2face-live: {message}", file=sys.stderr, flush=True)
 
-    from mm2face.engine.session import StreamConfig, StreamSession   # imports torch: after the quick checks
-    model = with_backend(load_the_model(args), args)
-    cfg = StreamConfig()
-    if args.guidance is not None:
-        cfg.guidance = args.guidance
-    cfg.vad = not args.no_vad
-    cfg.parse_styles = not args.raw_styles
-    make_session = lambda style: StreamSession(model, cfg, style=style, device=args.device)  # noqa: E731
-    serving = args.serve or args.view or args.demo
-    limits = admission.limits_from_args(args, make_session if serving else None,
-                                        log=lambda line: print(f"mm2face-live: {line}", file=sys.stderr))
-    hub = Hub(make_session, token=args.token, limits=limits,
-              server_session_control=args.server_session_control, ingest_speed=args.ingest_speed or None)
-    configure_arkit(hub, model.head_name, args.arkit_retarget, build_now=bool(serving or args.mqtt or outputs))
-    live = await hub.create_session("default", style=args.style)
-    try:
-        udp_outputs.attach(outputs, live, hub.arkit_retarget, hub.arkit_error)
-    except udp_outputs.OutputError as e:
-        print(f"mm2face-live: {e}", file=sys.stderr)
-        return 2
-    recorded, recorded_audio = [], []
-    if args.record or demo_headless:
-        live.listeners.append(lambda _live, frames: recorded.extend(frames))
-    if args.record_audio:
-        live.audio_taps.append(recorded_audio.append)
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    def on_signal(sig: signal.Signals) -> None:
-        if not stop.is_set():
-            print(f"\nmm2face-live: {sig.name}, stopping", file=sys.stderr, flush=True)
-        stop.set()
+class LiveRun:
+    """One run of ``mm2face-live``, in phases.
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig)
+    Start-up: :meth:`plan` (what --demo / --view imply), :meth:`open_io` (UDP outputs and the audio
+    source, before the slow model load, so device problems are reported at once), :meth:`load_engine`
+    (model, backend, stream config), :meth:`build_hub` (the hub, the default session, ARKit map,
+    outputs and recorders attached), :meth:`install_controls` (signals, styles typed on stdin),
+    :meth:`start` (server, outputs, MQTT, audio source, status line, viewer). Each raises
+    :class:`StartupFailed` with the reason. Then :meth:`wait` until a signal, the end of the source,
+    ``--seconds``, the viewer closing or a failed task. Shutdown: :meth:`shutdown` (drain, cancel with a
+    bounded wait, recordings, status line, viewer) and :meth:`result` (the exit code; the headless
+    demo's MP4)."""
 
-    def on_style_line(text: str) -> None:
-        async def apply():
-            from mm2face.realtime.protocol import MAX_STYLE_CHARS
-            if len(text) > MAX_STYLE_CHARS:
-                print(f"\nmm2face-live: style text is {len(text)} characters; the limit is {MAX_STYLE_CHARS}",
-                      file=sys.stderr)
-                return
-            await live.set_style(text)
-        asyncio.ensure_future(apply())
-    read_stdin_styles(loop, on_style_line)
+    def __init__(self, args):
+        self.args = args
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.failure: list[BaseException] = []
+        self.recorded: list = []              # frames of the default session (--record, the headless demo)
+        self.recorded_audio: list = []        # (samples,) float32 16 kHz chunks it consumed (--record-audio)
+        self.outputs: list = []
+        self.source = None
+        self.model = self.make_session = self.hub = self.live = None
+        self.srv = self.url = None
+        self.status: StatusLine | None = None
+        self.viewer: subprocess.Popen | None = None
+        self.demo_headless = False
 
-    tasks: list[asyncio.Task] = []
-    failure: list[BaseException] = []
+    # ------------------------------------------------------------------ start-up
+    def plan(self) -> None:
+        from mm2face.realtime import sources
+        a = self.args
+        self.demo_headless = bool(a.demo and not has_display())
+        if a.demo and not self.demo_headless:
+            a.view = True
+        if a.view or a.demo:
+            a.serve = True                        # the demo's frames are served too
+        if a.demo:
+            a.wav = str(sources.DEMO_WAV)
 
-    def write_recordings() -> None:
-        """--record / --record-audio files; called as soon as the stream stops, before the server closes
-        (closing waits for clients), so a slow or stuck shutdown cannot lose them."""
-        if args.record and recorded:
-            from mm2face.engine.frame import MotionClip
-            from mm2face.realtime.ws_source import frames_to_motion
-            path = MotionClip(frames_to_motion(recorded), head=model.head_name, style=args.style).save(args.record)
-            print(f"mm2face-live: recorded {len(recorded)} frames to {path}", file=sys.stderr, flush=True)
-        if args.record_audio:
-            import numpy as np
-            import soundfile as sf
-            audio = np.concatenate(recorded_audio) if recorded_audio else np.zeros(0, np.float32)
-            out = Path(args.record_audio)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            part = out.with_name(out.name + ".part")          # never leave a half-written WAV behind
-            sf.write(part, audio, 16000, subtype="FLOAT", format="WAV")
-            part.replace(out)
-            print(f"mm2face-live: recorded {len(audio) / 16000:.2f} s of input audio to {args.record_audio}",
-                  file=sys.stderr, flush=True)
+    def open_io(self) -> None:
+        from mm2face.engine.audio import AudioFileError
+        from mm2face.realtime import sources
+        a = self.args
+        try:
+            self.outputs = udp_outputs.open_outputs(a)          # --livelink / --vmc
+        except udp_outputs.OutputError as e:
+            raise StartupFailed(str(e)) from None
+        try:
+            if a.mic:
+                self.source = sources.MicSource(a.input_device, a.audio_backend)
+            elif a.wav:
+                self.source = sources.WavSource(a.wav, loop=a.loop or (a.demo and not self.demo_headless))
+        except (sources.DeviceError, AudioFileError) as e:
+            raise StartupFailed(str(e)) from None
 
-    async def guarded(coro, name):
+    def load_engine(self) -> None:
+        from mm2face.engine.session import StreamConfig, StreamSession   # imports torch: after the quick checks
+        a = self.args
+        self.model = model = with_backend(load_the_model(a), a)
+        cfg = StreamConfig()
+        if a.guidance is not None:
+            cfg.guidance = a.guidance
+        cfg.vad = not a.no_vad
+        cfg.contact = not a.no_contact
+        cfg.parse_styles = not a.raw_styles
+        self.make_session = lambda style: StreamSession(model, cfg, style=style, device=a.device)
+
+    async def build_hub(self) -> None:
+        from mm2face.realtime.server import Hub
+        a = self.args
+        limits = admission.limits_from_args(a, self.make_session if a.serve else None, log=say)
+        self.hub = Hub(self.make_session, token=a.token, limits=limits,
+                       server_session_control=a.server_session_control, ingest_speed=a.ingest_speed or None)
+        configure_arkit(self.hub, self.model.head_name, a.arkit_retarget,
+                        build_now=bool(a.serve or a.mqtt or self.outputs))
+        self.live = await self.hub.create_session("default", style=a.style)
+        try:
+            udp_outputs.attach(self.outputs, self.live, self.hub.arkit_retarget, self.hub.arkit_error)
+        except udp_outputs.OutputError as e:
+            raise StartupFailed(str(e)) from None
+        if a.record or self.demo_headless:
+            self.live.listeners.append(lambda _live, frames: self.recorded.extend(frames))
+        if a.record_audio:
+            self.live.audio_taps.append(self.recorded_audio.append)
+
+    def install_controls(self) -> None:
+        """SIGINT/SIGTERM stop the run; each line typed on stdin becomes the default session's style."""
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not self.stop.is_set():
+                print(f"\nmm2face-live: {sig.name}, stopping", file=sys.stderr, flush=True)
+            self.stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal, sig)
+
+        def on_style_line(text: str) -> None:
+            async def apply():
+                from mm2face.realtime.protocol import MAX_STYLE_CHARS
+                if len(text) > MAX_STYLE_CHARS:
+                    print(f"\nmm2face-live: style text is {len(text)} characters; the limit is {MAX_STYLE_CHARS}",
+                          file=sys.stderr)
+                    return
+                await self.live.set_style(text)
+            asyncio.ensure_future(apply())
+        read_stdin_styles(loop, on_style_line)
+
+    def spawn(self, coro, name: str, guarded: bool = True) -> None:
+        """Run ``coro`` as a task of this run; a guarded task that fails records why and stops the run."""
+        self.tasks.append(asyncio.create_task(self._guarded(coro) if guarded else coro, name=name))
+
+    async def _guarded(self, coro) -> None:
         try:
             await coro
         except asyncio.CancelledError:
             raise
-        except BaseException as e:  # noqa: BLE001 - reported below, then we stop
-            failure.append(e)
-            stop.set()
+        except BaseException as e:  # noqa: BLE001 - reported by result(), after the recordings
+            self.failure.append(e)
+            self.stop.set()
 
-    async with contextlib.AsyncExitStack() as stack:
-        if args.serve:
-            try:
-                srv = await stack.enter_async_context(serve_hub(hub, args.host, args.port))
-            except OSError as e:
-                print(f"mm2face-live: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
-                      "pick another --port", file=sys.stderr)
-                if not demo_headless:
-                    return 2
-                args.serve = False                # a headless demo still writes its MP4
-                srv = None
-        if args.serve:
-            url = f"ws://{args.host}:{srv.port}"
-            print(f"mm2face-live: serving {url} (session 'default', protocol v{P.PROTOCOL_VERSION})", file=sys.stderr, flush=True)
-            print(f"mm2face-live: browser viewer at http://{args.host}:{srv.port}/ (docs/guides/browser.md)",
-                  file=sys.stderr, flush=True)
-            if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
-                print("mm2face-live: warning: listening beyond this machine without --token; anyone who can "
-                      "reach the port can change the style", file=sys.stderr)
-        for o in outputs:
-            tasks.append(asyncio.create_task(guarded(o.run(), o.name), name=o.name))
-            print(f"mm2face-live: {o} at {o.playout.out_fps:g} fps", file=sys.stderr)
-        if args.mqtt:
-            from mm2face.realtime.mqtt import MqttBridge, parse_host_port
-            host, port = parse_host_port(args.mqtt)
-            try:
-                bridge = MqttBridge(hub, host, port, prefix=args.mqtt_prefix, frame_format=args.mqtt_format)
-            except P.ProtocolError as e:
-                print(f"mm2face-live: --mqtt-format {args.mqtt_format}: {e.message}", file=sys.stderr)
-                return 2
-            tasks.append(asyncio.create_task(guarded(bridge.run(), "mqtt"), name="mqtt"))
-            print(f"mm2face-live: MQTT to {host}:{port}, topics {args.mqtt_prefix}/default/...", file=sys.stderr)
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+        a = self.args
+        await self._start_server(stack)
+        if not a.serve:
+            stack.callback(self.hub.close)        # serve_hub closes the hub (its scheduler) when it serves
+        for o in self.outputs:
+            self.spawn(o.run(), o.name)
+            say(f"{o} at {o.playout.out_fps:g} fps")
+        self._start_mqtt()
+        self._start_source()
+        if not a.quiet:
+            self.status = StatusLine(self.hub, self.live)
+            self.spawn(self.status.run(), "status line", guarded=False)
+        if a.view:
+            self._start_viewer()
+        if a.seconds is not None:
+            asyncio.get_running_loop().call_later(a.seconds, self.stop.set)
+
+    async def _start_server(self, stack: contextlib.AsyncExitStack) -> None:
+        from mm2face.realtime.server import serve_hub
+        a = self.args
+        if not a.serve:
+            return
+        try:
+            self.srv = await stack.enter_async_context(serve_hub(self.hub, a.host, a.port))
+        except OSError as e:
+            msg = f"cannot listen on {a.host}:{a.port} ({e.strerror or e}); pick another --port"
+            if not self.demo_headless:
+                raise StartupFailed(msg) from None
+            say(msg)
+            a.serve = False                       # a headless demo still writes its MP4
+            return
+        self.url = f"ws://{a.host}:{self.srv.port}"
+        say(f"serving {self.url} (session 'default', protocol v{P.PROTOCOL_VERSION})")
+        say(f"browser viewer at http://{a.host}:{self.srv.port}/ (docs/guides/browser.md)")
+        if a.host not in ("127.0.0.1", "localhost", "::1") and not a.token:
+            say("warning: listening beyond this machine without --token; anyone who can reach the port can "
+                "change the style")
+
+    def _start_mqtt(self) -> None:
+        a = self.args
+        if not a.mqtt:
+            return
+        from mm2face.realtime.mqtt import MqttBridge, parse_host_port
+        host, port = parse_host_port(a.mqtt)
+        try:
+            bridge = MqttBridge(self.hub, host, port, prefix=a.mqtt_prefix, frame_format=a.mqtt_format)
+        except P.ProtocolError as e:
+            raise StartupFailed(f"--mqtt-format {a.mqtt_format}: {e.message}") from None
+        self.spawn(bridge.run(), "mqtt")
+        say(f"MQTT to {host}:{port}, topics {a.mqtt_prefix}/default/...")
+
+    def _start_source(self) -> None:
+        from mm2face.realtime import sources
+        a = self.args
+        if self.source is None:                   # text-only: idle motion from the style alone
+            self.spawn(sources.feed(self.live, sources.IdleSource(), end_at_eof=False), "idle source")
+            return
 
         def source_done():
-            if not args.serve or demo_headless:
-                stop.set()
+            if not a.serve or self.demo_headless:
+                self.stop.set()
+        self.spawn(sources.feed(self.live, self.source, idle_after=a.serve and not self.demo_headless,
+                                on_eof=source_done), "audio source")
 
-        if source is not None:
-            tasks.append(asyncio.create_task(guarded(
-                sources.feed(live, source, idle_after=args.serve and not demo_headless, on_eof=source_done), "source"),
-                name="audio source"))
-        else:
-            tasks.append(asyncio.create_task(guarded(sources.feed(live, sources.IdleSource(), end_at_eof=False), "idle"),
-                                             name="idle source"))
-        status = None
-        if not args.quiet:
-            status = StatusLine(hub, live)
-            tasks.append(asyncio.create_task(status.run(), name="status line"))
-        viewer = None
-        if args.view:
-            view_url = f"ws://127.0.0.1:{srv.port}" if args.host in ("0.0.0.0", "::") else url
-            viewer = subprocess.Popen([sys.executable, "-c", "import sys; from mm2face.viewer.cli import main; "
-                                       "sys.exit(main(sys.argv[1:]))", view_url])
+    def _start_viewer(self) -> None:
+        a = self.args
+        view_url = f"ws://127.0.0.1:{self.srv.port}" if a.host in ("0.0.0.0", "::") else self.url
+        self.viewer = viewer = subprocess.Popen([sys.executable, "-c", "import sys; from mm2face.viewer.cli import main; "
+                                                 "sys.exit(main(sys.argv[1:]))", view_url])
 
-            async def watch_viewer():
-                while viewer.poll() is None:
-                    await asyncio.sleep(0.2)
-                if viewer.returncode == 0:
-                    stop.set()                        # the user closed the window: we are done
-                else:
-                    print(f"mm2face-live: the viewer exited with code {viewer.returncode} (see its message "
-                          "above); still serving", file=sys.stderr)
-            tasks.append(asyncio.create_task(watch_viewer(), name="viewer watch"))
-        if args.seconds is not None:
-            loop.call_later(args.seconds, stop.set)
+        async def watch_viewer():
+            while viewer.poll() is None:
+                await asyncio.sleep(VIEWER_POLL_S)
+            if viewer.returncode == 0:
+                self.stop.set()                   # the user closed the window: we are done
+            else:
+                say(f"the viewer exited with code {viewer.returncode} (see its message above); still serving")
+        self.spawn(watch_viewer(), "viewer watch", guarded=False)
 
-        await stop.wait()
-        if args.serve:       # graceful drain: no new sessions, running ones get --drain-timeout to finish
-            await hub.drain(args.drain_timeout)
-        for t in tasks:
+    async def wait(self) -> None:
+        await self.stop.wait()
+
+    # ------------------------------------------------------------------ shutdown
+    async def shutdown(self) -> None:
+        """Drain, stop the tasks (bounded), write the recordings, then tidy the terminal and the viewer."""
+        if self.args.serve:       # graceful drain: no new sessions, running ones get --drain-timeout to finish
+            await self.hub.drain(self.args.drain_timeout)
+        await self._cancel_tasks()
+        self.write_recordings()
+        faulthandler.cancel_dump_traceback_later()
+        if self.status is not None:
+            self.status.clear()
+        self._stop_viewer()
+
+    async def _cancel_tasks(self) -> None:
+        """A task stuck in a driver or a worker thread must not cost the recordings, nor keep the process
+        alive: wait a bounded time, say what is stuck (with every thread's stack), and go on."""
+        for t in self.tasks:
             t.cancel()
-        # A task stuck in a driver or a worker thread must not cost the recordings, nor keep the process
-        # alive: wait a bounded time, say what is stuck (with every thread's stack), and go on.
         _arm_shutdown_watchdog()
         pending = set()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=SHUTDOWN_WAIT_S)
         if pending:
-            print(f"mm2face-live: {', '.join(sorted(t.get_name() for t in pending))} did not stop within "
-                  f"{SHUTDOWN_WAIT_S:.0f} s; writing the recordings anyway (stacks follow)", file=sys.stderr, flush=True)
+            say(f"{', '.join(sorted(t.get_name() for t in pending))} did not stop within {SHUTDOWN_WAIT_S:.0f} s; "
+                "writing the recordings anyway (stacks follow)")
             faulthandler.dump_traceback(file=_fd_stream(), all_threads=True)
-        write_recordings()
-        faulthandler.cancel_dump_traceback_later()
-        if status is not None:
-            status.clear()
-        if viewer is not None and viewer.poll() is None:
-            viewer.terminate()
-            try:
-                viewer.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                viewer.kill()
 
-    if failure:              # after the recordings: what was captured before a device failed is kept
-        e = failure[0]
-        if isinstance(e, sources.DeviceError):
-            print(f"mm2face-live: {e}", file=sys.stderr)
-            return 2
-        raise e
-    code = write_demo_mp4(args, model, recorded) if demo_headless else 0
+    def write_recordings(self) -> None:
+        """--record / --record-audio files; called as soon as the stream stops, before the server closes
+        (closing waits for clients), so a slow or stuck shutdown cannot lose them."""
+        a = self.args
+        if a.record and self.recorded:
+            from mm2face.engine.frame import MotionClip
+            from mm2face.realtime.ws_source import frames_to_motion
+            path = MotionClip(frames_to_motion(self.recorded), head=self.model.head_name, style=a.style).save(a.record)
+            say(f"recorded {len(self.recorded)} frames to {path}")
+        if a.record_audio:
+            import numpy as np
+            import soundfile as sf
+            from mm2face.engine.frame import SAMPLE_RATE
+            audio = np.concatenate(self.recorded_audio) if self.recorded_audio else np.zeros(0, np.float32)
+            out = Path(a.record_audio)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            part = out.with_name(out.name + ".part")          # never leave a half-written WAV behind
+            sf.write(part, audio, SAMPLE_RATE, subtype="FLOAT", format="WAV")
+            part.replace(out)
+            say(f"recorded {len(audio) / SAMPLE_RATE:.2f} s of input audio to {a.record_audio}")
+
+    def _stop_viewer(self) -> None:
+        if self.viewer is not None and self.viewer.poll() is None:
+            self.viewer.terminate()
+            try:
+                self.viewer.wait(timeout=VIEWER_EXIT_S)
+            except subprocess.TimeoutExpired:
+                self.viewer.kill()
+
+    def result(self) -> int:
+        """The exit code: a failed task's reason (after the recordings: what was captured before a device
+        failed is kept), else the headless demo's MP4, else 0."""
+        from mm2face.realtime import sources
+        if self.failure:
+            e = self.failure[0]
+            if isinstance(e, sources.DeviceError):
+                say(str(e))
+                return 2
+            raise e
+        return write_demo_mp4(self.args, self.model, self.recorded) if self.demo_headless else 0
+
+
+async def amain(args) -> int:
+    run = LiveRun(args)
+    try:
+        run.plan()
+        run.open_io()
+        run.load_engine()
+        await run.build_hub()
+        run.install_controls()
+        async with contextlib.AsyncExitStack() as stack:
+            await run.start(stack)
+            await run.wait()
+            await run.shutdown()
+    except StartupFailed as e:
+        say(str(e))
+        return 2
+    code = run.result()
     # from here only asyncio.run's clean-up remains (cancelling tasks, closing the capture device,
     # joining worker threads); if that blocks, dump every thread's stack and exit (code 1)
     _arm_shutdown_watchdog()

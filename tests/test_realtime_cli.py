@@ -151,3 +151,24 @@ def test_a_source_that_will_not_stop_costs_no_recording(tmp_path, monkeypatch, c
     assert code == 0 and time.time() - t0 < 25, err
     assert "audio source did not stop within 1 s" in err and "Thread" in err       # named, stacks dumped
     assert rec.exists() and sf.info(str(rec)).frames > 16000 // 2                    # ~1.5 s of input kept
+
+
+def test_start_up_phases_stop_with_their_reason_before_the_model_loads(tmp_path, monkeypatch):
+    from mm2face.realtime.cli import LiveRun, StartupFailed, build_parser, resolve_device_arguments
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    args = build_parser().parse_args(["--wav", str(bad), "--random-model"])
+    resolve_device_arguments(args)
+    run = LiveRun(args)
+    run.plan()
+    with pytest.raises(StartupFailed, match="could not read .*bad.wav as audio"):
+        run.open_io()
+    assert run.model is None and run.hub is None            # the slow phases never ran
+    # --demo without a display: served, the bundled speech, and an MP4 at the end instead of a window
+    for var in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    args = build_parser().parse_args(["--demo"])
+    run = LiveRun(args)
+    run.plan()
+    assert run.demo_headless and args.serve and not args.view and args.wav == str(DEMO_WAV)
