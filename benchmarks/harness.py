@@ -7,6 +7,9 @@
 * :func:`run_ws`: N WebSocket clients stream to the real server (:mod:`mm2face.realtime.server`) running
   in a thread of this process; per frame: the server's arrival/ready/send stamps and the client's
   receipt time (``time.time``, same host).
+* :class:`ServerProcess` + :func:`run_server_clients`: ``mm2face-live --serve`` in its own process and
+  N WebSocket clients in this one streaming at real-time pace; per frame: the clients' own send and
+  receipt times (the honest capacity of the server, ``mm2face-bench throughput --server``).
 * :func:`summarize`: p50/p95/p99 of audio-to-face and processing latency, per-stage times, real-time
   factor, frame-interval jitter.
 """
@@ -16,6 +19,7 @@ import array
 import collections
 import heapq
 import math
+import struct
 import threading
 import time
 from pathlib import Path
@@ -363,3 +367,146 @@ def latency_series(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     fr = fr[np.argsort(fr[:, 1])]
     return fr[:, 2], (fr[:, 5] - fr[:, 3]) * 1e3, (fr[:, 5] - fr[:, 4]) * 1e3
+
+
+# ----------------------------------------------------------------------------- the real server, real clients
+
+SERVER_START_TIMEOUT_S = 300.0      # model load + backend build + warm-up of a served checkpoint
+FRAME_HEADER = struct.Struct("<4sHHII")   # the head of a binary MMF1 frame: magic, version, flags, seq, session_num
+
+
+class ServerProcess:
+    """``mm2face-live --serve`` in its own process, on a port the OS picks (``--port 0``; the URL is read
+    from the line it prints when it serves). Use as a context manager; stderr goes to ``log_path``."""
+
+    @staticmethod
+    def base_cmd() -> list[str]:
+        import sys
+        return [sys.executable, "-m", "mm2face.realtime.cli", "--serve", "--host", "127.0.0.1", "--port", "0",
+                "--quiet"]
+
+    def __init__(self, server_args: list[str], log_path: Path):
+        import subprocess
+        self.cmd = self.base_cmd() + list(server_args)
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "w")      # a file, not a pipe: a full pipe would stall the server
+        self.proc = subprocess.Popen(self.cmd, stderr=self._log, stdout=self._log, text=True)
+        self.url = self._wait_url()
+
+    def _wait_url(self) -> str:
+        import re
+        t_end = time.time() + SERVER_START_TIMEOUT_S
+        while time.time() < t_end:
+            m = re.search(r"serving (ws://\S+)", self.log_path.read_text())
+            if m:
+                return m.group(1)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with code {self.proc.returncode}: "
+                                   f"{self.log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        self.close()
+        raise RuntimeError(f"the server did not start serving within {SERVER_START_TIMEOUT_S:.0f} s")
+
+    def close(self) -> None:
+        import signal
+        import subprocess
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)           # the server's own graceful stop
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_server_clients(url: str, audio, sessions: int = 1, chunk_s: float = 0.04, style: str = "",
+                       end_timeout_s: float = 30.0) -> dict:
+    """``sessions`` WebSocket clients in this process (one asyncio loop) each open their own session on
+    the server at ``url`` and stream ``audio`` at real-time pace (client j starts ``j / sessions`` of a hop
+    after client 0, as independent clients would), then ``end``. Every time is the client's own clock
+    (``time.time()``): frame ``seq`` shows audio sample ``seq * 640``; its audio-to-frame latency is the
+    frame's receipt minus the send of the chunk that held that sample. Records only the streamed audio's
+    frames (not the end() tail). Returns ``{"frames": (n, 6) array of (session, seq, t_audio_s, sent,
+    sent, received), "client_cpu_s", "wall_s", "send_lag", "errors", ...}`` (the ``frames`` layout of
+    :func:`summarize`, whose arrival and ready columns are both the send time here)."""
+    import asyncio
+    import resource
+
+    from websockets.asyncio.client import connect
+
+    from mm2face.realtime import protocol as P
+
+    n = int(chunk_s * SR)
+    n_chunks = -(-len(audio) // n)
+    n_audio_frames = len(audio) // 640
+    hop_s = 0.08
+    recs = array.array("d")
+    lag = array.array("d")
+    errors: list[str] = []
+    chunks = [np.asarray(audio[i * n:(i + 1) * n], np.float32).astype("<f4").tobytes() for i in range(n_chunks)]
+
+    async def client(j: int, t0: float):
+        sent = np.full(n_chunks, np.nan)
+        async with connect(url, max_size=None, compression=None) as ws:
+            await ws.send(P._dumps({"type": "open", "session": f"cap{j}", "sample_rate": SR, "sample_format": "f32",
+                                    "format": "binary", "style": style, "idle": False}))
+            while True:
+                m = await ws.recv()
+                if isinstance(m, str) and '"opened"' in m:
+                    break
+                if isinstance(m, str) and '"error"' in m:
+                    errors.append(m[:300])
+                    return
+            ended = asyncio.Event()
+
+            async def reader():
+                async for msg in ws:
+                    now = time.time()
+                    if isinstance(msg, bytes):
+                        _, _, _, seq, _ = FRAME_HEADER.unpack_from(msg)
+                        if seq < n_audio_frames:
+                            recs.extend((j, seq, seq / 25.0, sent[seq * 640 // n], sent[seq * 640 // n], now))
+                    elif '"ended"' in msg:
+                        ended.set()
+                    elif '"error"' in msg:
+                        errors.append(msg[:300])
+            rt = asyncio.create_task(reader())
+            start = t0 + (j / sessions) * hop_s
+            for i in range(n_chunks):
+                due = start + i * chunk_s
+                delay = due - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = time.time()
+                lag.append(now - due)
+                sent[i] = now
+                await ws.send(chunks[i])
+            await ws.send(P._dumps({"type": "end"}))
+            try:
+                await asyncio.wait_for(ended.wait(), end_timeout_s)
+            except asyncio.TimeoutError:
+                errors.append(f"client {j}: no 'ended' within {end_timeout_s:.0f} s")
+            await ws.send(P._dumps({"type": "close"}))
+            rt.cancel()
+
+    async def main():
+        t0 = time.time() + 0.5 + 0.01 * sessions              # all clients connected and opened first
+        await asyncio.gather(*(client(j, t0) for j in range(sessions)))
+
+    ru0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.time()
+    asyncio.run(main())
+    ru1, wall = resource.getrusage(resource.RUSAGE_SELF), time.time() - w0
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {"frames": np.frombuffer(recs, np.float64).reshape(-1, 6).copy(), "stages": np.zeros((0, STAGE_COLS)),
+            "audio_s": len(audio) / SR, "sessions": sessions, "expected_frames": n_audio_frames * sessions,
+            "n_audio_frames": n_audio_frames, "feeder_lag": stats_ms(lag), "errors": len(errors),
+            "error_messages": errors[:5], "client_cpu_s": cpu, "wall_s": wall,
+            "client_cpu_frac": cpu / max(wall, 1e-9), "clock": "time.time (the clients' own)",
+            "transport": "WebSocket clients (one asyncio process) to mm2face-live --serve (its own process)"}
