@@ -38,15 +38,14 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys/values of the last ``ctx_tokens - 1`` tokens for every layer.
-
-    ``k[l], v[l]: (B, H, Tc, hd)``; ``valid: (B, Tc)`` bool or None (all valid) marks left padding
-    when caches of several streams are stacked (:func:`stack_caches`). ``t`` counts tokens seen."""
+    """Keys/values of the last ``ctx_tokens - 1`` tokens for every layer, in time order, as the trainer's
+    batched sampling grows them (streaming keeps its caches in the rows of a
+    :class:`~mm2face.engine.batch_state.KVRing` instead). ``k[l], v[l]: (B, H, Tc, hd)``; ``t`` counts
+    tokens seen."""
 
     def __init__(self, n_layer: int, ctx_tokens: int):
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
-        self.valid: torch.Tensor | None = None
         self.ctx = ctx_tokens
         self.t = 0
 
@@ -56,58 +55,8 @@ class KVCache:
 
     def clone(self) -> "KVCache":
         c = KVCache(len(self.k), self.ctx)
-        c.k, c.v, c.valid, c.t = list(self.k), list(self.v), self.valid, self.t
+        c.k, c.v, c.t = list(self.k), list(self.v), self.t
         return c
-
-
-def stack_caches(caches: list[KVCache], sizes: list[int]) -> KVCache:
-    """Stack the caches of several streams (``sizes[i]`` = batch rows of cache i) into one,
-    left-padded to the longest, with ``valid`` marking the padding."""
-    L = max(c.length for c in caches)
-    n_layer, ctx = len(caches[0].k), caches[0].ctx
-    out = KVCache(n_layer, ctx)
-    out.t = -1
-    if L == 0:
-        return out
-    ref = next(c for c in caches if c.length).k[0]
-    H, hd = ref.shape[1], ref.shape[3]
-    valids = []
-    for c, n in zip(caches, sizes):
-        v = c.valid if c.valid is not None else torch.ones(n, c.length, dtype=torch.bool, device=ref.device)
-        valids.append(F.pad(v, (L - c.length, 0), value=False))
-    out.valid = torch.cat(valids, 0)
-    for l in range(n_layer):
-        ks, vs = [], []
-        for c, n in zip(caches, sizes):
-            if c.length == 0:
-                z = ref.new_zeros(n, H, L, hd)
-                ks.append(z)
-                vs.append(z)
-            else:
-                p = L - c.length
-                ks.append(F.pad(c.k[l], (0, 0, p, 0)))
-                vs.append(F.pad(c.v[l], (0, 0, p, 0)))
-        out.k[l], out.v[l] = torch.cat(ks, 0), torch.cat(vs, 0)
-    return out
-
-
-def unstack_cache(cache: KVCache, sizes: list[int], ts: list[int]) -> list[KVCache]:
-    """Inverse of :func:`stack_caches` after a step; ``sizes`` = batch size of each part,
-    ``ts`` = tokens seen by each part (after the step); padding is stripped."""
-    out, b0 = [], 0
-    for n, t in zip(sizes, ts):
-        c = KVCache(len(cache.k), cache.ctx)
-        keep = min(t, cache.ctx - 1)
-        for l in range(len(cache.k)):
-            c.k[l] = cache.k[l][b0:b0 + n, :, cache.length - keep:] if keep else None
-            c.v[l] = cache.v[l][b0:b0 + n, :, cache.length - keep:] if keep else None
-        if keep == 0:
-            c.k = [None] * len(cache.k)
-            c.v = [None] * len(cache.k)
-        c.t = t
-        out.append(c)
-        b0 += n
-    return out
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
@@ -236,8 +185,7 @@ class MotionGPT(nn.Module):
             x = x + text_x
         x = self.drop(self.in_norm(x))
         if bias is None:
-            bias = self.attn_bias(T, 0 if cache is None else cache.length, x.dtype, x.device,
-                                  None if cache is None else cache.valid, B)
+            bias = self.attn_bias(T, 0 if cache is None else cache.length, x.dtype, x.device)
         for i, blk in enumerate(self.blocks):
             x = blk(x, mods[i], i, cache, bias)
         if cache is not None:
@@ -256,9 +204,8 @@ class MotionGPT(nn.Module):
         return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
                     or torch.onnx.is_in_onnx_export())
 
-    def attn_bias(self, T: int, Tc: int, dtype, device, valid: torch.Tensor | None = None, B: int = 1):
-        """ALiBi bias with the sliding window for ``T`` queries after ``Tc`` cached keys:
-        ``(1, H, T, Tc + T)``, or ``(B, H, T, Tc + T)`` with ``valid: (B, Tc)`` (left padding masked)."""
+    def attn_bias(self, T: int, Tc: int, dtype, device):
+        """ALiBi bias with the sliding window for ``T`` queries after ``Tc`` cached keys: ``(1, H, T, Tc + T)``."""
         key = (T, Tc, dtype, device)
         memo = self.__dict__.setdefault("_bias_memo", {}) if self._can_memo() else None
         bias = memo.get(key) if memo is not None else None
@@ -273,9 +220,6 @@ class MotionGPT(nn.Module):
                 if len(memo) > 32:                                           # bounded: a few shapes in use
                     memo.clear()
                 memo[key] = bias
-        if valid is not None:
-            keymask = torch.cat([valid, torch.ones(B, T, dtype=torch.bool, device=device)], 1)
-            bias = bias.masked_fill(~keymask[:, None, None, :], float("-inf"))
         return bias
 
     def modulation(self, text):

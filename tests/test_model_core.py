@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mm2face.engine.gpt import GPTConfig, MotionGPT, stack_caches, unstack_cache
+from mm2face.engine.gpt import GPTConfig, MotionGPT
 from mm2face.engine.model import MM2Face, load_model
 from mm2face.engine.vqvae import VQConfig, VQVAE
 
@@ -52,24 +52,6 @@ def test_inference_memos_match_the_plain_path_and_follow_weight_changes():
         changed = g(prev[:, :1], audio[:, :1], text)
     torch.testing.assert_close(changed, g(prev[:, :1], audio[:, :1], text).detach())
     assert (changed - again).abs().max() > 1e-6        # logits are small at init (std 0.02 head)
-
-
-def test_stacked_caches_of_different_lengths_match_single_steps():
-    torch.manual_seed(1)
-    g = MotionGPT(GPTConfig(n_codes=16, d_model=32, n_layer=2, n_head=2, ctx_tokens=6, d_text=8)).eval()
-    caches, outs = [], []
-    for n in (0, 3, 9):                            # empty, partial, full (slid) caches
-        c = g.new_cache()
-        for _ in range(n):
-            g(torch.randint(0, 16, (1, 1)), torch.randn(1, 1, 32), torch.randn(1, 1, 8), c)
-        caches.append(c)
-    x = [(torch.randint(0, 16, (1, 1)), torch.randn(1, 1, 32), torch.randn(1, 1, 8)) for _ in caches]
-    ref = [g(*xi, c.clone()) for xi, c in zip(x, caches)]
-    st = stack_caches(caches, [1, 1, 1])
-    out = g(torch.cat([a[0] for a in x]), torch.cat([a[1] for a in x]), torch.cat([a[2] for a in x]), st)
-    torch.testing.assert_close(out, torch.cat(ref), atol=1e-5, rtol=1e-5)
-    parts = unstack_cache(st, [1, 1, 1], [c.t + 1 for c in caches])
-    assert [p.length for p in parts] == [1, 4, 5]
 
 
 def test_vq_decoder_is_causal_and_streams():
