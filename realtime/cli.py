@@ -148,10 +148,11 @@ class StatusLine:
         self.width = shutil.get_terminal_size((100, 20)).columns
 
     def text(self) -> str:
-        lat, a2f = self.live.latency_ms(), self.live.a2f_ms()
+        meter = self.live.meter
+        lat, a2f = meter.median_latency_ms(), meter.median_a2f_ms()
         style = self.live.style or "(neutral)"
         ms = lambda x: "  n/a" if math.isnan(x) else f"{x:5.0f}"  # noqa: E731
-        s = (f"{self.live.fps():5.1f} fps | latency {ms(a2f)} ms audio-to-face, {ms(lat)} ms processing | "
+        s = (f"{meter.fps():5.1f} fps | latency {ms(a2f)} ms audio-to-face, {ms(lat)} ms processing | "
              f"dropped {self.hub.dropped_total} | clients {len(self.hub.clients)} | "
              f"t {self.live.samples_in / 16000:6.1f} s | style: {style}")
         return s[: self.width - 1] if self.tty else s

@@ -2,7 +2,7 @@
 
 ``GET /metrics`` (Prometheus text format), ``GET /healthz`` (200 while the server's loop answers)
 and ``GET /readyz`` (200 when a new session would be admitted; 503 when full or draining) are served
-on the WebSocket port by :func:`mm2face.realtime.server._http_page`. One registry per hub, no global
+on the WebSocket port by :func:`mm2face.realtime.connection.http_page`. One registry per hub, no global
 state; values are read from the hub when scraped, except the hop-time histogram, which the batcher
 feeds as it steps. Metric names and a scrape config: docs/protocol.md ("Operations").
 """

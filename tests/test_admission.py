@@ -11,7 +11,8 @@ from realtime_helpers import is_type, make_session, recv_until  # noqa: F401 - f
 
 from mm2face.realtime import protocol as P
 from mm2face.realtime.admission import Admission, IdleReaper, Limits, capacity_from_costs
-from mm2face.realtime.server import ClientConn, Hub, serve_hub
+from mm2face.realtime.connection import ClientConn
+from mm2face.realtime.server import Hub, serve_hub
 
 
 def test_capacity_from_measured_hop_costs():

@@ -13,7 +13,8 @@ from websockets.asyncio.client import connect
 
 from mm2face.engine.frame import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mm2face.realtime import protocol as P
-from mm2face.realtime.server import OUTBOX_MAX_AUDIO_S, ClientConn, Hub
+from mm2face.realtime.connection import OUTBOX_MAX_AUDIO_S, ClientConn
+from mm2face.realtime.server import Hub
 from mm2face.engine.audio import load_audio_16k
 from mm2face.realtime.sources import WavSource, feed
 from realtime_helpers import is_type, make_session, recv_until, served_hub, speechy, validator  # noqa: F401
@@ -116,7 +117,7 @@ async def test_stalled_audio_reader_is_bounded_and_its_drops_counted(make_sessio
     hub = Hub(make_session)
     live = await hub.create_session("default")
     client = ClientConn(hub, _StalledSocket())
-    hub._subscribe(client, live, "binary", audio=True)
+    hub.dispatcher.subscribe(client, live, "binary", audio=True)
     chunk = np.zeros(320, np.float32)
     n = int(3 * OUTBOX_MAX_AUDIO_S * SAMPLE_RATE / len(chunk))      # 3x the bound, never read
     for _ in range(n):

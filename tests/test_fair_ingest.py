@@ -8,7 +8,8 @@ import pytest
 from realtime_helpers import is_type, make_session, pcm16, recv_until, speechy  # noqa: F401 - fixture
 
 from mm2face.realtime import protocol as P
-from mm2face.realtime.server import INGEST_SLICE_SAMPLES, Hub, serve_hub
+from mm2face.realtime.dispatch import INGEST_SLICE_SAMPLES
+from mm2face.realtime.server import Hub, serve_hub
 
 
 async def test_a_big_upload_does_not_hold_up_another_session(make_session):
@@ -77,7 +78,7 @@ async def test_paced_upload_feeds_at_most_twice_real_time(make_session):
     import time
     hub = Hub(make_session, ingest_speed=2.0)
     hub_live = await hub.create_session("x")
-    from mm2face.realtime.server import ClientConn
+    from mm2face.realtime.connection import ClientConn
 
     class _WS:
         transport, remote_address = None, ("127.0.0.1", 1)
@@ -88,7 +89,7 @@ async def test_paced_upload_feeds_at_most_twice_real_time(make_session):
     c.own = hub_live
     hub_live.ingest_rate.burst = hub_live.ingest_rate.tokens = 1.0      # a 1 s burst for a short test
     t = time.monotonic()
-    await hub.dispatch(c, pcm16(speechy(3.0, seed=5)))
+    await hub.dispatcher.dispatch(c, pcm16(speechy(3.0, seed=5)))
     assert time.monotonic() - t >= (3.0 - 1.0) / 2.0 - 0.05
     assert hub_live.audio_samples_in == 3 * 16000
     await hub.close_session(hub_live)

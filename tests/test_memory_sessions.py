@@ -6,7 +6,8 @@ import json
 import pytest
 from realtime_helpers import is_type, make_session, pcm16, recv_until, speechy  # noqa: F401 - fixture
 
-from mm2face.realtime.server import ClientConn, Hub, LiveSession, serve_hub
+from mm2face.realtime.connection import ClientConn
+from mm2face.realtime.server import Hub, LiveSession, serve_hub
 
 WARMUP, CYCLES, TOLERANCE = 20, 200, 0.05
 

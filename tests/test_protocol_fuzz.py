@@ -91,7 +91,8 @@ class _FakeWS:
 def hub_loop():
     from realtime_helpers import session_factory
 
-    from mm2face.realtime.server import ClientConn, Hub
+    from mm2face.realtime.connection import ClientConn
+    from mm2face.realtime.server import Hub
     loop = asyncio.new_event_loop()
     hub = Hub(session_factory(), token="sekret")
     loop.run_until_complete(hub.create_session("default", style="calm"))
@@ -122,7 +123,7 @@ def test_server_dispatch_never_answers_internal(hub_loop, inputs, authed):
     client.authed = authed
     try:
         for data in inputs:
-            code = loop.run_until_complete(hub.dispatch(client, data))
+            code = loop.run_until_complete(hub.dispatcher.dispatch(client, data))
             errors = [r for r in _replies(client) if r.get("type") == "error"]
             assert code != P.ErrorCode.INTERNAL, errors
             if code is not None:

@@ -13,6 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from mm2face.realtime import sources
+from mm2face.engine.frame import FPS
+from mm2face.realtime.idle import IDLE_AFTER_S, idle_frames_due
 from mm2face.realtime.server import Hub, serve_hub
 from realtime_helpers import is_type, make_session, pcm16, recv_until, server, speechy, validator  # noqa: F401 (fixtures)
 
@@ -150,20 +152,52 @@ async def test_flush_goes_idle_at_once(server):
 
 
 async def test_idle_sessions_share_batched_steps(make_session):
-    """Four idle client sessions: every idle tick is at most one batched step for all of them."""
-    hub = Hub(make_session)
-    async with serve_hub(hub, "127.0.0.1", 0):
+    """Four idle client sessions: every idle tick is at most one batched step for all of them. The hub's
+    clock is injected and the idle clock is ticked by hand with made-up times (no sleeps)."""
+    now = [1_000.0]
+    hub = Hub(make_session, idle_replay=False, clock=lambda: now[0])
+    try:
         for i in range(4):
             await hub.create_session(f"i{i}", idle=True)
-        await asyncio.sleep(0.8)                           # past the grace: all idle
-        steps0, ticks0 = hub.batcher.stats["batches"], hub.idle_clock.ticks
-        hops0 = sum(s.session.k for s in hub.sessions.values())
-        await asyncio.sleep(2.0)
-        steps, ticks = hub.batcher.stats["batches"] - steps0, hub.idle_clock.ticks - ticks0
-        hops = sum(s.session.k for s in hub.sessions.values()) - hops0
-        assert hops >= 4 * 10                              # each session ~25 frames/s = ~12 hops/s
-        assert steps <= ticks + 2 and steps < hops         # hops of several sessions in one step
-        assert all(s.frames_out > 0 and s.idle_active for s in hub.sessions.values())
+        hub.idle_clock.close()                             # ticks are driven below
+        sessions = hub.idle_clock.sessions()
+        now[0] += IDLE_AFTER_S + 0.1                       # past the grace: all idle
+        await hub.idle_clock.tick(sessions, now[0])
+        assert all(s.idle_active for s in sessions)
+        steps0, hops0 = hub.batcher.stats["batches"], sum(s.session.k for s in sessions)
+        n_ticks = 50                                       # 2 s of frames
+        for _ in range(n_ticks):
+            now[0] += 1 / FPS
+            await hub.idle_clock.tick(sessions, now[0])
+        steps = hub.batcher.stats["batches"] - steps0
+        hops = sum(s.session.k for s in sessions) - hops0
+        assert hops >= 4 * 2 * 12                          # each session 25 frames/s = 12.5 hops/s
+        assert steps <= n_ticks and steps < hops           # hops of several sessions in one step
+        assert all(s.frames_out >= 2 * FPS for s in sessions)
+    finally:
+        hub.close()
+
+
+def test_idle_policy_grace_rate_and_stall(make_session):
+    """idle_frames_due with made-up times: nothing during the grace, then one frame per 40 ms (one ahead),
+    none after end/flush's zero grace is used up, and a stall re-anchors instead of bursting."""
+    from types import SimpleNamespace
+    events = []
+    live = SimpleNamespace(idle=True, closed=False, idle_active=False, input_over=False, play_end=10.0,
+                           idle_loop=None, t_wire_s=lambda: 0.0, idle_event=lambda *a: events.append(a))
+    assert idle_frames_due(live, 10.0 + IDLE_AFTER_S - 0.01) == 0 and not live.idle_active
+    t = 10.0 + IDLE_AFTER_S
+    assert idle_frames_due(live, t) == 1 and live.idle_active and events == [("idle", 0.0)]
+    given = 1
+    for k in range(1, 2 * FPS + 1):                        # 2 s of ticks, each frame given is played out
+        live.play_end += given / FPS
+        given = idle_frames_due(live, t + k / FPS)
+        assert given == 1, k                               # one frame per tick, one tick ahead
+    assert idle_frames_due(live, live.play_end - 2 / FPS) == 0   # ahead of time: nothing due
+    live.play_end = t
+    assert idle_frames_due(live, t + 1.0) == 1 and live.play_end == t + 1.0   # 25+ frames late: re-anchor
+    closed = SimpleNamespace(**{**vars(live), "closed": True})
+    assert idle_frames_due(closed, t + 5.0) == 0
 
 
 async def test_default_session_sources_keep_moving(make_session, tmp_path):
