@@ -83,11 +83,16 @@ class KVRing:
 
     def write(self, rows: list[int], k_new: list[torch.Tensor], v_new: list[torch.Tensor]) -> None:
         """Store each row's new token ``k_new[l], v_new[l] (len(rows), H, 1, hd)`` in its slot; ``t += 1``."""
-        r = torch.tensor(rows, device=self.device)
-        s = torch.tensor([self.t[i] % self.L for i in rows], device=self.device)
+        slots = [self.t[i] % self.L for i in rows]
+        r0 = rows[0]
+        if rows == list(range(r0, r0 + len(rows))) and slots.count(slots[0]) == len(slots):
+            at = (slice(r0, r0 + len(rows)), slice(None), slice(slots[0], slots[0] + 1))   # streams in step
+        else:
+            at = (torch.tensor(rows, device=self.device), slice(None), torch.tensor(slots, device=self.device))
+            k_new, v_new = [k[:, :, 0] for k in k_new], [v[:, :, 0] for v in v_new]
         for l in range(self.n_layer):
-            self.k[l][r, :, s] = k_new[l][:, :, 0]
-            self.v[l][r, :, s] = v_new[l][:, :, 0]
+            self.k[l][at] = k_new[l]
+            self.v[l][at] = v_new[l]
         for i in rows:
             self.t[i] += 1
 
