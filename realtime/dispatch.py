@@ -261,8 +261,8 @@ class Dispatcher:
                     P.WarningCode.AUDIO_CLIPPED, f"{chk.n_clipped} samples beyond [-1, 1] were clipped; "
                     "float32 audio must be scaled to [-1, 1] (reported once per session)", live.name))
         audio = live.resampler.process(chk.audio)
-        # Fair ingestion: a long message goes in one hop at a time, each slice joining the next batched
-        # round with everyone else's ready hops, so no session waits behind another's upload.
+        # Fair ingestion: a long message goes in one hop at a time, and beyond a two-hop backlog each slice
+        # waits for the scheduler (LiveSession.stream_audio), so no session waits behind another's upload.
         # Paced: beyond a first burst, at most ``ingest_speed`` times real time (the handler then stops
         # reading this client: backpressure), so an upload costs about what a speaking session does.
         for i in range(0, len(audio), INGEST_SLICE_SAMPLES):
@@ -271,4 +271,4 @@ class Dispatcher:
                 wait = live.ingest_rate.delay(len(part) / SAMPLE_RATE)
                 if wait > 0:
                     await asyncio.sleep(wait)
-            await live.push_audio(part, arrival_time=arrival)
+            await live.stream_audio(part, arrival_time=arrival)

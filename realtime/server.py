@@ -53,6 +53,7 @@ log = logging.getLogger("mm2face.realtime")
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 MAX_BATCH = 64                # most sessions in one batched engine call (larger rounds are split)
+INGEST_BACKLOG_HOPS = 2       # a live stream is read on while its audio not yet stepped is at most this many hops
 REAP_EVERY_S = 1.0            # how often idle client sessions without subscribers are checked for the timeout
 IDLE_TIMEOUT_REASON = "idle timeout: no audio and no subscriber"
 
@@ -151,9 +152,34 @@ class LiveSession:
     async def push_audio(self, audio_16k: np.ndarray, arrival_time: float | None = None) -> list[P.WireFrame]:
         """Feed ``audio_16k: (samples,) float32`` that arrived at server time ``arrival_time``; returns once
         its hops have run, with the frames published meanwhile."""
+        if not self._queue_audio(audio_16k, arrival_time):
+            return []
+        return await self.frames_until_caught_up()
+
+    async def stream_audio(self, audio_16k: np.ndarray, arrival_time: float | None = None) -> None:
+        """Feed live audio (a client's or a source's stream): returns at once while this session's audio not
+        yet stepped is at most ``INGEST_BACKLOG_HOPS`` hops (plus the lookahead); beyond, waits until the
+        scheduler has caught up, so the caller reads its next chunk later (backpressure: an upload goes in
+        about one hop per round, beside everyone else's). Waiting after every chunk instead would let a
+        session take in at most one chunk per scheduler round, too little once a round outlasts a chunk."""
+        if self._queue_audio(audio_16k, arrival_time) and self.backlog_samples() > self.max_backlog_samples():
+            await self.frames_until_caught_up()
+
+    def backlog_samples(self) -> int:
+        """Samples handed to the scheduler that no computed hop has consumed yet (read from the loop while
+        the worker steps: a snapshot, good for a backpressure decision)."""
+        s = self.session
+        return self.samples_in - s.spt * s.k
+
+    def max_backlog_samples(self) -> int:
+        s = self.session
+        return INGEST_BACKLOG_HOPS * s.spt + s.look
+
+    def _queue_audio(self, audio_16k: np.ndarray, arrival_time: float | None) -> bool:
+        """Hand ``audio_16k`` to the scheduler (returns at once); False when it is empty."""
         audio_16k = np.asarray(audio_16k, np.float32).reshape(-1)
         if len(audio_16k) == 0:
-            return []
+            return False
         self._check_open()
         t = self.hub.clock() if arrival_time is None else arrival_time
         if self.idle_active:                 # audio resumes after idle frames: it starts right after them
@@ -169,7 +195,7 @@ class LiveSession:
         for tap in self.audio_taps:
             tap(audio_16k)
         self.hub.batcher.push_audio(self, audio_16k, arrival_time=t)
-        return await self.frames_until_caught_up()
+        return True
 
     def _send_audio(self, audio_16k: np.ndarray) -> None:
         """Queue ``audio_16k: (samples,) float32``, about to be consumed, for the subscribers that asked for the

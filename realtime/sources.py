@@ -279,7 +279,7 @@ async def feed(live, source, *, end_at_eof: bool = True, idle_after: bool = Fals
             if ch.audio_16k is None:
                 await live.push_no_audio(ch.n_samples)
             else:
-                await live.push_audio(ch.audio_16k, arrival_time=ch.arrival_time)
+                await live.stream_audio(ch.audio_16k, arrival_time=ch.arrival_time)
     if end_at_eof:
         await live.end()
     if on_eof is not None:
