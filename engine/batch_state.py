@@ -15,8 +15,8 @@ What a row holds (everything the model carries from one token to the next, nothi
 
 The session keeps its timeline (audio ring, sample counts, token index ``k``), the token history D reads,
 its style blend and the frame post-processing. Rows are allocated when a session joins and freed when it
-joins another state or is garbage-collected; the capacity doubles when full. A state is stepped by one
-thread at a time (``lock``); :meth:`release` may be called from any thread and takes effect at the
+joins another state or is garbage-collected; the capacity doubles when full and halves when at most a
+quarter of it is in use (the live rows move to the front). A state is stepped by one thread at a time (``lock``); :meth:`release` may be called from any thread and takes effect at the
 state's next step.
 """
 from __future__ import annotations
@@ -119,6 +119,9 @@ class KVRing:
         self.t[row] = 0
 
 
+MIN_SHRINK_ROWS = 8          # a state never shrinks below this many rows (growing back costs a copy)
+
+
 class BatchState:
     """The model state of up to ``capacity`` streams (grows by doubling). See the module docstring.
 
@@ -188,10 +191,31 @@ class BatchState:
             self._apply_released()
 
     def _apply_released(self) -> None:
+        if not self._released:
+            return
         while self._released:
             s = self._released.popleft()()
             if s is not None and s.batch_state is self:
                 BatchState(self.model, 1, self.device).join(s)
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """Halve the capacity while at most a quarter of it is in use (not below ``MIN_SHRINK_ROWS``): the
+        live rows move to the front, in order, so a burst of sessions does not keep its memory."""
+        live = [(i, s) for i, s in ((i, o() if o is not None else None) for i, o in enumerate(self.owner))
+                if s is not None]
+        cap = self.capacity
+        while cap > MIN_SHRINK_ROWS and len(live) <= cap // 4:
+            cap //= 2
+        if cap == self.capacity:
+            return
+        self.owner = [None] * self.capacity
+        for new, (old, s) in enumerate(live):         # new <= old: front to back never overwrites a live row
+            if new != old:
+                self._copy_row(new, self, old)
+            self.owner[new] = weakref.ref(s)
+            s.row = new
+        self._resize(cap)
 
     def _alloc(self) -> int:
         for i, o in enumerate(self.owner):

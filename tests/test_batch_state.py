@@ -111,6 +111,31 @@ def test_rows_are_allocated_reused_and_grown(model):
     assert st.capacity == 8 and len(st.sessions()) == 6
 
 
+def test_capacity_shrinks_when_sessions_leave_and_survivors_keep_their_streams(model):
+    """17 sessions grow the state to 32 rows; when 15 leave, it shrinks to 8 and the two left (moved to
+    rows 0 and 1) go on exactly as alone."""
+    b = SessionBatcher(model)
+    keys = [b.add(StreamSession(model, StreamConfig(seed=i))) for i in range(17)]
+    for i, k in enumerate(keys):
+        b.push_audio(k, audio(0.4, seed=i))
+    b.run_until_idle()
+    assert b.state.capacity == 32
+    keep = [keys[5], keys[16]]
+    got = {k: b.drain(k) for k in keep}
+    for k in keys:
+        if k not in keep:
+            b.remove(k)
+    for k in keep:
+        b.push_audio(k, audio(0.5, seed=50 + k))
+    b.run_until_idle()
+    assert b.state.capacity == 8 and sorted(b.session(k).row for k in keep) == [0, 1]
+    for k in keep:
+        ref = StreamSession(model, StreamConfig(seed=k))
+        ref.push_audio(audio(0.4, seed=k))
+        ref.push_audio(audio(0.5, seed=50 + k))
+        np.testing.assert_allclose(params(got[k] + b.drain(k)), params(ref.poll()), atol=1e-5)
+
+
 def test_a_rows_frames_do_not_depend_on_the_other_rows(model):
     """Stepping a session with garbage in every other row of its state, alone or in a batch whose other
     members are at other positions of their streams, gives the frames it gets in a state of its own."""
