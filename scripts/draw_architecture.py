@@ -21,7 +21,8 @@ NAMES = {
     "mm2face.realtime.connection": ["handle_connection", "ClientConn.send_frame", "ClientConn.writer"],
     "mm2face.realtime.dispatch": ["Dispatcher.dispatch", "Dispatcher.on_audio", "Dispatcher.handlers"],
     "mm2face.engine.audio": ["StreamResampler"],
-    "mm2face.realtime.server": ["LiveSession.push_audio", "LiveSession.frames_until_caught_up", "Hub._on_frames",
+    "mm2face.realtime.server": ["LiveSession.stream_audio", "LiveSession.frames_until_caught_up", "Hub._on_frames",
+                                "INGEST_BACKLOG_HOPS",
                                 "LiveSession._publish", "Hub", "LiveSession"],
     "mm2face.realtime.idle": ["IdleClock", "idle_frames_due"],
     "mm2face.realtime.stats": ["SessionMeter"],
@@ -122,10 +123,10 @@ def draw(out: Path) -> Path:
              "rate limits as backpressure")
     b2 = box(22, 41, 19, 12.5, "Dispatcher.on_audio", "handlers table: type -> handler\nStreamResampler -> 16 kHz\n"
              "80 ms slices (INGEST_SLICE_SAMPLES)\npaced by --ingest-speed")
-    b3 = box(44, 41, 19, 12.5, "LiveSession.push_audio", "arrival_time = server clock\nplay-out / idle bookkeeping\n"
-             "audio taps, MMAU to audio subscribers")
-    b4 = box(66, 41, 19, 12.5, "SessionBatcher.push_audio", "queued in the session's inbox\nreturns at once;\n"
-             "frames_until_caught_up()\nawaits when_caught_up")
+    b3 = box(44, 41, 19, 12.5, "LiveSession.stream_audio", "arrival_time = server clock\nplay-out / idle bookkeeping\n"
+             "audio taps, MMAU to audio subscribers\nbacklog > 2 hops: await catch-up")
+    b4 = box(66, 41, 19, 12.5, "SessionBatcher.push_audio", "queued in the session's inbox,\nreturns at once "
+             "(any thread);\nwhen_caught_up(fn) tells the\nloop when it has stepped it")
     arrow(b1, b2, "1 bytes", "right")
     arrow(b2, b3, "2 audio_16k", "right")
     arrow(b3, b4, "3 (audio, t)", "right")
@@ -152,11 +153,11 @@ def draw(out: Path) -> Path:
     # lane 3: frames out
     d1 = box(72, 3, 25, 11.5, "Hub._on_frames", "worker -> loop.call_soon_threadsafe\n(never blocks the worker)\n"
              "LiveSession._deliver")
-    d2 = box(45, 3, 24, 11.5, "LiveSession._publish", "wire seq (idle playback offset)\nSessionMeter: fps, latencies\n"
+    box(45, 3, 24, 11.5, "LiveSession._publish", "wire seq (idle playback offset)\nSessionMeter: fps, latencies\n"
              "FrameBatchEncoder: each format once")
-    d3 = box(20, 3, 22, 11.5, "ClientConn.send_frame", "bounded outbox per client\n(slow reader: its oldest\n"
+    box(20, 3, 22, 11.5, "ClientConn.send_frame", "bounded outbox per client\n(slow reader: its oldest\n"
              "frames dropped, counted)")
-    d4 = box(2, 3, 15, 11.5, "ClientConn.writer", "frames out:\nJSON / binary / ARKit\n+ listeners: MQTT,\nVMC, Live Link")
+    box(2, 3, 15, 11.5, "ClientConn.writer", "frames out:\nJSON / binary / ARKit\n+ listeners: MQTT,\nVMC, Live Link")
     arrow(c4, d1, "8 on_frames", "down")
     ax.add_patch(FancyArrowPatch((72 - 0.2, 8.75), (69 + 0.2, 8.75), arrowstyle="-|>", mutation_scale=13, lw=1.3,
                                  color="#1f4e79"))
@@ -178,7 +179,7 @@ def draw(out: Path) -> Path:
          "onnx / tensorrt), set once by apply_backend"),
         ("BatchState (the scheduler's)", "engine/batch_state.py", "a row per session: KVRing (keys/values per layer, "
          "2 rows per stream, per-row position t),\nfeats (audio encoder's CNN window), ref (refiner's past); "
-         "stepped in place under its lock"),
+         "stepped in place under its lock; grows and shrinks with the sessions"),
         ("SessionBatcher", "engine/batching.py", "per-session inbox (audio, no-audio, style, guidance, end, flush), "
          "round order (speakers first),\nthe worker thread; the only thing that steps sessions"),
         ("StreamSession", "engine/session.py", "timeline: audio ring, sample counts, arrival times, token index k; "
