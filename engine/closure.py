@@ -47,8 +47,8 @@ class ClosureConfig:
     kernel: int = 5                # taps per convolution (10 ms log-mel frames)
     layers: int = 4                # convolutions: 4 x 4 = 16 frames of context before the frame's own 40 ms
     hidden: int = 64               # width of the per-frame feature before the two logits
-    on_p: float = 0.4              # contact weight 0 at or below this probability ...
-    full_p: float = 0.7            # ... 1 at or above this one, linear between
+    on_p: float = 0.35             # contact weight 0 at or below this probability ...
+    full_p: float = 0.55           # ... 1 at or above this one, linear between (chosen on the val split)
     jaw_max_rad: float = 0.18      # over a full contact the jaw opens at most this far (mouth_close <= unit_max
                                    # closes the lips from there on the stand-in head: 1.24 at 0.18 rad)
     unit_max: float = 1.5          # largest mouth_close / lower_lip_roll coefficient used (as the corpus)

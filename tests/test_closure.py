@@ -152,3 +152,54 @@ def test_checkpoint_carries_the_contact_stage(small, tmp_path):
     if flame is not None and flame.head_name != "standin":
         with pytest.raises(ValueError, match="mouth_close"):
             flame.attach_closure()
+
+
+@pytest.fixture(scope="module")
+def default():
+    from mm2face.engine.model import default_checkpoint_path, load_model
+    if not default_checkpoint_path().exists():
+        pytest.skip("no default checkpoint")
+    torch.set_num_threads(1)
+    return load_model()
+
+
+@pytest.mark.parametrize("voice", ["en-us", "en-gb-scotland"])        # a training accent and the held-out family
+def test_default_closes_the_lips_on_fresh_speech(default, voice):
+    """The shipped default, on sentences and a voice rendering made here (not corpus clips): the lips meet on
+    most p/b/m and vowels open well over twice as wide; without the stage they do neither."""
+    from mm2face.training import articulation as A
+    assert default.closure is not None
+    sp = speak(["Maybe Bob will bring the map by lunchtime.", "Please pass me the blue paper, Pam."],
+               np.random.default_rng(7), voice={**VOICE, "voice": voice})
+    head = standin_head()
+    on = A.aggregate_articulation([A.clip_articulation(head, generate(default, sp.audio_16k, "", seed=0), sp.phones)])
+    off = A.aggregate_articulation([A.clip_articulation(head, generate(default, sp.audio_16k, "", seed=0, contact=False),
+                                                        sp.phones)])
+    assert on["bilabials"] >= 10
+    assert on["bilabial_closure_rate"] >= 0.8 and off["bilabial_closure_rate"] <= 0.5
+    assert on["vowel_bilabial_ratio"] >= 2.0 > off["vowel_bilabial_ratio"]
+
+
+def test_trainer_cli_writes_a_model_with_the_stage(tmp_path, small):
+    """`mm2face-train closure` on a freshly made small corpus: the written model carries the stage, its config
+    (with --set overrides), a log-mel normalisation from the data and a log; a corpus without phones is refused."""
+    import json
+
+    from mm2face.training.synth_factory import SynthConfig, synthesize
+    from mm2face.training.train_cli import main
+
+    synthesize(tmp_path / "c", SynthConfig(hours=0.01, seed=6, workers=1, val_fraction=0.3), progress=False)
+    init = tmp_path / "init.pt"
+    MM2Face.random(seed=1, small=True).save(init)
+    main(["closure", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "run"), "--init", str(init),
+          "--steps", "4", "--batch", "3", "--threads", "1", "--set", "channels=16", "hidden=8", "on_p=0.3"])
+    m = MM2Face.load(tmp_path / "run" / "model.pt")
+    assert m.closure is not None and m.closure.cfg.channels == 16 and m.closure.cfg.on_p == 0.3
+    assert not torch.allclose(m.closure.front.mel_std, torch.ones_like(m.closure.front.mel_std))
+    recs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert recs and recs[-1]["step"] == 4 and "bilabial_recall" in recs[-1]
+    w = m.closure.clip_weights(np.zeros(16000, np.float32), 25)
+    assert w.shape == (25, 2) and np.isfinite(w).all()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="phone timings|MMHead-layout"):
+        main(["closure", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run2"), "--init", str(init)])

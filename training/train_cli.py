@@ -191,9 +191,10 @@ def closure(args) -> str:
         raise SystemExit(f"mm2face-train closure: {e}") from None
     cfg = ClosureTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, augment_share=args.augment_share,
                              seed=args.seed, time_budget_min=args.time_budget_min)
+    from mm2face.training.mmhead import CorpusError
     try:
         train_closure(model, args.data, args.out, cfg, net_cfg)
-    except ValueError as e:
+    except (ValueError, CorpusError) as e:
         raise SystemExit(f"mm2face-train closure: {e}") from None
     return str(Path(args.out) / "model.pt")
 

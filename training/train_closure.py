@@ -18,8 +18,6 @@ best validation step.
 from __future__ import annotations
 
 import copy
-import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from mm2face.engine.closure import CONTACTS, ClosureConfig
 from mm2face.engine.frame import SAMPLES_PER_FRAME
 
 from .augment import AugmentConfig, augment
+from .trainer import LOG_FILE, TimeBudget, log_line, progress_bar, seed_all
 
 
 @dataclass
@@ -117,14 +116,13 @@ def _loss(net, x: torch.Tensor, y: torch.Tensor, pos_weight: float) -> torch.Ten
 
 
 def train_closure(model, roots, out, cfg: ClosureTrainConfig | None = None, net_cfg: ClosureConfig | None = None,
-                  log=print) -> dict:
+                  log=print, progress: bool = True) -> dict:
     """Attach a new lip-contact stage to ``model`` (an MM2Face on the stand-in head), train it on the talking
     clips of ``roots`` and save ``out/model.pt``. Returns the best validation scores."""
     cfg = cfg or ClosureTrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng = seed_all(cfg.seed)
     train, val = load_contact_clips(roots, "train"), load_contact_clips(roots, "val")
     if not train:
         raise SystemExit(f"mm2face-train closure: no talking clips with phone timings in the train split of "
@@ -139,8 +137,9 @@ def train_closure(model, roots, out, cfg: ClosureTrainConfig | None = None, net_
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     aug = AugmentConfig()
-    best, best_state, t0 = None, None, time.time()
-    logf = open(out / "log.jsonl", "w")
+    best, best_state, budget = None, None, TimeBudget(cfg.time_budget_min)
+    (out / LOG_FILE).unlink(missing_ok=True)
+    bar = progress_bar(cfg.steps, "closure", progress)
     lens = np.array([len(c.target) for c in train])
     for step in range(1, cfg.steps + 1):
         net.train()
@@ -163,22 +162,22 @@ def train_closure(model, roots, out, cfg: ClosureTrainConfig | None = None, net_
         loss.backward()
         opt.step()
         sched.step()
-        over = cfg.time_budget_min and (time.time() - t0) / 60 > cfg.time_budget_min
+        bar.update(1)
+        over = budget.over()
         if step % cfg.eval_every == 0 or step == cfg.steps or over:
             net.eval()
             sc = contact_scores(net, val)
             score = sc["bilabial_recall"] + 0.5 * sc["labiodental_recall"] - sc["vowel_false_contact"]
-            rec = {"step": step, "loss": loss.item(), "minutes": round((time.time() - t0) / 60, 2), **sc}
-            logf.write(json.dumps(rec) + "\n")
-            logf.flush()
-            log(f"closure step {step}: loss {loss.item():.4f}  val p/b/m recall {sc['bilabial_recall']:.3f}  f/v "
+            rec = {"step": step, "loss": loss.item(), "minutes": round(budget.elapsed_s() / 60, 2), **sc}
+            log_line(out, rec)
+            (bar.write if progress else log)(f"closure step {step}: loss {loss.item():.4f}  val p/b/m recall {sc['bilabial_recall']:.3f}  f/v "
                 f"{sc['labiodental_recall']:.3f}  vowel false contact {sc['vowel_false_contact']:.3f}")
             if best is None or score > best[0]:
                 best, best_state = (score, rec), copy.deepcopy(net.state_dict())
         if over:
             log(f"closure: time budget of {cfg.time_budget_min} min reached at step {step}")
             break
-    logf.close()
+    bar.close()
     net.load_state_dict(best_state)
     net.eval()
     model.save(out / "model.pt", closure_train=asdict(cfg), closure_best=best[1])
