@@ -14,11 +14,12 @@ into the :class:`~mm2face.engine.batch_state.KVRing` in place, and combines the 
 :class:`GStep`, :class:`AudioStep` and :class:`DecodeStep`:
 
 * :class:`EagerRunner` - plain PyTorch (the reference);
-* :class:`StaticRunner` - callables that want static shapes, one per batch bucket (batches padded to
-  1, 2, 4, 8 ... rows); its subclasses build them: :class:`CompileRunner` (``torch.compile``),
-  :class:`OnnxRunner` (ONNX Runtime sessions exported at construction) and :class:`TensorRTRunner`
-  (Torch-TensorRT, CUDA only). The cache shapes come from the batch state: every row's ring holds
-  ``ctx_tokens - 1`` slots, so no runner pads a cache.
+* :class:`StaticRunner` - callables that want static shapes, one per batch bucket (1, 2, 4, 8 ... rows);
+  its subclasses build them: :class:`CompileRunner` (``torch.compile``), :class:`OnnxRunner` (ONNX
+  Runtime sessions exported at construction; dynamic batch, so no buckets) and :class:`TensorRTRunner`
+  (Torch-TensorRT, CUDA only). The shapes come from the batch state: every row's ring holds
+  ``ctx_tokens - 1`` slots, so no cache is padded in time, and a bucket larger than the ready rows is
+  filled with the state's next rows (stepped, their results dropped) instead of copied zeros.
 
 :func:`mm2face.engine.backends.apply_backend` picks the runner and sets ``model.runner``;
 :func:`runner_for` returns it (an :class:`EagerRunner` when none was set). The optional stage-3 refiner
@@ -133,6 +134,10 @@ class Runner:
         self._style = None              # (text_emb, mods, text_x) of the last G step
 
     # -- what a backend implements
+    def shape_rows(self, rows: int) -> int:
+        """The row count :meth:`g_rows` is run with for ``rows`` rows (static-shape runners: a bucket)."""
+        return rows
+
     def g_rows(self, prev, audio, text_x, bias, mods, ks, vs):
         """:class:`GStep` on ``R`` rows -> (logits ``(R, n_codes)``, new keys, new values per layer)."""
         raise NotImplementedError
@@ -171,8 +176,18 @@ class Runner:
         p = prev.repeat_interleave(2)[:, None]
         a = audio_vec.repeat_interleave(2, 0)[:, None]
         mods, tx = self._modulation(text_emb)
-        ks, vs = kv.gather(g_rows)
-        logits, k_new, v_new = self.g_rows(p, a, tx, kv.bias(g_rows), mods, ks, vs)
+        R, run = len(g_rows), g_rows
+        bb = self.shape_rows(R)
+        if bb > R and g_rows == list(range(g_rows[0], g_rows[0] + R)) and g_rows[0] + bb <= kv.rows:
+            # a static shape of bb rows: the state's next rows fill it (read as views, results dropped),
+            # so the caches are not copied to pad them; only the per-row inputs get zero rows
+            run = list(range(g_rows[0], g_rows[0] + bb))
+            pad = lambda x: torch.cat([x, x.new_zeros(bb - R, *x.shape[1:])])
+            p, a, tx, mods = pad(p), pad(a), pad(tx), [pad(m) for m in mods]
+        ks, vs = kv.gather(run)
+        logits, k_new, v_new = self.g_rows(p, a, tx, kv.bias(run), mods, ks, vs)
+        if len(run) > R:
+            logits, k_new, v_new = logits[:R], [k[:R] for k in k_new], [v[:R] for v in v_new]
         kv.write(g_rows, k_new, v_new)
         return guide(logits.view(B, 2, -1), guidance)
 
@@ -206,6 +221,8 @@ class StaticRunner(Runner):
     discipline, which shows what the padding costs."""
 
     name = "static"
+    buckets = True      # pad batches to powers of two (False: the callables take any batch, e.g. ONNX's
+                        # dynamic-batch graphs; audio and decoder batches still get at least 2 rows)
 
     def __init__(self, model, make_g=None, make_a=None, make_d=None, device=None):
         super().__init__(model)
@@ -225,11 +242,14 @@ class StaticRunner(Runner):
             table[b] = make(b)
         return table[b]
 
+    def shape_rows(self, rows: int) -> int:
+        return bucket(rows) if self.buckets else rows
+
     def g_rows(self, prev, audio, text_x, bias, mods, ks, vs):
         rows = prev.shape[0]
-        bb = bucket(rows)
+        bb = self.shape_rows(rows)
         args = [prev, audio, text_x, bias, *mods, *ks, *vs]
-        if bb > rows:                                    # pad the batch to its bucket with dummy rows
+        if bb > rows:               # rows the state could not fill (see g_logits): zeros, caches included
             args = [torch.cat([x, x.new_zeros(bb - rows, *x.shape[1:])]) for x in args]
         out = self._get(self._g, self.make_g, bb)(*[x.contiguous() for x in args])
         out = [o[:rows] for o in out] if bb > rows else list(out)
@@ -238,7 +258,7 @@ class StaticRunner(Runner):
 
     def encode_audio(self, wins):
         n = wins.shape[0]
-        bb = max(2, bucket(n))          # never 1: compilers specialise size 1, one graph serves all
+        bb = max(2, self.shape_rows(n))   # never 1: compilers specialise size 1, one graph serves all
         fn = self._get(self._a, self.make_a, bb)
         if fn is None:
             return self.model.audio.encode_windows(wins)
@@ -251,7 +271,7 @@ class StaticRunner(Runner):
         if k < self.R:                                   # stream start: short history, eager
             return self.model.vq.decode_last(codes)
         codes = codes[:, -self.R:]
-        bb = max(2, bucket(n))
+        bb = max(2, self.shape_rows(n))
         fn = self._get(self._d, self.make_d, bb)
         if fn is None:
             return self.model.vq.decode_last(codes)
@@ -329,6 +349,7 @@ class OnnxRunner(StaticRunner):
     export), the audio encoder and the decoder with a dynamic batch axis."""
 
     name = "onnx"
+    buckets = False     # the batched graphs have a dynamic batch axis: no padding to a bucket
 
     def __init__(self, model, device="cpu", workdir: str | None = None, threads: int | None = None, **_):
         try:
