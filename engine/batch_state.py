@@ -31,6 +31,9 @@ from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
 from mm2face.engine.gpt import alibi_slopes
 
 
+_BIAS_TABLES: dict[tuple, torch.Tensor] = {}     # (L, H, device, dtype) -> KVRing._bias_table(), built once
+
+
 class KVRing:
     """Keys/values of the last ``L = ctx_tokens - 1`` tokens of every G row, stepped in place.
 
@@ -48,7 +51,10 @@ class KVRing:
         self.k = [z(rows) for _ in range(self.n_layer)]
         self.v = [z(rows) for _ in range(self.n_layer)]
         self.t = [0] * rows
-        self._table = self._bias_table()
+        key = (self.L, self.H, str(self.device), dtype)
+        if key not in _BIAS_TABLES:
+            _BIAS_TABLES[key] = self._bias_table()
+        self._table = _BIAS_TABLES[key]
 
     @property
     def rows(self) -> int:
@@ -113,6 +119,8 @@ class KVRing:
         self.t[dst] = src.t[src_row]
 
     def clear_row(self, row: int) -> None:
+        if self.t[row] == 0:                # never written (a slot is only read once t says it was)
+            return
         for lst in (self.k, self.v):
             for x in lst:
                 x[row] = 0
