@@ -139,15 +139,18 @@ class AudioEncoder(nn.Module):
     def n_feats_for_tokens(self, n_tokens: int) -> int:
         return n_tokens * self.cfg.feats_per_token + self.cfg.lookahead_feats
 
-    def clip_tokens(self, audio_16k: torch.Tensor, n_tokens: int) -> torch.Tensor:
-        """Token audio vectors for a whole clip: ``audio_16k: (B, S)`` -> ``(B, n_tokens, d_out)``."""
-        return self._windows(self.clip_cnn(audio_16k, self.n_feats_for_tokens(n_tokens)), n_tokens)
+    def clip_tokens(self, audio_16k: torch.Tensor, n_tokens: int, encode=None) -> torch.Tensor:
+        """Token audio vectors for a whole clip: ``audio_16k: (B, S)`` -> ``(B, n_tokens, d_out)``.
+        ``encode``: what turns windows into vectors (default :meth:`encode_windows`; offline generation
+        passes its runner's, so that it computes what the stream computes on any backend)."""
+        return self._windows(self.clip_cnn(audio_16k, self.n_feats_for_tokens(n_tokens)), n_tokens, encode=encode)
 
-    def _windows(self, feats: torch.Tensor, n_tokens: int, chunk: int = 1024) -> torch.Tensor:
+    def _windows(self, feats: torch.Tensor, n_tokens: int, chunk: int = 1024, encode=None) -> torch.Tensor:
         idx = self.window_index(n_tokens, feats.device)                         # (T, W)
         B = feats.shape[0]
         wins = feats[:, idx].reshape(B * n_tokens, self.cfg.window_feats, -1)   # (B*T, W, C)
-        out = torch.cat([self.encode_windows(wins[i:i + chunk]) for i in range(0, len(wins), chunk)], 0)
+        encode = encode or self.encode_windows
+        out = torch.cat([encode(wins[i:i + chunk]) for i in range(0, len(wins), chunk)], 0)
         return out.reshape(B, n_tokens, -1)
 
 

@@ -11,8 +11,10 @@ import torch
 
 from mm2face.engine.closure import apply_contact, standin_head
 from mm2face.engine.batch_state import KVRing
+from mm2face.engine.batch_state import KVRing
 from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.session import StreamConfig, add_blinks, mouth_dims
+from mm2face.engine.runners import runner_for
 from mm2face.engine.runners import runner_for
 from mm2face.engine.style import GestureTrack, resolve_style
 from mm2face.engine.vad import VadConfig, vad_frame_weights
@@ -21,12 +23,14 @@ _D = StreamConfig()          # one place for the sampling defaults: streaming an
 
 
 @torch.no_grad()
-def audio_vectors(model, audio_16k: np.ndarray | None, n_tok: int, device="cpu") -> torch.Tensor:
+def audio_vectors(model, audio_16k: np.ndarray | None, n_tok: int, device="cpu", encode=None) -> torch.Tensor:
     """``(n_tok, d_model)`` the per-token audio vectors the GPT (and the refiner) read: the audio
-    encoder's windows of ``audio_16k: (samples,)`` float32, or the learned "no audio" vector."""
+    encoder's windows of ``audio_16k: (samples,)`` float32, or the learned "no audio" vector. ``encode``: what
+    turns windows into vectors (default eager; :func:`generate` passes its runner's, as the stream uses)."""
     if audio_16k is None:
         return model.gpt.null_audio.detach()[None].expand(n_tok, -1)
-    return model.audio.clip_tokens(torch.from_numpy(np.asarray(audio_16k, np.float32)).to(device)[None], n_tok)[0]
+    return model.audio.clip_tokens(torch.from_numpy(np.asarray(audio_16k, np.float32)).to(device)[None], n_tok,
+                                   encode=encode)[0]
 
 
 @torch.no_grad()
@@ -54,11 +58,11 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
         if n_frames is None:
             n_frames = -(-len(audio_16k) // SAMPLES_PER_FRAME)
     n_tok = max(1, -(-n_frames // model.down))
-    av = audio_vectors(model, audio_16k, n_tok, dev)
+    runner = runner_for(model)                       # the audio encoder and G step a StreamSession runs
+    av = audio_vectors(model, audio_16k, n_tok, dev, encode=runner.encode_audio)
     style = resolve_style(text, model.text_encoder, parse_styles)   # the caption the model reads, gestures
     text_emb = model.text_embed(style.caption).to(dev)[None]
     gen = torch.Generator().manual_seed(int(seed))
-    runner = runner_for(model)                       # the G step a StreamSession runs, on the same ring cache
     kv = KVRing(model.gpt.cfg, 2, dev)               # one stream: rows 0 (with the style) and 1 (null style)
     prev = model.gpt.bos
     toks = []
