@@ -11,10 +11,8 @@ import torch
 
 from mm2face.engine.closure import apply_contact, standin_head
 from mm2face.engine.batch_state import KVRing
-from mm2face.engine.batch_state import KVRing
 from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.session import StreamConfig, add_blinks, mouth_dims
-from mm2face.engine.runners import runner_for
 from mm2face.engine.runners import runner_for
 from mm2face.engine.style import GestureTrack, resolve_style
 from mm2face.engine.vad import VadConfig, vad_frame_weights
