@@ -28,7 +28,7 @@ import weakref
 import torch
 
 from mm2face.engine.audio_encoder import FEAT_HOP, FEAT_PAD
-from mm2face.engine.gpt import alibi_slopes
+from mm2face.engine.gpt import alibi_bias
 
 
 _BIAS_TABLES: dict[tuple, torch.Tensor] = {}     # (L, H, device, dtype) -> KVRing._bias_table(), built once
@@ -69,9 +69,8 @@ class KVRing:
         j = torch.arange(L)
         dist = (t[:, None] - j[None] - 1) % L + 1                                     # (2L, L)
         dist = torch.cat([dist, torch.zeros(2 * L, 1, dtype=dist.dtype)], 1)          # + the new token
-        bias = -alibi_slopes(self.H)[None, :, None] * dist[:, None, :].to(torch.float32)   # (2L, H, L + 1)
-        bias = bias.masked_fill((dist > t[:, None])[:, None, :], float("-inf"))
-        return bias[:, :, None, :].to(self.device, self.dtype).contiguous()
+        bias = alibi_bias(dist.to(torch.float32), dist <= t[:, None], self.H)         # (H, 2L, L + 1)
+        return bias.transpose(0, 1)[:, :, None, :].to(self.device, self.dtype).contiguous()
 
     def bias(self, rows: list[int]) -> torch.Tensor:
         """The attention bias of ``rows`` for their next token: ``(len(rows), H, 1, L + 1)``."""

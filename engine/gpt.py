@@ -63,6 +63,14 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / n_head) for i in range(n_head)])
 
 
+def alibi_bias(dist: torch.Tensor, allowed: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The ALiBi attention bias, the one place it is computed: ``dist (...)`` float query-to-key distances,
+    ``allowed (...)`` bool -> ``(n_head, ...)``: ``-slope_h * dist``, ``-inf`` where not allowed. Used by
+    :meth:`MotionGPT.attn_bias` and the streaming KV ring's table (``engine/batch_state.py``)."""
+    slopes = alibi_slopes(n_head).to(dist.device, dist.dtype).view(n_head, *[1] * dist.dim())
+    return (-slopes * dist[None]).masked_fill(~allowed[None], float("-inf"))
+
+
 class Attention(nn.Module):
     def __init__(self, c: GPTConfig):
         super().__init__()
@@ -214,8 +222,7 @@ class MotionGPT(nn.Module):
             kj = torch.arange(Tc + T, device=device)[None, :] - Tc         # key j sits at position j - Tc
             dist = (qi - kj).to(dtype)                                       # (T, Tc + T)
             allowed = (dist >= 0) & (dist < self.cfg.ctx_tokens)
-            bias = -alibi_slopes(self.cfg.n_head).to(device, dtype)[:, None, None] * dist[None]
-            bias = bias.masked_fill(~allowed[None], float("-inf"))[None]    # (1, H, T, Tk)
+            bias = alibi_bias(dist, allowed, self.cfg.n_head)[None]          # (1, H, T, Tk)
             if memo is not None:
                 if len(memo) > 32:                                           # bounded: a few shapes in use
                     memo.clear()
