@@ -201,7 +201,13 @@ class SessionBatcher:
             items = list(slot.inbox)
             slot.inbox.clear()
         s = slot.session
-        for kind, val, extra in items:
+        for i, (kind, val, extra) in enumerate(items):
+            if kind == "end" and s.hop_ready():
+                # the hops already ready run batched with everyone else's first; end() (its padding and
+                # closing tail, computed at once, unbatched) is applied when they are done
+                with self._lock:
+                    slot.inbox.extendleft(reversed(items[i:]))
+                return
             if kind == "audio":
                 s.push_audio(val, arrival_time=extra)
             elif kind == "noaudio":
@@ -210,7 +216,7 @@ class SessionBatcher:
                 s.set_style(val, extra)
             elif kind == "guidance":
                 s.set_guidance(val)
-            elif kind == "end":        # pads with silence and computes its (few) hops at once, unbatched
+            elif kind == "end":        # pads with silence and computes its (few) tail hops at once, unbatched
                 self._emit(slot, s.end(arrival_time=extra))
             elif kind == "flush":
                 self._emit(slot, s.flush(arrival_time=extra))
