@@ -76,6 +76,8 @@ class KVRing:
         """The attention bias of ``rows`` for their next token: ``(len(rows), H, 1, L + 1)``."""
         L = self.L
         idx = [t if t < L else L + t % L for t in (self.t[r] for r in rows)]
+        if idx.count(idx[0]) == len(idx):            # streams in step (one stream's two rows): no gather
+            return self._table[idx[0]:idx[0] + 1].expand(len(idx), -1, -1, -1)
         return self._table[torch.tensor(idx, device=self.device)]
 
     def gather(self, rows: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
