@@ -23,7 +23,8 @@ into the :class:`~mm2face.engine.batch_state.KVRing` in place, and combines the 
 
 :func:`mm2face.engine.backends.apply_backend` picks the runner and sets ``model.runner``;
 :func:`runner_for` returns it (an :class:`EagerRunner` when none was set). The optional stage-3 refiner
-runs eager under every runner (``model.refiner.step``).
+runs eager under every runner (``model.refiner.step``), and so does the audio encoder's CNN feature step
+(``model.audio.cnn`` on each hop's new samples only; its windows are what :meth:`Runner.encode_audio` reads).
 """
 from __future__ import annotations
 
