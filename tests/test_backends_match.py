@@ -129,3 +129,26 @@ def test_streaming_equals_offline_on_every_cpu_backend(name, opts):
     off = generate(m, a, "calm", seed=4)
     got = np.stack([f.params for f in frames])
     np.testing.assert_allclose(got, off[:len(got)], atol=1e-4)
+
+
+@pytest.mark.parametrize("name,shapes", [("static", {2, 4, 8}), ("onnx", {2, 4, 6})])
+def test_static_shapes_come_from_the_batch_state(name, shapes):
+    """Three sessions (6 G rows): the static runner runs a bucket of 8 rows whose caches are the state's
+    rows 0-7 read in place (no padded copies); ONNX's dynamic-batch graph runs the 6 rows as they are."""
+    m = apply_backend(MM2Face.random(seed=0, small=True), name)
+    b = SessionBatcher(m)
+    seen, in_place = set(), []
+    run = m.runner.g_rows
+
+    def g_rows(prev, audio_, text_x, bias, mods, ks, vs):
+        seen.add(prev.shape[0])
+        in_place.append(ks[0].untyped_storage().data_ptr() == b.state.kv.k[0].untyped_storage().data_ptr())
+        return run(prev, audio_, text_x, bias, mods, ks, vs)
+
+    m.runner.g_rows = g_rows             # the test's probe on this one runner object
+    keys = [b.add(StreamSession(m, StreamConfig(seed=i))) for i in range(3)]
+    for i, k in enumerate(keys):
+        b.push_audio(k, audio(0.6 + 0.3 * i, seed=i))
+    b.run_until_idle()
+    assert seen == shapes
+    assert in_place and all(in_place)   # every step read the ring's rows where they are
