@@ -4,7 +4,7 @@
 * :class:`Admission`: decides whether a new session may open; refuses with a specific error
   (``capacity``, ``session_limit``, ``draining``) that says what is in use and what to do.
 * :func:`measure_capacity`: how many sessions can all speak at once in real time on this machine,
-  from the measured cost of one batched hop at a few batch sizes.
+  from the measured cost of the scheduler's round (one batched hop) at a few batch sizes.
 * :class:`IdleReaper`: which client sessions have been idle with no subscriber for too long.
 
 No sockets or asyncio here: the server (:mod:`mm2face.realtime.server`) feeds the counts and the
@@ -86,24 +86,34 @@ def measure_capacity(make_session: Callable[[str], object], batched: bool = True
                      sizes=CAPACITY_BATCH_SIZES, repeats: int = CAPACITY_REPEATS,
                      utilisation: float = CAPACITY_UTILISATION, max_sessions: int = 1 << 16,
                      clock: Callable[[], float] = time.perf_counter) -> CapacityEstimate:
-    """Time batched hops of ``make_session("")`` sessions at each batch size in ``sizes`` and derive the
-    real-time capacity: the most sessions whose batched hop takes at most ``utilisation`` of a hop."""
+    """Time the scheduler's rounds with ``n`` speaking ``make_session("")`` sessions for each ``n`` in
+    ``sizes`` and derive the real-time capacity: the most sessions whose round (one hop each) takes at
+    most ``utilisation`` of a hop. The rounds are those of the server's own scheduler
+    (:class:`~mm2face.engine.batching.SessionBatcher`: queued input applied, one batched hop, frames
+    handed out), stepped here in the calling thread; ``batched=False`` times rounds of single hops
+    (``max_batch`` 1)."""
     import numpy as np
+    import torch
 
-    from mm2face.engine.session import step_sessions
+    from mm2face.engine.batching import SessionBatcher
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(int(16000 * HOP_S * (repeats + 4)))).astype(np.float32)
     measured = {}
     for n in sizes:
         sessions = [make_session("") for _ in range(n)]
+        batcher = SessionBatcher(sessions[0].model, device=sessions[0].device, max_batch=n if batched else 1)
         for s in sessions:
-            s.push_audio(audio)
-        step_sessions(sessions)                       # warm-up (allocator growth, first-call costs)
+            batcher.push_audio(batcher.add(s), audio)
         times = []
-        for _ in range(repeats):
-            t = clock()
-            step_sessions(sessions)
-            times.append((clock() - t) * 1e3)
+        with torch.no_grad():                        # as in the scheduler's worker thread
+            batcher.step()                           # warm-up: audio in, rows joined, first-call costs
+            for _ in range(repeats):
+                t = clock()
+                hops = batcher.step()
+                times.append((clock() - t) * 1e3)
+                if hops != n:
+                    raise RuntimeError(f"measure_capacity: a round ran {hops} hops for {n} sessions; the "
+                                       "test audio is too short for the repeats asked for")
         measured[n] = float(np.median(times))
     return capacity_from_costs(measured, utilisation * HOP_S * 1e3, batched, max_sessions)
 

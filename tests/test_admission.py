@@ -10,7 +10,7 @@ import pytest
 from realtime_helpers import is_type, make_session, recv_until  # noqa: F401 - fixture
 
 from mm2face.realtime import protocol as P
-from mm2face.realtime.admission import Admission, IdleReaper, Limits, capacity_from_costs
+from mm2face.realtime.admission import Admission, IdleReaper, Limits, capacity_from_costs, measure_capacity
 from mm2face.realtime.connection import ClientConn
 from mm2face.realtime.server import Hub, serve_hub
 
@@ -24,6 +24,30 @@ def test_capacity_from_measured_hop_costs():
     assert capacity_from_costs({1: 9.0}, budget_ms=40.0, batched=False).capacity == 4
     # a machine too slow for even one session still admits one (the operator's choice to run it)
     assert capacity_from_costs({1: 90.0, 2: 180.0}, budget_ms=40.0).capacity == 1
+
+
+def test_measure_capacity_times_the_schedulers_rounds(make_session):
+    """measure_capacity steps real sessions through the server's scheduler (SessionBatcher): every timed
+    round runs one hop for each session, over one batch state. The clock is made up: 5 ms a round plus
+    2.5 ms per hop the sessions have run, so the fit must find 5 + 2.5 n and a capacity of 14."""
+    made = []
+
+    def counting_session(style):
+        made.append(make_session(style))
+        return made[-1]
+
+    calls = [0]
+
+    def clock():                                   # seconds: 5 ms per call pair + 2.5 ms per hop run so far
+        calls[0] += 1
+        return 5e-3 * (calls[0] // 2) + 2.5e-3 * sum(s.k for s in made)
+
+    est = measure_capacity(counting_session, sizes=(1, 2, 4), repeats=2, clock=clock)
+    assert est.measured == pytest.approx({1: 7.5, 2: 10.0, 4: 15.0})
+    assert est.capacity == 14
+    assert [s.k for s in made] == [1 + 2] * 7       # the warm-up round and two timed rounds: one hop each
+    for group in (made[1:3], made[3:7]):
+        assert len({id(s.batch_state) for s in group}) == 1   # the scheduler's one state, a row per session
 
 
 def test_admission_refuses_with_specific_codes():
