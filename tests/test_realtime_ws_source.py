@@ -31,12 +31,13 @@ def test_ws_source_plays_out_live_frames_then_closes():
                 while not info.get("go"):
                     await asyncio.sleep(0.01)
                 rng = np.random.default_rng(0)
+                frames = []
                 for _ in range(25):                                   # 2 s of audio at real-time pace
-                    await live.push_audio((0.1 * rng.standard_normal(1280)).astype(np.float32))
+                    frames += await live.push_audio((0.1 * rng.standard_normal(1280)).astype(np.float32))
                     await asyncio.sleep(0.08)
                 await live.set_style("happy")
-                await live.end()
-                await asyncio.sleep(0.5)
+                frames += await live.end()
+                info["n"], info["t_last"] = len(frames), frames[-1].t_audio_s    # what the source must show
                 while not done.is_set():
                     await asyncio.sleep(0.01)
         asyncio.run(run())
@@ -48,17 +49,18 @@ def test_ws_source_plays_out_live_frames_then_closes():
     assert src.latest() is None and not src.closed and src.style == "calm"
     info["go"] = True
     shown = []
-    t_end = time.time() + 6
-    while time.time() < t_end:
+    deadline = time.time() + 30                                   # bounds a failure only
+    while not (shown and "t_last" in info and shown[-1][1] >= info["t_last"] - 1e-6):  # until the last frame shows
+        assert time.time() < deadline, f"the last frame was not shown ({len(shown)} shown)"
         x = src.latest()
         if x is not None:
             shown.append(x)
-        time.sleep(0.02)
+        time.sleep(0.02)                                          # a viewer's render tick
     frame, t, style = shown[-1]
     assert frame.shape == (56,) and frame.dtype == np.float32
     ts = sorted({s[1] for s in shown})
     assert len(ts) >= 40 and np.all(np.diff(ts) > 0)          # played out in order, most frames shown
-    assert style == "happy" and src.frames_received >= 50
+    assert style == "happy" and src.frames_received == info["n"] >= 50
     done.set()
     th.join(10)
     deadline = time.time() + 10
