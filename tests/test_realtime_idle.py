@@ -274,13 +274,17 @@ def test_feed_closes_its_source_when_cancelled():
             finally:
                 events.append("closed")
 
+    fed = asyncio.Event()
+
     class Live:
         async def push_no_audio(self, n):
             events.append(n)
+            fed.set()
 
     async def main():
         task = asyncio.create_task(sources.feed(Live(), Source(), end_at_eof=False))
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(10):                    # bounds a failure only
+            await fed.wait()                               # the feed is running: a chunk went in
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         return list(events)
