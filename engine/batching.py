@@ -196,23 +196,39 @@ class SessionBatcher:
         return out
 
     # ---- the scheduling round (worker thread, or call it yourself) -------------------------------
-    def _apply_inbox(self, slot: _Slot) -> None:
+    def input_samples(self, key) -> int:
+        """The input clock of session ``key`` in 16 kHz samples, from any thread: what the session has
+        taken in (its own ``n_in``: audio, no-audio time, end/flush padding, dropped audio gone) plus the
+        audio and no-audio time still queued for it. The worker moves queued input into the session under
+        the same lock, so the sum never counts a chunk twice or not at all."""
         with self._lock:
-            items = list(slot.inbox)
-            slot.inbox.clear()
+            slot = self._slots.get(key)
+            if slot is None:
+                raise KeyError(f"unknown session {key!r}")
+            queued = sum(len(val) if kind == "audio" else val
+                         for kind, val, _ in slot.inbox if kind in ("audio", "noaudio"))
+            return slot.session.n_in + queued
+
+    def _apply_inbox(self, slot: _Slot) -> None:
         s = slot.session
-        for i, (kind, val, extra) in enumerate(items):
-            if kind == "end" and s.hop_ready():
-                # the hops already ready run batched with everyone else's first; end() (its padding and
-                # closing tail, computed at once, unbatched) is applied when they are done
-                with self._lock:
-                    slot.inbox.extendleft(reversed(items[i:]))
-                return
-            if kind == "audio":
-                s.push_audio(val, arrival_time=extra)
-            elif kind == "noaudio":
-                s.push_no_audio(val, arrival_time=extra)
-            elif kind == "style":
+        while True:
+            with self._lock:
+                if not slot.inbox:
+                    return
+                kind, val, extra = slot.inbox[0]
+                if kind == "end" and s.hop_ready():
+                    # the hops already ready run batched with everyone else's first; end() (its padding and
+                    # closing tail, computed at once, unbatched) is applied when they are done
+                    return
+                slot.inbox.popleft()
+                # input moves from the inbox into the session under the lock (see input_samples)
+                if kind == "audio":
+                    s.push_audio(val, arrival_time=extra)
+                    continue
+                if kind == "noaudio":
+                    s.push_no_audio(val, arrival_time=extra)
+                    continue
+            if kind == "style":
                 s.set_style(val, extra)
             elif kind == "guidance":
                 s.set_guidance(val)

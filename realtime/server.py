@@ -84,10 +84,8 @@ class LiveSession:
         self.loop = asyncio.get_running_loop()     # where the scheduler's worker hands the frames back
         self._collecting: list[list[P.WireFrame]] = []   # callers awaiting this session's next frames
         self.closed = False
-        # Audio bookkeeping (16 kHz samples).
-        self.samples_in = 0                  # samples handed to the scheduler (audio + no-audio); after
-                                             # end/flush the session's own count (padding, dropped audio)
-        self.audio_samples_in = 0            # of which real audio
+        # Audio bookkeeping (16 kHz samples; the session clock itself is the StreamSession's, see samples_in).
+        self.audio_samples_in = 0            # real audio handed to the scheduler (for stats and idle events)
         self.n_clipped = 0
         self.warned_clipped = False
         self.last_audio_time = 0.0           # time.time() of the last real audio chunk
@@ -165,6 +163,16 @@ class LiveSession:
         if self._queue_audio(audio_16k, arrival_time) and self.backlog_samples() > self.max_backlog_samples():
             await self.frames_until_caught_up()
 
+    @property
+    def samples_in(self) -> int:
+        """The session clock in 16 kHz samples: the StreamSession's own count of its input (audio, no-audio
+        time, end/flush padding; audio dropped by flush gone) plus the input still queued for it in the
+        scheduler (:meth:`SessionBatcher.input_samples`). One count, kept by the session."""
+        try:
+            return self.hub.batcher.input_samples(self)
+        except KeyError:                     # no longer in the scheduler (closed): its count is final
+            return self.session.n_in
+
     def backlog_samples(self) -> int:
         """Samples handed to the scheduler that no computed hop has consumed yet (read from the loop while
         the worker steps: a snapshot, good for a backpressure decision)."""
@@ -187,7 +195,6 @@ class LiveSession:
             self._stop_idle_loop()
             self.idle_event("active", self.t_wire_s())
         self._send_audio(audio_16k)
-        self.samples_in += len(audio_16k)
         self.audio_samples_in += len(audio_16k)
         self.last_audio_time = t
         self._played(len(audio_16k), t)
@@ -199,10 +206,12 @@ class LiveSession:
 
     def _send_audio(self, audio_16k: np.ndarray) -> None:
         """Queue ``audio_16k: (samples,) float32``, about to be consumed, for the subscribers that asked for the
-        audio: stamped with the session-clock sample and the frames' time of its first sample (call under the lock)."""
+        audio: stamped with the session-clock sample and the frames' time of its first sample (call before the
+        chunk is queued: the clock then stands at its first sample)."""
         clients = [c for c in self.audio_subscribers if c in self.subscribers]
         if clients:
-            msg = P.encode_audio_out(self.num, self.samples_in, self.t_wire_s(), audio_16k)
+            n = self.samples_in
+            msg = P.encode_audio_out(self.num, n, self.t_wire_s(n), audio_16k)
             for c in clients:
                 c.send_audio(msg, len(audio_16k), self)
 
@@ -217,7 +226,6 @@ class LiveSession:
     def feed_no_audio(self, n_samples: int) -> None:
         """Hand ``n_samples`` of no-audio time to the scheduler (returns at once)."""
         now = self.hub.clock()
-        self.samples_in += n_samples
         self._played(n_samples, now)
         self.hub.batcher.push_no_audio(self, n_samples, arrival_time=now)
 
@@ -230,9 +238,10 @@ class LiveSession:
         for c in list(self.subscribers):
             c.send_control(msg)
 
-    def t_wire_s(self) -> float:
-        """The session clock as clients see it: input taken in, plus idle time played back."""
-        return self.samples_in / SAMPLE_RATE + self.seq_offset / FPS
+    def t_wire_s(self, samples_in: int | None = None) -> float:
+        """The session clock as clients see it: input taken in (``samples_in``, default now), plus idle
+        time played back."""
+        return (self.samples_in if samples_in is None else samples_in) / SAMPLE_RATE + self.seq_offset / FPS
 
     def replaying(self) -> bool:
         return self.idle_loop is not None and self.idle_loop.playing and self.idle_active
@@ -277,8 +286,7 @@ class LiveSession:
         now, n0 = self.hub.clock(), self.samples_in
         self.hub.batcher.end(self, arrival_time=now)
         frames = await self.frames_until_caught_up()
-        self.samples_in = self.session.n_in          # the session's clock: padding and tail added
-        self._played(max(0, self.samples_in - n0), now)
+        self._played(max(0, self.samples_in - n0), now)     # the session's clock now has padding and tail
         self.input_over = True
         return frames
 
@@ -289,8 +297,8 @@ class LiveSession:
         now, n0 = self.hub.clock(), self.samples_in
         self.hub.batcher.flush(self, arrival_time=now)
         frames = await self.frames_until_caught_up()
-        self.samples_in = self.session.n_in          # the session's clock: unused audio dropped, idle hop added
-        # Barge-in: the dropped audio will never play, so play-out restarts now.
+        # The session's clock now has the unused audio dropped and the idle hop added. Barge-in: the
+        # dropped audio will never play, so play-out restarts now.
         self.play_end = now + max(0, self.samples_in - n0) / SAMPLE_RATE
         self.input_over = True
         self.resampler = StreamResampler(self.sample_rate)

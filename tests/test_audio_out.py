@@ -121,8 +121,7 @@ async def test_stalled_audio_reader_is_bounded_and_its_drops_counted(make_sessio
     chunk = np.zeros(320, np.float32)
     n = int(3 * OUTBOX_MAX_AUDIO_S * SAMPLE_RATE / len(chunk))      # 3x the bound, never read
     for _ in range(n):
-        live._send_audio(chunk)
-        live.samples_in += len(chunk)          # what push_audio counts after queuing the chunk
+        live._queue_audio(chunk, None)     # stamped on the session clock, then queued for the scheduler
     limit = int(OUTBOX_MAX_AUDIO_S * SAMPLE_RATE)
     queued = sum(1 for kind, m, _ in client.outbox if m[:4] == P.AUDIO_OUT_MAGIC)
     assert client.audio_samples_queued == queued * len(chunk) <= limit
@@ -132,3 +131,4 @@ async def test_stalled_audio_reader_is_bounded_and_its_drops_counted(make_sessio
     assert kept == [len(chunk) * i for i in range(n - queued, n)]
     assert any(isinstance(m, str) and '"subscribed"' in m for _, m, _ in client.outbox)
     assert live.stats()["dropped_audio_chunks"] == n - queued
+    hub.close()                             # the scheduler's worker stops stepping the queued audio

@@ -161,3 +161,28 @@ def test_batched_hops_equal_each_session_alone_with_sampling_and_end(model):
     for a, b in zip(*outs):
         assert [f.seq for f in a] == [f.seq for f in b]
         np.testing.assert_allclose(np.stack([f.params for f in a]), np.stack([f.params for f in b]), atol=1e-5)
+
+
+def test_input_samples_is_the_sessions_count_plus_its_queue_while_the_worker_runs(model):
+    """input_samples(key), read while the worker moves queued input into the session, always equals
+    everything pushed so far (never a chunk twice or not at all); after end it is the session's own
+    count, padding included. This is the one sample clock the server stamps its audio with."""
+    b = SessionBatcher(model).start()
+    try:
+        s = StreamSession(model, StreamConfig(seed=0))
+        key = b.add(s)
+        a, pushed = audio(3.0, 7), 0
+        for i in range(0, len(a), 320):                   # 20 ms chunks, audio and no-audio time
+            b.push_audio(key, a[i:i + 320])
+            b.push_no_audio(key, 160)
+            pushed += len(a[i:i + 320]) + 160
+            assert b.input_samples(key) == pushed
+        done = threading.Event()
+        b.end(key)
+        b.when_caught_up(key, lambda exc: done.set())
+        assert done.wait(60)
+        assert b.input_samples(key) == s.n_in >= pushed   # end padded the last token and the tail
+    finally:
+        b.stop()
+    with pytest.raises(KeyError):
+        b.input_samples("nobody")
