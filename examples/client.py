@@ -4,7 +4,7 @@
 Depends only on ``websockets`` and ``numpy`` (+ ``soundfile`` for ``stream``), so it can be copied
 out of this repository. The binary frame layout is unpacked here by hand on purpose.
 
-    python examples/client.py subscribe [--session default] [--binary | --arkit] [--seconds 10]
+    python examples/client.py subscribe [--session default] [--binary | --arkit] [--seconds 10 | --frames 250]
     python examples/client.py stream speech.wav [--style "cheerful"] [--fast] [--out frames.npy]
     python examples/client.py style "a calm, friendly speaker" [--session default] [--blend 0.5]
     python examples/client.py stats
@@ -101,7 +101,7 @@ async def cmd_subscribe(args):
             n += 1
             if n % 25 == 0 or args.verbose:
                 print(f"seq {f['seq']:6d}  t {f['t_audio_s']:7.2f} s  {describe(f)}")
-            if time.time() > t_end:
+            if time.time() > t_end or n == args.frames:
                 break
     print(f"{n} frames; {lat.report()}")
 
@@ -168,6 +168,7 @@ def main(argv=None):
     fmt.add_argument("--binary", action="store_true", help="packed 272-byte frames instead of JSON")
     fmt.add_argument("--arkit", action="store_true", help="ARKit-52 blendshape weights + head rotation (JSON)")
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until closed)")
+    p.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = until closed)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every frame")
     p = sub.add_parser("stream", help="open a session, stream an audio file into it, receive its frames")
     p.add_argument("wav")

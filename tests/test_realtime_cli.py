@@ -92,12 +92,16 @@ def test_text_only_server_and_reference_client(tmp_path):
             assert time.time() < deadline
             time.sleep(0.1)
         url = f"ws://127.0.0.1:{port}"
-        # The default session runs in text-only mode: frames at 25 fps with no audio behind them.
+        # The default session runs in text-only mode: frames with no audio behind them, on the 25 fps
+        # clock. The client stops after a count of frames (its timeout only bounds a failure).
         r = subprocess.run([sys.executable, str(ROOT / "examples" / "client.py"), "--url", url, "subscribe",
-                            "--seconds", "2", "--binary"], capture_output=True, text=True, timeout=60)
+                            "--frames", "50", "--binary"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        n = int(r.stdout.strip().splitlines()[-1].split()[0])
-        assert 40 <= n <= 60, r.stdout
+        lines = r.stdout.strip().splitlines()
+        assert lines[-1].startswith("50 frames;"), r.stdout
+        shown = [line.split() for line in lines if line.startswith("seq ")]     # every 25th frame
+        assert len(shown) == 2 and int(shown[1][1]) - int(shown[0][1]) == 25, r.stdout
+        assert all(float(w[3]) == pytest.approx(int(w[1]) / 25, abs=0.006) for w in shown), r.stdout
         assert "audio-to-face n/a" in r.stdout               # idle frames have no audio arrival time
         # ARKit frames (protocol v2) from the same server, names from the subscribed reply
         r = subprocess.run([sys.executable, str(ROOT / "examples" / "client.py"), "--url", url, "subscribe",
