@@ -140,9 +140,11 @@ def stop_live(proc) -> str:
     return f"exit code {proc.returncode}; stderr: {err}"
 
 
-async def collect(port, play_wav, sink, env, *, actions=(), tail_s=1.5, lead_s=1.0):
+async def collect(port, play_wav, sink, env, *, actions=(), tail_s=1.5, lead_s=1.0, timeout_s=120.0):
     """Subscribe, play ``play_wav`` into the sink after ``lead_s``, run ``actions`` [(t_after_play_start,
-    fn(ws) coroutine)], and return (frames with receive times, wall time when playback started)."""
+    fn(ws) coroutine)], and return (frames with receive times, wall time when playback started) once the
+    stream's frames cover the clip and ``tail_s`` after it on the stream's own clock (``t_audio_s``; a
+    loaded machine takes longer, never fewer frames). ``timeout_s`` only bounds a failure."""
     from websockets.asyncio.client import connect
     frames = []
     dur = sf.info(str(play_wav)).duration
@@ -161,14 +163,19 @@ async def collect(port, play_wav, sink, env, *, actions=(), tail_s=1.5, lead_s=1
                     m["t_recv"] = time.time()
                     frames.append(m)
         task = asyncio.create_task(reader())
-        await asyncio.sleep(lead_s)
-        t_play = time.time()
+        await asyncio.sleep(lead_s)                    # the stream runs a while before the speech
+        async with asyncio.timeout(timeout_s):
+            while not frames:                          # (a loaded machine may still be warming up)
+                await asyncio.sleep(0.05)
+        t_play, t_audio_play = time.time(), frames[-1]["t_audio_s"]
         play = await asyncio.create_subprocess_exec("pactl", "play-sample", sample, sink, env=env)
         assert await play.wait() == 0, "pactl play-sample failed"
         for at, fn in actions:
             await asyncio.sleep(max(0.0, t_play + at - time.time()))
             await fn(ws)
-        await asyncio.sleep(max(0.0, t_play + dur + tail_s - time.time()))
+        async with asyncio.timeout(timeout_s):         # until the frames show the clip and its tail
+            while frames[-1]["t_audio_s"] < t_audio_play + dur + tail_s:
+                await asyncio.sleep(0.05)
         task.cancel()
     subprocess.run(["pactl", "remove-sample", sample], env=env)
     return frames, t_play
