@@ -8,7 +8,6 @@ clients, limits and error counts are the hub's.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -270,5 +269,5 @@ class Dispatcher:
             if live.ingest_rate is not None:
                 wait = live.ingest_rate.delay(len(part) / SAMPLE_RATE)
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    await self.hub.sleep(wait)
             await live.stream_audio(part, arrival_time=arrival)

@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -378,9 +378,11 @@ class Hub:
                  max_frames_per_client: int = OUTBOX_MAX_FRAMES, max_sessions: int = 64,
                  send_buffer_bytes: int = SEND_BUFFER_BYTES, max_batch: int = MAX_BATCH, limits: Limits | None = None,
                  server_session_control: str = "style", idle_replay: bool = True,
-                 ingest_speed: float | None = None, clock: Callable[[], float] = time.time):
+                 ingest_speed: float | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable] = asyncio.sleep):
         self.make_session = make_session
         self.clock = clock                       # what the idle policy reads (seconds); tests inject one
+        self.sleep = sleep                       # how paced ingestion waits (seconds); tests inject one
         self.token = token
         self.max_frames_per_client = max_frames_per_client
         # Without explicit limits (library use, tests): only the server-wide session limit applies.

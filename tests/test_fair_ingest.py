@@ -74,9 +74,15 @@ def test_ingest_is_paced_by_audio_seconds():
 
 
 async def test_paced_upload_feeds_at_most_twice_real_time(make_session):
-    """With ingest_speed=2, 3 s of audio sent at once reach the session over >= (3 - 1) / 2 s."""
-    import time
-    hub = Hub(make_session, ingest_speed=2.0)
+    """With ingest_speed=2, 3 s of audio sent at once reach the session over (3 - 1) / 2 s: the pacing
+    waits that long in all, on an injected clock and sleep (no wall-clock wait, no timed assertion)."""
+    from mm2face.realtime.admission import RateLimiter
+    now, waits = [0.0], []
+
+    async def sleep(s):                                        # time passes at once
+        waits.append(s)
+        now[0] += s
+    hub = Hub(make_session, ingest_speed=2.0, sleep=sleep)
     hub_live = await hub.create_session("x")
     from mm2face.realtime.connection import ClientConn
 
@@ -87,10 +93,10 @@ async def test_paced_upload_feeds_at_most_twice_real_time(make_session):
             pass
     c = ClientConn(hub, _WS())
     c.own = hub_live
-    hub_live.ingest_rate.burst = hub_live.ingest_rate.tokens = 1.0      # a 1 s burst for a short test
-    t = time.monotonic()
+    hub_live.ingest_rate = RateLimiter(2.0, 1.0, clock=lambda: now[0])   # a 1 s burst for a short test
     await hub.dispatcher.dispatch(c, pcm16(speechy(3.0, seed=5)))
-    assert time.monotonic() - t >= (3.0 - 1.0) / 2.0 - 0.05
+    assert waits and sum(waits) == pytest.approx((3.0 - 1.0) / 2.0)
+    assert now[0] == pytest.approx(1.0)                       # at 2 audio seconds per second after the burst
     assert hub_live.audio_samples_in == 3 * 16000
     await hub.close_session(hub_live)
     hub.close()
