@@ -31,8 +31,18 @@ def xvfb_env():
     display = f":{90 + os.getpid() % 100}"
     proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    if proc.poll() is not None:
+    def ready() -> bool:                                       # our Xvfb holds the display and listens
+        try:
+            with open(f"/tmp/.X{display[1:]}-lock") as f:
+                mine = int(f.read().strip() or 0) == proc.pid
+        except (OSError, ValueError):
+            return False
+        return mine and os.path.exists(f"/tmp/.X11-unix/X{display[1:]}")
+    deadline = time.monotonic() + 10                           # bounds a failure only
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not ready():
+        proc.kill()
         pytest.skip(f"Xvfb could not start on {display}")
     env = dict(os.environ, DISPLAY=display)
     env.pop("WAYLAND_DISPLAY", None)
