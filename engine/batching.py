@@ -196,18 +196,19 @@ class SessionBatcher:
         return out
 
     # ---- the scheduling round (worker thread, or call it yourself) -------------------------------
-    def input_samples(self, key) -> int:
+    def input_samples(self, key, audio_only: bool = False) -> int:
         """The input clock of session ``key`` in 16 kHz samples, from any thread: what the session has
         taken in (its own ``n_in``: audio, no-audio time, end/flush padding, dropped audio gone) plus the
-        audio and no-audio time still queued for it. The worker moves queued input into the session under
-        the same lock, so the sum never counts a chunk twice or not at all."""
+        audio and no-audio time still queued for it. ``audio_only``: the real audio pushed so far instead
+        (the session's ``n_real`` plus the audio queued). The worker moves queued input into the session
+        under the same lock, so the sum never counts a chunk twice or not at all."""
+        kinds = ("audio",) if audio_only else ("audio", "noaudio")
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
                 raise KeyError(f"unknown session {key!r}")
-            queued = sum(len(val) if kind == "audio" else val
-                         for kind, val, _ in slot.inbox if kind in ("audio", "noaudio"))
-            return slot.session.n_in + queued
+            queued = sum(len(val) if kind == "audio" else val for kind, val, _ in slot.inbox if kind in kinds)
+            return (slot.session.n_real if audio_only else slot.session.n_in) + queued
 
     def _apply_inbox(self, slot: _Slot) -> None:
         s = slot.session

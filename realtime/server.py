@@ -84,8 +84,7 @@ class LiveSession:
         self.loop = asyncio.get_running_loop()     # where the scheduler's worker hands the frames back
         self._collecting: list[list[P.WireFrame]] = []   # callers awaiting this session's next frames
         self.closed = False
-        # Audio bookkeeping (16 kHz samples; the session clock itself is the StreamSession's, see samples_in).
-        self.audio_samples_in = 0            # real audio handed to the scheduler (for stats and idle events)
+        # Audio bookkeeping: the sample counts are the StreamSession's (see samples_in, audio_samples_in).
         self.n_clipped = 0
         self.warned_clipped = False
         self.last_audio_time = 0.0           # time.time() of the last real audio chunk
@@ -173,6 +172,15 @@ class LiveSession:
         except KeyError:                     # no longer in the scheduler (closed): its count is final
             return self.session.n_in
 
+    @property
+    def audio_samples_in(self) -> int:
+        """Real audio fed so far (16 kHz samples; for stats and idle events): the StreamSession's count plus
+        the audio still queued for it."""
+        try:
+            return self.hub.batcher.input_samples(self, audio_only=True)
+        except KeyError:
+            return self.session.n_real
+
     def backlog_samples(self) -> int:
         """Samples handed to the scheduler that no computed hop has consumed yet (read from the loop while
         the worker steps: a snapshot, good for a backpressure decision)."""
@@ -195,7 +203,6 @@ class LiveSession:
             self._stop_idle_loop()
             self.idle_event("active", self.t_wire_s())
         self._send_audio(audio_16k)
-        self.audio_samples_in += len(audio_16k)
         self.last_audio_time = t
         self._played(len(audio_16k), t)
         self.input_over = False

@@ -165,8 +165,9 @@ def test_batched_hops_equal_each_session_alone_with_sampling_and_end(model):
 
 def test_input_samples_is_the_sessions_count_plus_its_queue_while_the_worker_runs(model):
     """input_samples(key), read while the worker moves queued input into the session, always equals
-    everything pushed so far (never a chunk twice or not at all); after end it is the session's own
-    count, padding included. This is the one sample clock the server stamps its audio with."""
+    everything pushed so far (never a chunk twice or not at all), and its audio_only count the real audio;
+    after end it is the session's own count, padding included. This is the one sample clock the server
+    stamps its audio with."""
     b = SessionBatcher(model).start()
     try:
         s = StreamSession(model, StreamConfig(seed=0))
@@ -177,11 +178,13 @@ def test_input_samples_is_the_sessions_count_plus_its_queue_while_the_worker_run
             b.push_no_audio(key, 160)
             pushed += len(a[i:i + 320]) + 160
             assert b.input_samples(key) == pushed
+            assert b.input_samples(key, audio_only=True) == min(i + 320, len(a))
         done = threading.Event()
         b.end(key)
         b.when_caught_up(key, lambda exc: done.set())
         assert done.wait(60)
         assert b.input_samples(key) == s.n_in >= pushed   # end padded the last token and the tail
+        assert b.input_samples(key, audio_only=True) == s.n_real == len(a)    # padding is no audio
     finally:
         b.stop()
     with pytest.raises(KeyError):
