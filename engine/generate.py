@@ -75,14 +75,17 @@ def generate(model, audio_16k: np.ndarray | None, text: str = "", seed: int = 0,
     audio_t = None if audio_16k is None else torch.from_numpy(audio_16k).to(dev)[None]
     frames = model.refine(av[None], model.vq.decode(codes), code, t_tok, audio_t)
     motion = model.to_params(frames[0])[:n_frames].float().cpu().numpy()
+    gate = None
     if vad and audio_16k is not None:                # the same voice-activity gate as StreamSession
-        w = vad_frame_weights(audio_16k, len(motion), VadConfig(lookahead_samples=model.lookahead_samples))
+        gate = vad_frame_weights(audio_16k, len(motion), VadConfig(lookahead_samples=model.lookahead_samples))
         dims = mouth_dims(model.head_name)
-        motion[:, dims] *= w[:, None]
+        motion[:, dims] *= gate[:, None]
     GestureTrack(style.gestures, 0, gain=style.expression_gain).apply(motion, 0, model.head_name)  # as StreamSession
     if blinks:                                       # the same procedural blinks as StreamSession
         motion = add_blinks(motion, 0, seed, model.head_name)
     if contact and model.closure is not None and audio_16k is not None:   # as StreamSession, after all the above
         w = model.closure.clip_weights(audio_16k, len(motion))
+        if gate is not None:                                             # contacts only where speech is heard
+            w *= gate[:, None].astype(np.float32)
         motion = apply_contact(motion, w, standin_head(), model.closure.cfg)
     return (motion, toks) if return_tokens else motion

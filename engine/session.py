@@ -381,9 +381,11 @@ class StreamSession:
         self.stats["vad_ms_total"] += ms
         return w
 
-    def _contact(self, params: torch.Tensor) -> torch.Tensor:
-        """This hop's frames ``params (down, 56)`` with the lip-contact stage applied (engine/closure.py); frames
-        whose own samples are all no-audio get no contact. Reads only audio up to :attr:`heard_end`."""
+    def _contact(self, params: torch.Tensor, gate: np.ndarray | None) -> torch.Tensor:
+        """This hop's frames ``params (down, 56)`` with the lip-contact stage applied (engine/closure.py), its
+        weights scaled by the voice-activity ``gate (down,)`` (contacts are speech: where no speech is heard
+        the gate has already put the mouth at rest); frames whose own samples are all no-audio get no
+        contact. Reads only audio up to :attr:`heard_end`."""
         if self.contact is None:
             return params
         t0 = time.perf_counter()
@@ -392,6 +394,8 @@ class StreamSession:
         for i in range(self.down):
             if self._samples(SAMPLES_PER_FRAME * (f0 + i), SAMPLES_PER_FRAME * (f0 + i + 1))[1].all():
                 w[i] = 0.0
+        if gate is not None:
+            w *= np.asarray(gate, np.float32)[:, None]
         out = torch.from_numpy(apply_contact(params.float().cpu().numpy(), w, self.contact_head,
                                              self.contact.cfg)).to(params)
         ms = (time.perf_counter() - t0) * 1e3
@@ -415,7 +419,7 @@ class StreamSession:
         for i in range(self.down):
             if gate is not None and gate[i] < 1.0:
                 params[i, self.mouth_dims] *= float(gate[i])
-        params = self._contact(params)
+        params = self._contact(params, gate)
         for i in range(self.down):
             if self.mouth_w != self.mouth_target:
                 d = self.mouth_target - self.mouth_w
