@@ -27,6 +27,7 @@ NAMES = {
     "mm2face.realtime.idle": ["IdleClock", "idle_frames_due"],
     "mm2face.realtime.stats": ["SessionMeter"],
     "mm2face.engine.batching": ["SessionBatcher.push_audio", "SessionBatcher._apply_inbox", "SessionBatcher.step",
+                                "SessionBatcher.input_samples",
                                 "SessionBatcher.when_caught_up", "SessionBatcher"],
     "mm2face.engine.session": ["StreamSession.push_audio", "StreamSession.hop_ready", "step_sessions",
                                "StreamSession._after_hop", "StreamSession", "Frame"],
@@ -43,7 +44,7 @@ INSTANCE_ATTRS = {
                                             "self.resampler", "self.meter"],
     "mm2face.realtime.connection.ClientConn": ["self.outbox", "self.audio_rate", "self.own"],
     "mm2face.realtime.server.Hub": ["self.batcher", "self.idle_clock", "self.dispatcher", "self.admission",
-                                    "self.clock"],
+                                    "self.clock", "self.sleep"],
 }
 
 
@@ -181,16 +182,18 @@ def draw(out: Path) -> Path:
          "2 rows per stream, per-row position t),\nfeats (audio encoder's CNN window), ref (refiner's past); "
          "stepped in place under its lock; grows and shrinks with the sessions"),
         ("SessionBatcher", "engine/batching.py", "per-session inbox (audio, no-audio, style, guidance, end, flush), "
-         "round order (speakers first),\nthe worker thread; the only thing that steps sessions"),
+         "round order (speakers first),\nthe worker thread; the only thing that steps sessions; input_samples = "
+         "the session's one sample clock"),
         ("StreamSession", "engine/session.py", "timeline: audio ring, sample counts, arrival times, token index k; "
          "token history for D;\nstyle blend, guidance, gesture track; VAD stream; mouth-close state; "
          "pending frames; sampling rng"),
-        ("LiveSession", "realtime/server.py", "subscribers and formats, audio subscribers; idle state (play_end, "
-         "idle_active) and the idle-loop\nrecording; the client's resampler and sample format; SessionMeter"),
+        ("LiveSession", "realtime/server.py", "no sample count of its own (reads input_samples); subscribers and "
+         "formats, audio subscribers; idle state\n(play_end, idle_active), the idle-loop recording; the client's "
+         "resampler and sample format; SessionMeter"),
         ("ClientConn", "realtime/connection.py", "bounded outbox (frames, MMAU audio, control replies), rate "
          "limiters, subscriptions, the session it owns"),
         ("Hub", "realtime/server.py", "sessions, clients, admission limits, the SessionBatcher, IdleClock, "
-         "Dispatcher, metrics, the injected clock"),
+         "Dispatcher, metrics, the injected clock and sleep"),
     ]
     y = 0.88
     for name, where, what in rows:
