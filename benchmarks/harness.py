@@ -30,7 +30,7 @@ from mm2face.benchmarks.common import speech_like_audio, stats_ms
 from mm2face.engine.audio import AudioFileError, load_audio_16k
 
 SR = 16000
-STAGES = ("audio_enc_ms", "g_step_ms", "decode_ms", "vad_ms")   # per-hop session stats (engine/session.py)
+STAGES = ("audio_enc_ms", "g_step_ms", "decode_ms", "vad_ms", "contact_ms")   # per-hop session stats (engine/session.py)
 STAGE_COLS = 2 + len(STAGES)     # stage records: (session, time, *STAGES)
 
 

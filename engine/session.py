@@ -216,7 +216,7 @@ class StreamSession:
         self.style_k0 = 0                             # token at which the current style text was set
         self.stats = {"hops": 0, "frames": 0, "audio_enc_ms": 0.0, "g_step_ms": 0.0, "decode_ms": 0.0,
                       "audio_enc_ms_total": 0.0, "g_step_ms_total": 0.0, "decode_ms_total": 0.0,
-                      "vad_ms": 0.0, "vad_ms_total": 0.0}
+                      "vad_ms": 0.0, "vad_ms_total": 0.0, "contact_ms": 0.0, "contact_ms_total": 0.0}
 
     # ---- input -------------------------------------------------------------------------------
     def push_audio(self, audio_16k: np.ndarray, arrival_time: float | None = None) -> None:
@@ -400,7 +400,7 @@ class StreamSession:
                                              self.contact.cfg)).to(params)
         ms = (time.perf_counter() - t0) * 1e3
         self.stats["contact_ms"] = ms
-        self.stats["contact_ms_total"] = self.stats.get("contact_ms_total", 0.0) + ms
+        self.stats["contact_ms_total"] += ms
         return out
 
     def _after_hop(self, tok: int, frames_norm: torch.Tensor) -> None:
