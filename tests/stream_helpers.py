@@ -10,3 +10,19 @@ def stream_in_chunks(model, audio, style="", seed=0, chunk=700, **cfg):
         s.push_audio(audio[i:i + chunk])
         frames += s.poll()
     return s, frames
+
+
+def solo_and_batcher(model, auds):
+    """Stream ``i`` of ``auds`` alone (seed i, greedy) -> its frames ``(T_i, 56)``; and a SessionBatcher with one
+    such session per stream, nothing pushed yet -> (reference frames, batcher, keys)."""
+    import numpy as np
+
+    from mm2face.engine.batching import SessionBatcher
+    ref = []
+    for i, a in enumerate(auds):
+        s = StreamSession(model, StreamConfig(seed=i, temperature=0.0))
+        s.push_audio(a)
+        ref.append(np.stack([f.params for f in s.poll()]))
+    b = SessionBatcher(model)
+    keys = [b.add(StreamSession(model, StreamConfig(seed=i, temperature=0.0))) for i in range(len(auds))]
+    return ref, b, keys

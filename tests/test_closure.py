@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from mm2face.engine.batching import SessionBatcher
 from mm2face.engine.closure import ClosureConfig, apply_contact, standin_head
 from mm2face.engine.frame import JAW, SAMPLES_PER_FRAME
 from mm2face.engine.generate import generate
@@ -14,7 +13,7 @@ from mm2face.engine.model import MM2Face
 from mm2face.engine.session import StreamConfig, StreamSession
 from mm2face.engine.units import unit
 from mm2face.training.synth_speech import speak
-from stream_helpers import stream_in_chunks
+from stream_helpers import solo_and_batcher, stream_in_chunks
 
 VOICE = {"engine": "espeak-ng", "voice": "en-us", "rate_wpm": 160, "pitch": 50, "range": 50}
 
@@ -124,13 +123,7 @@ def test_contact_off_by_flag_and_no_contact_without_audio(small, speech):
 def test_batched_sessions_equal_solo_with_contact(small, speech):
     x = speech.audio_16k
     auds = [x[:16000 * (1 + i)] for i in range(3)]
-    ref = []
-    for i, a in enumerate(auds):
-        s = StreamSession(small, StreamConfig(seed=i, temperature=0.0))
-        s.push_audio(a)
-        ref.append(np.stack([f.params for f in s.poll()]))
-    b = SessionBatcher(small)
-    keys = [b.add(StreamSession(small, StreamConfig(seed=i, temperature=0.0))) for i in range(3)]
+    ref, b, keys = solo_and_batcher(small, auds)
     got = {k: [] for k in keys}
     for i, k in enumerate(keys):
         for j in range(0, len(auds[i]), 500 * (i + 1)):

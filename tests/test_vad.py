@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from mm2face.engine.batching import SessionBatcher
 from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.generate import generate
 from mm2face.engine.model import MM2Face, default_checkpoint_path, load_model
@@ -13,7 +12,7 @@ from mm2face.engine.session import StreamConfig, StreamSession, mouth_dims
 from mm2face.engine.vad import CHUNK, VadConfig, VadStream, vad_frame_weights
 from mm2face.training.augment import noise_bed, set_peak
 from mm2face.training.synth_speech import BOUNDARY, SIL, speak
-from stream_helpers import stream_in_chunks
+from stream_helpers import solo_and_batcher, stream_in_chunks
 
 BED_DBFS = -45.0
 GAINS = (-30.0, 0.0)
@@ -138,13 +137,7 @@ def test_gate_off_by_flag(small, tts):
 def test_batched_sessions_equal_solo_with_the_gate(small, tts):
     audio, _ = tts
     auds = [_noisy(audio, g, seed=i)[:16000 * (2 + i)] for i, g in enumerate((-30.0, -15.0, 0.0))]
-    ref = []
-    for i, a in enumerate(auds):
-        s = StreamSession(small, StreamConfig(seed=i, temperature=0.0))
-        s.push_audio(a)
-        ref.append(np.stack([f.params for f in s.poll()]))
-    b = SessionBatcher(small)
-    keys = [b.add(StreamSession(small, StreamConfig(seed=i, temperature=0.0))) for i in range(3)]
+    ref, b, keys = solo_and_batcher(small, auds)
     got = {k: [] for k in keys}
     pos = [0, 0, 0]
     for _ in range(200):
