@@ -1,5 +1,6 @@
 """Memory that comes back (issue 20): opening and closing 200 sessions over real sockets leaves the
 server's resident memory within 5 % of where it was after a warm-up (a bounded loop, no sleeps)."""
+import asyncio
 import gc
 import json
 
@@ -20,8 +21,10 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def live_objects(cls) -> int:
-    return sum(1 for o in gc.get_objects() if type(o) is cls)
+def live_objects(cls, hub) -> int:
+    """Objects of ``cls`` still alive that belong to ``hub`` (earlier tests in the same process may leave
+    their own hubs' objects behind; they are not this test's business)."""
+    return sum(1 for o in gc.get_objects() if type(o) is cls and getattr(o, "hub", None) is hub)
 
 
 @pytest.mark.slow
@@ -53,7 +56,15 @@ async def test_200_sessions_opened_and_closed_give_their_memory_back(make_sessio
         gc.collect()
         after = rss_mib()
     assert after <= before * (1 + TOLERANCE), f"RSS {before:.0f} -> {after:.0f} MiB over {CYCLES} sessions"
-    gc.collect()
-    assert live_objects(LiveSession) <= 1 + 1          # the default session (+ one being collected)
-    assert live_objects(ClientConn) <= 1
+    # Frames the scheduler's worker finished for a session just before it closed reach the event loop as
+    # callbacks that hold the session until they run; under load a few are still queued here. Let them
+    # run (the deadline only bounds a real leak, which would keep sessions alive for good).
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while True:
+        gc.collect()
+        if live_objects(LiveSession, hub) <= 1 + 1 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert 1 <= live_objects(LiveSession, hub) <= 1 + 1     # the default session (+ one being collected)
+    assert live_objects(ClientConn, hub) <= 1
     assert hub.live_sessions() == ["default"]
