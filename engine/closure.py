@@ -37,7 +37,7 @@ from mm2face.engine.units import unit
 
 CONTACTS = ("bilabial", "labiodental")       # the classifier's outputs, in this order
 LIP_ON_TEETH_MM = 0.5                        # f/v: the lower lip's midline this far below the upper teeth's edge
-                                             # (as the synthetic truth, training/synth_face.py)
+                                             # (one value for the engine and the synthetic truth)
 
 
 @dataclass

@@ -391,9 +391,8 @@ class StreamSession:
         t0 = time.perf_counter()
         f0 = self.k * self.down
         w = self.contact.stream_weights(lambda a, b: self._samples(a, b)[0], f0, self.down)     # (down, 2)
-        for i in range(self.down):
-            if self._samples(SAMPLES_PER_FRAME * (f0 + i), SAMPLES_PER_FRAME * (f0 + i + 1))[1].all():
-                w[i] = 0.0
+        no_audio = self._samples(SAMPLES_PER_FRAME * f0, SAMPLES_PER_FRAME * (f0 + self.down))[1]
+        w[no_audio.reshape(self.down, SAMPLES_PER_FRAME).all(axis=1)] = 0.0
         if gate is not None:
             w *= np.asarray(gate, np.float32)[:, None]
         out = torch.from_numpy(apply_contact(params.float().cpu().numpy(), w, self.contact_head,

@@ -49,3 +49,16 @@ def xvfb_env():
     yield env
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def default():
+    """The shipped default checkpoint (skips where there is none), on one CPU thread."""
+    import torch
+
+    from mm2face.engine.model import default_checkpoint_path, load_model
+    if not default_checkpoint_path().exists():
+        pytest.skip("no default checkpoint")
+    torch.set_num_threads(1)
+    return load_model()
+

@@ -147,15 +147,6 @@ def test_checkpoint_carries_the_contact_stage(small, tmp_path):
             flame.attach_closure()
 
 
-@pytest.fixture(scope="module")
-def default():
-    from mm2face.engine.model import default_checkpoint_path, load_model
-    if not default_checkpoint_path().exists():
-        pytest.skip("no default checkpoint")
-    torch.set_num_threads(1)
-    return load_model()
-
-
 @pytest.mark.parametrize("voice", ["en-us", "en-gb-scotland"])        # a training accent and the held-out family
 def test_default_closes_the_lips_on_fresh_speech(default, voice):
     """The shipped default, on sentences and a voice rendering made here (not corpus clips): the lips meet on

@@ -7,7 +7,7 @@ import torch
 
 from mm2face.engine.frame import SAMPLES_PER_FRAME
 from mm2face.engine.generate import generate
-from mm2face.engine.model import MM2Face, default_checkpoint_path, load_model
+from mm2face.engine.model import MM2Face
 from mm2face.engine.session import StreamConfig, StreamSession, mouth_dims
 from mm2face.engine.vad import CHUNK, VadConfig, VadStream, vad_frame_weights
 from mm2face.training.augment import noise_bed, set_peak
@@ -41,14 +41,6 @@ def _noisy(audio, gain_dbfs, seed=0):
 def small():
     torch.set_num_threads(1)
     return MM2Face.random(seed=0, small=True)
-
-
-@pytest.fixture(scope="module")
-def default():
-    if not default_checkpoint_path().exists():
-        pytest.skip("no default checkpoint")
-    torch.set_num_threads(1)
-    return load_model()
 
 
 def test_gate_reads_no_audio_past_the_lookahead_and_keeps_the_chunk_grid(tts):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mm2face.engine.closure import LIP_ON_TEETH_MM  # the f/v contact the engine's stage 4 makes too
 from mm2face.engine.frame import FPS, FRAME_DIM
 from mm2face.engine.units import unit
 
@@ -312,7 +313,6 @@ def talking_motion(phones: list[Phone], n_frames: int, rng: np.random.Generator)
 
 UNIT_MAX = 1.5                  # largest unit coefficient the corpus uses (see the clip above)
 EDGE_WEIGHT = 0.5               # frames that a p/b/m or f/v only partly overlaps get this share of its contact
-LIP_ON_TEETH_MM = 0.5           # f/v: the lower lip's midline sits this far below the upper teeth's edge
 
 
 def contact_weights(phones, n_frames: int) -> dict[str, np.ndarray]:
