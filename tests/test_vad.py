@@ -163,3 +163,17 @@ def test_generate_cli_no_vad_flag(default, tmp_path):
         assert main(["--wav", str(wav), "--out", str(out), "--threads", "1"] + flag) == 0
         moved[bool(flag)] = float(np.abs(MotionClip.load(out).motion[:, dims]).max())
     assert moved[False] == 0.0 and moved[True] > 0.01
+
+
+def test_gate_stays_open_through_the_hiss_of_s_and_sh():
+    """The fast offset's energy band reaches the sibilants: an s or sh inside a phrase is speech, not a
+    pause (a 300-4000 Hz band heard their hiss, mostly above 4 kHz, as silence and shut the mouth)."""
+    sp = speak(["She says this season's sales show a steady, slow rise.", "Six sisters sat in a sunny spot."],
+               np.random.default_rng(1), voice=VOICE, augment=False)
+    n = -(-len(sp.audio_16k) // SAMPLES_PER_FRAME)
+    frames = sorted({f for p in sp.phones if p.ph in ("s", "ʃ")
+                     for f in range(int(np.ceil(p.t0_s * 25)), int(p.t1_s * 25))})
+    assert len(frames) >= 15
+    gate = lambda cfg: vad_frame_weights(sp.audio_16k, n, cfg)[frames]
+    assert gate(VadConfig(lookahead_samples=SAMPLES_PER_FRAME)).min() >= 0.9
+    assert gate(VadConfig(lookahead_samples=SAMPLES_PER_FRAME, band_hz=(300.0, 4000.0))).mean() < 0.8
