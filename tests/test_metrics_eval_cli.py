@@ -127,3 +127,20 @@ def test_emotion_rest_probe_flags_a_favourite_smile(monkeypatch):
     monkeypatch.setattr(eval_cli, "generate_motion", lambda model, text, audio, n, *a, **k: np.zeros((n, 56), np.float32))
     assert eval_cli.emotion_rest_probe(None, "cpu", 0, None)["at_rest"]
 
+
+
+def test_eval_cli_parse_styles_scores_the_path_mm2face_live_runs(tmp_path):
+    """--parse-styles reads each caption as a style: the gesture layer then draws the turn and the look
+    down the captions name, which an untrained model does not do by itself."""
+    write_corpus(tmp_path / "corpus")
+    ckpt = MM2Face.random(seed=0, small=True).save(tmp_path / "tiny.pt")
+    rates = {}
+    for flag in ([], ["--parse-styles"]):
+        out = tmp_path / f"res{len(flag)}.json"
+        rc = eval_cli.main(["--ckpt", str(ckpt), "--data", str(tmp_path / "corpus"), "--out", str(out), "--threads", "1",
+                            "--seeds", "1", "--noise-gains", *flag])
+        assert rc == 0
+        res = json.loads(out.read_text())
+        assert res["sampling"]["parse_styles"] is bool(flag)
+        rates[bool(flag)] = res["model"]["held_pose_pass_rate"]
+    assert rates[True] == 1.0 and rates[False] < 1.0

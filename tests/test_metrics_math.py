@@ -179,6 +179,18 @@ def test_aggregate_and_mean_frame_baseline():
     assert agg["style_by_rule"]["happy"]["clips"] == 2
 
 
+def test_aggregate_reports_held_poses_and_nods_or_shakes_apart():
+    pose = lambda ok: {"pass": ok, "kind": "pose", "score": 0.1 if ok else 0.0}
+    per = [{"style": {"turn_left": pose(True), "nod": pose(False)}},
+           {"style": {"down": pose(True), "shake": pose(False)}, "style_gt": {"shake": pose(True)}},
+           {"style": {"nod": pose(True)}}]
+    agg = M.aggregate(per)
+    assert agg["pose_pass_rate"] == 0.6 and agg["pose_checks"] == 5
+    assert agg["held_pose_pass_rate"] == 1.0 and agg["held_pose_checks"] == 2
+    assert agg["gesture_pass_rate"] == pytest.approx(1 / 3) and agg["gesture_checks"] == 3
+    assert agg["gt_gesture_pass_rate"] == 1.0 and "gt_held_pose_pass_rate" not in agg
+
+
 def test_metric_head_subset_matches_full_standin_head():
     from mm2face.engine.flame import load_head
     head = load_head("standin")

@@ -68,11 +68,12 @@ def generate_motion(model, text: str, audio_16k, n_frames: int, device: str, see
     ``guidance`` and ``sampling`` (``temperature``, ``top_k``): None keeps generate's defaults."""
     from mm2face.engine.generate import generate
     kw = {k: v for k, v in dict(guidance=guidance, **sampling).items() if v is not None}
+    # by default the corpus's captions go to the model as they are (no style parser or gesture layer):
+    # they describe the clip's own course, which the scores compare with; parse_styles=True scores the
+    # path mm2face-live runs (parser + gesture layer); `mm2face-eval styles` scores the parser on its own sets
+    kw.setdefault("parse_styles", False)
     audio = None if audio_16k is None else np.asarray(audio_16k, np.float32)
-    # the corpus's captions go to the model as they are (no style parser or gesture layer): they describe
-    # the clip's own course, which the scores compare with; `mm2face-eval styles` scores the parser
-    return np.asarray(generate(model, audio, text, seed=seed, n_frames=n_frames, device=device,
-                               parse_styles=False, **kw), np.float32)
+    return np.asarray(generate(model, audio, text, seed=seed, n_frames=n_frames, device=device, **kw), np.float32)
 
 
 def load_checkpoint(ckpt: str | None, device: str):
@@ -127,7 +128,7 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
              seed: int = 0, guidance: float | None = None, baseline_clips: int = 2000,
              progress: bool = True, seeds: int = 1, temperature: float | None = None,
              top_k: int | None = None, vad: bool | None = None, contact: bool | None = None,
-             noise_gains: tuple = A.GAINS_DBFS) -> dict:
+             parse_styles: bool = False, noise_gains: tuple = A.GAINS_DBFS) -> dict:
     """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results.
 
     ``seeds``: generate every clip with sampling seeds ``seed .. seed + seeds - 1`` and report the mean
@@ -141,7 +142,8 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
     opening and rest counts of every seed's motion and of the ground truth on the clip's phones and pauses;
     and, for the first seed, rest and flicker in pauses with the clip heard at each peak level of
     ``noise_gains`` (dBFS) over the -45 dBFS low-frequency noise bed (empty: skipped)."""
-    sampling = {"temperature": temperature, "top_k": top_k, "vad": vad, "contact": contact}
+    sampling = {"temperature": temperature, "top_k": top_k, "vad": vad, "contact": contact,
+                "parse_styles": parse_styles}
     from tqdm import tqdm
 
     train = list(corpus.clips("train") if hasattr(corpus, "clips") else corpus.split("train"))
@@ -306,6 +308,8 @@ TABLE_ROWS = [  # (key, label, format)
     ("pause_closed_rate", "mouth closed in pauses", "{:.1%}"),
     ("emotion_pass_rate", "emotion units move right way", "{:.1%}"),
     ("pose_pass_rate", "head pose matches caption", "{:.1%}"),
+    ("held_pose_pass_rate", "... turns, looks up/down, tilts", "{:.1%}"),
+    ("gesture_pass_rate", "... nods, head shakes", "{:.1%}"),
 ]
 
 
@@ -341,7 +345,8 @@ def format_table(res: dict) -> str:
     """A markdown table: metric | model | mean-frame baseline | ground truth (where it applies)."""
     mod, base = res.get("model", {}), res.get("baseline_mean_frame", {})
     gt_keys = {"pause_closed_rate": "pause_closed_rate_gt", "emotion_pass_rate": "gt_emotion_pass_rate",
-               "pose_pass_rate": "gt_pose_pass_rate"}
+               "pose_pass_rate": "gt_pose_pass_rate", "held_pose_pass_rate": "gt_held_pose_pass_rate",
+               "gesture_pass_rate": "gt_gesture_pass_rate"}
 
     def cell(d, k, fmt):
         if k not in d:
@@ -505,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and ground truth) into this picture (needs headless OpenGL)")
     p.add_argument("--no-vad", action="store_true",
                    help="generate without the voice-activity gate (default: on, as mm2face-live runs)")
+    p.add_argument("--parse-styles", action="store_true",
+                   help="read each clip's caption as mm2face-live reads a style: the style parser rewrites it and "
+                        "the head-gesture layer draws its nods, shakes, turns and tilts (default: the raw caption "
+                        "to the model, no layer)")
     p.add_argument("--no-contact", action="store_true",
                    help="generate without the lip-contact stage (default: on where the model has one, as "
                         "mm2face-live runs)")
@@ -533,7 +542,8 @@ def main(argv=None) -> int:
     res = evaluate(model, corpus, args.split, head, device=args.device, max_clips=args.max_clips,
                    seed=args.seed, guidance=args.guidance, seeds=args.seeds, temperature=args.temperature,
                    top_k=args.top_k, vad=False if args.no_vad else None,
-                   contact=False if args.no_contact else None, noise_gains=tuple(args.noise_gains))
+                   contact=False if args.no_contact else None, parse_styles=args.parse_styles,
+                   noise_gains=tuple(args.noise_gains))
     res["ckpt"] = args.ckpt or "default"
     res["data"] = str(data)
     print(format_table(res))
@@ -554,7 +564,7 @@ def main(argv=None) -> int:
             pred = generate_motion(model, clip_caption(clip), clip.audio_16k, len(clip.motion), args.device,
                                    args.seed, args.guidance, temperature=args.temperature, top_k=args.top_k,
                                    vad=False if args.no_vad else None,
-                                   contact=False if args.no_contact else None)
+                                   contact=False if args.no_contact else None, parse_styles=args.parse_styles)
             print(f"wrote {closure_picture(head, clip, pred, args.closure_picture)}")
     return 0
 

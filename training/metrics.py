@@ -287,6 +287,7 @@ OSCILLATION_RULES: list[OscillationRule] = [
     OscillationRule("shake", r"\bshak\w*\s+(?:\w+\s+){0,2}head\b|\bhead\s+shak\w*", 1, swings=3, max_s=2.4),
 ]
 POSE_RULES += OSCILLATION_RULES          # the caption matcher and style_checks treat them as pose rules
+OSCILLATION_NAMES = frozenset(r.name for r in OSCILLATION_RULES)
 
 # Pairs that contradict each other: a caption matching both is skipped.
 _POSE_OPPOSITES = {("turn_left", "turn_right"), ("up", "down"), ("tilt_left", "tilt_right")}
@@ -405,8 +406,9 @@ def aggregate(per_clip: list[dict]) -> dict:
     True`` when the rows say so (MMHead's talking-head benchmark scores subset I, the clips with
     speech; a text-only clip has no audio for the lips to follow), else over all clips; the mean over
     all clips is kept as ``<key>_all``. ``pause_closed_rate`` is weighted by pause frames; style pass
-    rates are reported per rule and per kind (``emotion_pass_rate``, ``pose_pass_rate``), with the
-    number of clips each one covers.
+    rates are reported per rule and per kind (``emotion_pass_rate``, ``pose_pass_rate``; the pose checks
+    also split into ``held_pose_pass_rate``, turns, looks and tilts, and ``gesture_pass_rate``, nods and
+    shakes), with the number of clips each one covers.
     """
     out: dict = {"clips": len(per_clip)}
     talking = [c for c in per_clip if c.get("audio")]
@@ -431,6 +433,9 @@ def aggregate(per_clip: list[dict]) -> dict:
             for name, res in c.get(src, {}).items():
                 by_kind.setdefault(res["kind"], []).append(res["pass"])
                 by_rule.setdefault(name, []).append(res["pass"])
+                if res["kind"] == "pose":     # held poses and back-and-forth gestures, also apart
+                    sub = "gesture" if name in OSCILLATION_NAMES else "held_pose"
+                    by_kind.setdefault(sub, []).append(res["pass"])
         for kind, v in by_kind.items():
             out[f"{prefix}{kind}_pass_rate"] = float(np.mean(v))
             out[f"{prefix}{kind}_checks"] = len(v)
