@@ -177,3 +177,28 @@ def test_gate_stays_open_through_the_hiss_of_s_and_sh():
     gate = lambda cfg: vad_frame_weights(sp.audio_16k, n, cfg)[frames]
     assert gate(VadConfig(lookahead_samples=SAMPLES_PER_FRAME)).min() >= 0.9
     assert gate(VadConfig(lookahead_samples=SAMPLES_PER_FRAME, band_hz=(300.0, 4000.0))).mean() < 0.8
+
+
+def test_gate_tuning_script_scores_candidate_gates(tmp_path, capsys):
+    """scripts/eval_vad_rest.py applies each gate as the engine does (it checks itself against generate)
+    and scores rest, LVE and the gate over speech; an unknown field is refused with the list of fields."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    from test_metrics_eval_cli import write_corpus
+    spec = importlib.util.spec_from_file_location(
+        "eval_vad_rest", Path(__file__).resolve().parents[1] / "scripts" / "eval_vad_rest.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    write_corpus(tmp_path / "corpus")
+    ckpt = MM2Face.random(seed=0, small=True).save(tmp_path / "tiny.pt")
+    out = tmp_path / "gates.json"
+    assert script.main(["--data", str(tmp_path / "corpus"), "--ckpt", str(ckpt), "--gains", "-30",
+                        "--gate", "narrow:band_hz=300,4000;offset_drop_db=25", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["results"]) == ["none", "default", "narrow"]
+    assert res["gates"]["narrow"]["band_hz"] == [300.0, 4000.0] and res["gates"]["narrow"]["offset_drop_db"] == 25.0
+    assert res["results"]["none"]["gate_over_speech"] == 1.0
+    assert "| narrow |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no field 'band'"):
+        script.main(["--data", str(tmp_path / "corpus"), "--ckpt", str(ckpt), "--gate", "x:band=1"])
