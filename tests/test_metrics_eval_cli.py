@@ -144,3 +144,25 @@ def test_eval_cli_parse_styles_scores_the_path_mm2face_live_runs(tmp_path):
         assert res["sampling"]["parse_styles"] is bool(flag)
         rates[bool(flag)] = res["model"]["held_pose_pass_rate"]
     assert rates[True] == 1.0 and rates[False] < 1.0
+
+
+def test_eval_cli_baseline_from_another_corpus(tmp_path, capsys):
+    """A held-out set has no train split: --baseline-data takes the mean frame from the training corpus."""
+    write_corpus(tmp_path / "a")
+    write_corpus(tmp_path / "b")
+    for cid in ("T0", "T1", "M0"):                      # b's training motions open the jaw wider
+        f = tmp_path / "b" / "facial_motion" / f"{cid}.pkl"
+        d = pickle.loads(f.read_bytes())
+        d["posecodes"][:, 3] += 0.3
+        f.write_bytes(pickle.dumps(d))
+    lve = {}
+    for extra in ([], ["--baseline-data", str(tmp_path / "b")]):
+        out = tmp_path / f"res{len(extra)}.json"
+        assert eval_cli.main(["--data", str(tmp_path / "a"), "--baseline-only", "--noise-gains", "--out", str(out),
+                              *extra]) == 0
+        res = json.loads(out.read_text())
+        lve[bool(extra)] = res["baseline_mean_frame"]["lve_mm"]
+        assert res["baseline_data"] == str(tmp_path / ("b" if extra else "a"))
+    assert lve[True] > lve[False] + 1.0
+    assert eval_cli.main(["--data", str(tmp_path / "a"), "--baseline-data", str(tmp_path / "nope")]) == 2
+    assert "baseline corpus not found" in capsys.readouterr().err

@@ -128,7 +128,7 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
              seed: int = 0, guidance: float | None = None, baseline_clips: int = 2000,
              progress: bool = True, seeds: int = 1, temperature: float | None = None,
              top_k: int | None = None, vad: bool | None = None, contact: bool | None = None,
-             parse_styles: bool = False, noise_gains: tuple = A.GAINS_DBFS) -> dict:
+             parse_styles: bool = False, noise_gains: tuple = A.GAINS_DBFS, baseline_corpus=None) -> dict:
     """Score ``model`` (may be None: baseline only) on ``corpus``'s ``split``. Returns the JSON-able results.
 
     ``seeds``: generate every clip with sampling seeds ``seed .. seed + seeds - 1`` and report the mean
@@ -136,7 +136,8 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
     seeds). Lip-sync metrics are averaged over the clips with audio (see :func:`metrics.aggregate`).
     ``temperature``/``top_k``: sampling settings (None: the generator's defaults); ``vad``: the voice-activity
     gate (engine/vad.py; None: generate's default, on); ``contact``: the lip-contact stage (engine/closure.py;
-    None: generate's default, on where the model has one).
+    None: generate's default, on where the model has one). ``baseline_corpus``: the corpus whose train split
+    gives the mean-frame baseline (default ``corpus``; a held-out set without a train split needs one).
 
     Articulation (:mod:`training.articulation`, heads with a ``lip_midline`` mask, talking clips): closure,
     opening and rest counts of every seed's motion and of the ground truth on the clip's phones and pauses;
@@ -146,7 +147,8 @@ def evaluate(model, corpus, split: str, head, device: str = "cpu", max_clips: in
                 "parse_styles": parse_styles}
     from tqdm import tqdm
 
-    train = list(corpus.clips("train") if hasattr(corpus, "clips") else corpus.split("train"))
+    src = corpus if baseline_corpus is None else baseline_corpus     # whose train split gives the mean frame
+    train = list(src.clips("train") if hasattr(src, "clips") else src.split("train"))
     mean = M.mean_frame([c.motion for c in train[:baseline_clips]]) if train else None
     test = list(corpus.clips(split) if hasattr(corpus, "clips") else corpus.split(split))
     if max_clips:
@@ -499,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the model's)")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also draw jaw opening over time (model vs ground truth) and the style pass rates")
+    p.add_argument("--baseline-data", default=None, metavar="DIR",
+                   help="corpus whose train split gives the mean-frame baseline (default: --data; for a held-out "
+                        "set without a train split, the training corpus)")
     p.add_argument("--baseline-only", action="store_true", help="skip the model; score the mean-frame baseline")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--noise-gains", type=float, nargs="*", default=list(A.GAINS_DBFS), metavar="DBFS",
@@ -536,6 +541,10 @@ def main(argv=None) -> int:
         print(f"mm2face-eval: corpus not found: {data}. Build one with `mm2face-data synth --out {data}` "
               f"or point --data at an MMHead folder.", file=sys.stderr)
         return 2
+    if args.baseline_data and not Path(args.baseline_data).exists():
+        print(f"mm2face-eval: baseline corpus not found: {args.baseline_data}. Point --baseline-data at the "
+              f"corpus the model was trained on (its train split gives the mean frame).", file=sys.stderr)
+        return 2
     corpus = MMHeadCorpus(data)
     model = None if args.baseline_only else load_checkpoint(args.ckpt, args.device)
     head = load_head(model_head_spec(model, args.head))
@@ -543,9 +552,11 @@ def main(argv=None) -> int:
                    seed=args.seed, guidance=args.guidance, seeds=args.seeds, temperature=args.temperature,
                    top_k=args.top_k, vad=False if args.no_vad else None,
                    contact=False if args.no_contact else None, parse_styles=args.parse_styles,
-                   noise_gains=tuple(args.noise_gains))
+                   noise_gains=tuple(args.noise_gains),
+                   baseline_corpus=MMHeadCorpus(args.baseline_data) if args.baseline_data else None)
     res["ckpt"] = args.ckpt or "default"
     res["data"] = str(data)
+    res["baseline_data"] = str(args.baseline_data or data)
     print(format_table(res))
     if args.out:
         out = Path(args.out)
