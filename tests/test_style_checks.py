@@ -89,6 +89,21 @@ def test_nod_and_shake_checks_need_swings_not_a_held_pose():
     assert not M.style_checks(up_nod, "nods")["nod"]["pass"]
 
 
+def test_a_nod_then_rest_is_timed_by_the_movement_not_the_rest_jitter():
+    """One brisk nod (0.8 s, down and back) and then 3 s of resting head with jitter under the hysteresis:
+    the rest's deepest dip comes late, but the nod itself fits the rule's 1.6 s; a slow 3 s nod does not."""
+    t = np.arange(120) / 25.0
+    jitter = 0.004 * np.sin(2 * np.pi * 0.7 * t) * (t > 1.2)          # the head rests, breathing a little
+    brisk, slow = _motion(120), _motion(120)
+    brisk[:, 50] = 0.12 * np.sin(np.pi * np.clip((t - 0.4) / 0.8, 0, 1)) ** 2 + jitter
+    slow[:, 50] = 0.12 * np.sin(np.pi * np.clip((t - 0.4) / 3.0, 0, 1)) ** 2
+    assert M.style_checks(brisk, "The person nods.")["nod"]["pass"]
+    assert not M.style_checks(slow, "The person nods.")["nod"]["pass"]
+    pts = M.zigzag(brisk[:, 50], M.SWING_HYSTERESIS_RAD)
+    assert (pts[-1][0] - pts[0][0]) / 25.0 > 1.6                      # turning points alone would fail it
+    assert M.swing_time_s(brisk[:, 50].astype(float), pts[0][0], pts[1][0], pts[1][0], pts[2][0]) < 1.0
+
+
 def test_zigzag_ignores_jitter_below_the_hysteresis():
     x = 0.005 * np.sin(np.arange(50))
     assert len(M.zigzag(x, 0.02)) == 1

@@ -249,6 +249,23 @@ def zigzag(x: np.ndarray, hysteresis: float) -> list[tuple[int, float]]:
 
 
 SWING_HYSTERESIS_RAD = 0.02   # head jitter below this does not end a swing (about 1 degree)
+SWING_SETTLE_FRACTION = 0.1   # a swing has left its start / reached its end within this share of its size
+
+
+def swing_time_s(x: np.ndarray, a0: int, a1: int, b0: int, b1: int) -> float:
+    """Seconds from when the swing ``x[a0] -> x[a1]`` leaves its start to when the swing ``x[b0] -> x[b1]``
+    reaches its end (turning points of :func:`zigzag`), each within :data:`SWING_SETTLE_FRACTION` of its size.
+
+    A turning point is where the running extreme was last set, so a head that comes back and then rests
+    puts it wherever the rest's jitter was deepest, seconds after the movement ended; these times are
+    where the movement itself starts and arrives."""
+    tol_a = SWING_SETTLE_FRACTION * abs(x[a1] - x[a0])
+    tol_b = SWING_SETTLE_FRACTION * abs(x[b1] - x[b0])
+    seg_a = np.abs(x[a0:a1 + 1] - x[a0]) <= tol_a
+    depart = a0 + int(np.flatnonzero(seg_a)[-1])       # the last frame still at the start
+    seg_b = np.abs(x[b0:b1 + 1] - x[b1]) <= tol_b
+    arrive = b0 + int(np.flatnonzero(seg_b)[0])         # the first frame at the end
+    return (arrive - depart) / FPS
 
 
 @dataclass
@@ -257,8 +274,8 @@ class OscillationRule:
 
     A nod is a swing down and one back up (rx grows, then falls; MMHead's "Head down" is rx > 0); a shake
     is three alternating yaw swings (left-right-left or right-left-right). The score is the smallest swing
-    of the best such group (rad) whose swings all fit in ``max_s`` seconds, so one held turn or a slow
-    drift scores low; it passes above ``margin_rad``. The synthetic corpus draws nods of 0.08-0.18 rad and
+    of the best such group (rad) whose swings all fit in ``max_s`` seconds (from when the first leaves its
+    start to when the last arrives: :func:`swing_time_s`), so one held turn or a slow drift scores low; it passes above ``margin_rad``. The synthetic corpus draws nods of 0.08-0.18 rad and
     shakes of 0.12-0.28 rad (training/synth_face.py)."""
     name: str
     pattern: str
@@ -269,11 +286,12 @@ class OscillationRule:
     margin_rad: float = 0.05
 
     def score(self, motion: np.ndarray) -> float:
-        pts = zigzag(motion[:, HEAD][:, self.axis], SWING_HYSTERESIS_RAD)
+        x = np.asarray(motion[:, HEAD][:, self.axis], np.float64)
+        pts = zigzag(x, SWING_HYSTERESIS_RAD)
         best = 0.0
         for i in range(len(pts) - self.swings):
             grp = pts[i:i + self.swings + 1]
-            if (grp[-1][0] - grp[0][0]) / FPS > self.max_s:
+            if swing_time_s(x, grp[0][0], grp[1][0], grp[-2][0], grp[-1][0]) > self.max_s:
                 continue
             first = grp[1][1] - grp[0][1]
             if self.first_sign and first * self.first_sign <= 0:
