@@ -376,12 +376,26 @@ def detail_expression_caption(motion, rng: np.random.Generator) -> str:
     return ". ".join(_cap(s) for s in sentences) + "."
 
 
-def head_events_from_motion(motion, threshold: float = HEAD_THRESHOLD_RAD) -> list[dict]:
+def _is_oscillation(motion, kind: str, t0: int, t1: int) -> bool:
+    """Does ``motion``'s head between frames ``t0`` and ``t1`` (with a little margin) show a ``kind`` ("nod" or
+    "shake") by the evaluator's own rule (:data:`mm2face.training.metrics.OSCILLATION_RULES`)?"""
+    from .metrics import OSCILLATION_RULES
+    rule = next(r for r in OSCILLATION_RULES if r.name == kind)
+    pad = FPS // 2
+    seg = np.asarray(motion)[max(0, t0 - pad):t1 + pad]
+    return rule.score(seg) > rule.margin_rad
+
+
+def head_events_from_motion(motion, threshold: float = HEAD_THRESHOLD_RAD, confirm: bool = True) -> list[dict]:
     """Head behaviours read off the sampled head pose: [{"kind", "term", "t0", "t1", "peak", "returns"}] (frames).
 
     kind: "nod" (repeated short Head-down runs), "shake" (alternating short turn runs) or "hold" (one term).
+    ``confirm``: a nod or shake is only called one where the evaluator's nod / shake rule sees it (a turn that
+    comes back rings in the high-passed yaw like a shake, and a slow dip is no nod); the runs of one that
+    is not are read as holds. False: the reading of corpora made before 6 Dec 2026 (session 10).
     """
-    m = np.asarray(motion)[::FRAME_STEP, 50:53]
+    full = np.asarray(motion)
+    m = full[::FRAME_STEP, 50:53]
     T = len(m) * FRAME_STEP
     # shakes riding on a held turn: look for alternating runs in the high-passed yaw (minus ~1 s average)
     k = 9
@@ -391,7 +405,8 @@ def head_events_from_motion(motion, threshold: float = HEAD_THRESHOLD_RAD) -> li
     shakes, grp = [], []
     for r in hruns + [(10 ** 9, 10 ** 9, 0)]:
         if grp and r[0] - grp[-1][1] > 5:
-            if len(grp) >= 3 and len({g[2] for g in grp}) == 2:
+            if len(grp) >= 3 and len({g[2] for g in grp}) == 2 and (
+                    not confirm or _is_oscillation(full, "shake", grp[0][0] * FRAME_STEP, grp[-1][1] * FRAME_STEP)):
                 a, b = grp[0][0], grp[-1][1]
                 shakes.append({"kind": "shake", "term": "shake", "t0": int(a * FRAME_STEP), "t1": int(b * FRAME_STEP),
                                "peak": float(np.abs(hp[a:b]).max()), "count": len(grp), "returns": True})
@@ -423,13 +438,16 @@ def head_events_from_motion(motion, threshold: float = HEAD_THRESHOLD_RAD) -> li
             if q["axis"] != r["axis"] or j in used or q["t1"] - q["t0"] > 25 or q["t0"] - runs[grp[-1]]["t1"] > 15:
                 continue
             grp.append(j)
-        if r["axis"] == 0 and r["term"] == "Head down" and short and (len(grp) >= 2 or r["t1"] < T - 3):
-            grp = [j for j in grp if runs[j]["term"] == "Head down"]
+        nod = [j for j in grp if runs[j]["term"] == "Head down"]
+        if r["axis"] == 0 and r["term"] == "Head down" and short and (len(grp) >= 2 or r["t1"] < T - 3) and (
+                not confirm or _is_oscillation(full, "nod", r["t0"], runs[nod[-1]]["t1"])):
+            grp = nod
             used.update(grp)
             out.append({"kind": "nod", "term": "Head down", "t0": r["t0"], "t1": runs[grp[-1]]["t1"],
                         "peak": max(runs[j]["peak"] for j in grp), "count": len(grp), "returns": True})
             continue
-        if r["axis"] == 1 and short and len(grp) >= 2 and len({runs[j]["term"] for j in grp}) == 2:
+        if r["axis"] == 1 and short and len(grp) >= 2 and len({runs[j]["term"] for j in grp}) == 2 and (
+                not confirm or _is_oscillation(full, "shake", r["t0"], runs[grp[-1]]["t1"])):
             used.update(grp)
             out.append({"kind": "shake", "term": "shake", "t0": r["t0"], "t1": runs[grp[-1]]["t1"],
                         "peak": max(runs[j]["peak"] for j in grp), "count": len(grp), "returns": True})
@@ -447,9 +465,10 @@ _TERM_ACTION = {"Head up": "look up", "Head down": "look down", "Head turns left
                 "Head turns right": "turn right", "Head tilts left": "tilt left", "Head tilts right": "tilt right"}
 
 
-def detail_head_pose_caption(motion, rng: np.random.Generator) -> str:
-    """Chronological head-pose description using Table 1's directions (no numbers)."""
-    ev = head_events_from_motion(motion)
+def detail_head_pose_caption(motion, rng: np.random.Generator, confirm: bool = True) -> str:
+    """Chronological head-pose description using Table 1's directions (no numbers); ``confirm``: see
+    :func:`head_events_from_motion`."""
+    ev = head_events_from_motion(motion, confirm=confirm)
     subj = _pick(rng, ["The person", "The speaker", "The subject"])
     if not ev:
         return _pick(rng, ["The head stays almost still, facing forward throughout.",
@@ -474,8 +493,9 @@ def detail_head_pose_caption(motion, rng: np.random.Generator) -> str:
     return text + "."
 
 
-def infer_labels(motion) -> tuple[list[str], list[str]]:
-    """Guess (action labels, emotion labels) from a stand-in motion when no ground truth is known."""
+def infer_labels(motion, confirm: bool = True) -> tuple[list[str], list[str]]:
+    """Guess (action labels, emotion labels) from a stand-in motion when no ground truth is known
+    (``confirm``: see :func:`head_events_from_motion`)."""
     from .synth_face import EMOTION_UNITS
     m = np.asarray(motion)
     actions = []
@@ -501,27 +521,32 @@ def infer_labels(motion) -> tuple[list[str], list[str]]:
     for e in emotions:
         if e in emo_action:
             actions.append(emo_action[e])
-    for e in head_events_from_motion(m):
+    for e in head_events_from_motion(m, confirm=confirm):
         actions.append("nod" if e["kind"] == "nod" else "shake head" if e["kind"] == "shake"
                        else _TERM_ACTION[e["term"]])
     return _dedupe(actions) or ["stay still"], emotions or ["neutral"]
 
 
 class TemplateCaptioner:
-    """Offline captioner: the five MMHead caption kinds from labels and the motion itself."""
+    """Offline captioner: the five MMHead caption kinds from labels and the motion itself.
+    ``confirm_gestures``: nods and shakes read off the motion must pass the evaluator's rules
+    (:func:`head_events_from_motion`); False reproduces corpora made before 6 Dec 2026, session 10."""
+
+    def __init__(self, confirm_gestures: bool = True):
+        self.confirm_gestures = confirm_gestures
 
     def __call__(self, motion, action_labels: list[str] | None = None, emotion_labels: list[str] | None = None,
                  rng: np.random.Generator | None = None) -> dict[str, str]:
         rng = rng or np.random.default_rng(0)
         if action_labels is None or emotion_labels is None:
-            a, e = infer_labels(motion)
+            a, e = infer_labels(motion, self.confirm_gestures)
             action_labels = action_labels if action_labels is not None else a
             emotion_labels = emotion_labels if emotion_labels is not None else e
         return {"action": action_caption(action_labels, rng),
                 "emotion": emotion_caption(emotion_labels, rng),
                 "emotion_scenario": scenario_caption(emotion_labels, rng),
                 "detail_expression": detail_expression_caption(motion, rng),
-                "detail_head_pose": detail_head_pose_caption(motion, rng)}
+                "detail_head_pose": detail_head_pose_caption(motion, rng, self.confirm_gestures)}
 
 
 def llm_captions(motion, action_labels, emotion_labels, url: str, model: str, api_key: str | None = None) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 def cmd_synth(a) -> int:
     from .synth_factory import SynthConfig, synthesize
     cfg = SynthConfig(hours=a.hours, seed=a.seed, t2m_fraction=a.t2m_fraction, workers=a.workers,
-                      voices=a.voices)
+                      voices=a.voices, gestures=a.gestures)
     summary = synthesize(a.out, cfg, progress=not a.quiet, overwrite=a.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
     return 0
@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and piper), heldout (the held-out Scottish espeak-ng family only; every clip goes to "
                         "the test split, for a held-out-voices test set), legacy (sampling of corpora made "
                         "before the voice sets) [train]")
+    s.add_argument("--gestures", choices=("rule", "legacy"), default="rule",
+                   help="head nods and shakes: rule (drawn briskly enough for mm2face-eval's nod and shake checks, "
+                        "and captioned only where those checks see one), legacy (as corpora made before 6 Dec 2026, "
+                        "session 10, e.g. data/synth5, the default checkpoint's) [rule]")
     s.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_synth)

@@ -216,6 +216,25 @@ def sample_head_events(rng: np.random.Generator, dur_s: float, allowed=None) -> 
     return events or [{"behaviour": "still", "t0_s": 0.0, "t1_s": round(dur_s, 3)}]
 
 
+# The longest a nod's down-and-back cycle / a shake's left-right cycle may take (s) so that it passes the
+# evaluator's nod and shake rules (training/metrics.py: two swings in 1.6 s, three in 2.4 s): slower ones
+# were drawn before 6 Dec 2026 (session 10), and captioned as nods and shakes the rules did not see.
+GESTURE_CYCLE_MAX_S = {"nod": 0.8, "shake": 1.2}
+GESTURE_STYLES = ("rule", "legacy")     # SynthConfig.gestures: brisk nods and shakes, or as before
+
+
+def brisk_gestures(events: list[dict]) -> list[dict]:
+    """``events`` with each nod and shake drawn in at most its cycles times :data:`GESTURE_CYCLE_MAX_S`
+    from its start (the event ends earlier; nothing else moves, and no random draw changes)."""
+    out = []
+    for ev in events:
+        if ev["behaviour"] in GESTURE_CYCLE_MAX_S and "cycles" in ev:
+            cap = ev["t0_s"] + GESTURE_CYCLE_MAX_S[ev["behaviour"]] * ev["cycles"]
+            ev = dict(ev, t1_s=round(min(ev["t1_s"], cap), 3))
+        out.append(ev)
+    return out
+
+
 def head_curves(events: list[dict], n_frames: int) -> np.ndarray:
     """(n_frames, 3) head rotation (rx, ry, rz) rad from behaviour events; turns/tilts hold unless they return."""
     tc = (np.arange(n_frames) + 0.5) / FPS
@@ -271,8 +290,10 @@ def set_units(motion: np.ndarray, curves: dict[str, np.ndarray]) -> None:
             motion[:, unit(name)] += v
 
 
-def talking_motion(phones: list[Phone], n_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Full talking-head motion ``(n_frames, 56)`` and its ground-truth description (for synth_meta)."""
+def talking_motion(phones: list[Phone], n_frames: int, rng: np.random.Generator,
+                   gestures: str = "rule") -> tuple[np.ndarray, dict]:
+    """Full talking-head motion ``(n_frames, 56)`` and its ground-truth description (for synth_meta).
+    ``gestures``: "rule" draws nods and shakes briskly (:func:`brisk_gestures`), "legacy" as before."""
     dur = n_frames / FPS
     m = np.zeros((n_frames, FRAME_DIM), np.float64)
     articulation = float(rng.uniform(0.8, 1.25))
@@ -284,6 +305,8 @@ def talking_motion(phones: list[Phone], n_frames: int, rng: np.random.Generator)
     closed = _pause_weight(speech)
     m[:, JAW_RX] *= (1 - closed)
     head = sample_head_events(rng, dur)
+    if gestures == "rule":
+        head = brisk_gestures(head)
     sway = smooth_noise(rng, n_frames, 3, float(rng.uniform(0.005, 0.02)), corr_frames=12)
     sway *= (0.4 + 0.6 * speech[:, None])
     m[:, HEAD_RX:HEAD_RZ + 1] += head_curves(head, n_frames) + sway
@@ -441,8 +464,9 @@ T2M_ACTIONS: dict[str, tuple[str | None, object]] = {
 }
 
 
-def t2m_motion(n_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Expression-only motion ``(n_frames, 56)`` from 1-3 actions in sequence, with its description."""
+def t2m_motion(n_frames: int, rng: np.random.Generator, gestures: str = "rule") -> tuple[np.ndarray, dict]:
+    """Expression-only motion ``(n_frames, 56)`` from 1-3 actions in sequence, with its description
+    (``gestures``: see :func:`talking_motion`)."""
     dur = n_frames / FPS
     tc = (np.arange(n_frames) + 0.5) / FPS
     m = np.zeros((n_frames, FRAME_DIM))
@@ -476,6 +500,8 @@ def t2m_motion(n_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, dic
             head_events += evs
         set_units(m, curves)
         actions.append({"action": a, "t0_s": round(t0, 3), "t1_s": round(t1, 3), "emotion": emo})
+    if gestures == "rule":
+        head_events = brisk_gestures(head_events)
     m[:, HEAD_RX:HEAD_RZ + 1] += head_curves(head_events, n_frames) + smooth_noise(rng, n_frames, 3, 0.006, 12)
     blink, blinks = blink_curve(rng, n_frames)
     bi = [unit("blink_left"), unit("blink_right")]

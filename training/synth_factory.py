@@ -25,7 +25,7 @@ from tqdm import tqdm
 from mm2face.engine.frame import FPS, SAMPLES_PER_FRAME, to_mmhead, validate_motion
 
 from .annotate import CAPTION_KINDS, TemplateCaptioner
-from .synth_face import t2m_motion, talking_motion
+from .synth_face import GESTURE_STYLES, t2m_motion, talking_motion
 from .synth_speech import SR_OUT, speak
 from .synth_text import make_utterance
 
@@ -44,6 +44,12 @@ class SynthConfig:
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     voices: str = "train"          # voice set (synth_speech.VOICE_SETS); "heldout" puts every clip in test
+    gestures: str = "rule"         # synth_face.GESTURE_STYLES: "rule" = nods and shakes drawn and captioned as the
+                                   # evaluator's rules see them; "legacy" = corpora made before 6 Dec 2026, session 10
+
+    def __post_init__(self):
+        if self.gestures not in GESTURE_STYLES:
+            raise ValueError(f"gestures must be one of {GESTURE_STYLES}, got {self.gestures!r}")
 
 
 EMOTION_ACTION = {"happy": "smile", "sad": "look sad", "angry": "look angry", "surprised": "look surprised",
@@ -89,9 +95,9 @@ def make_talking_clip(seed: int, index: int, cfg: SynthConfig) -> dict:
         target *= 0.7
     n_frames = int(len(speech.audio_16k) // SAMPLES_PER_FRAME)
     audio = speech.audio_16k[:n_frames * SAMPLES_PER_FRAME]
-    motion, meta = talking_motion(speech.phones, n_frames, rng)
+    motion, meta = talking_motion(speech.phones, n_frames, rng, cfg.gestures)
     actions, emotions = talking_labels(meta)
-    captions = TemplateCaptioner()(motion, actions, emotions, rng)
+    captions = TemplateCaptioner(cfg.gestures != "legacy")(motion, actions, emotions, rng)
     meta.update({"subset": "talking", "text": phrases, "voice": speech.voice,
                  "phones": [[p.ph, round(p.t0_s, 4), round(p.t1_s, 4), bool(p.stressed)] for p in speech.phones],
                  "words": [[w, round(a, 4), round(b, 4)] for w, a, b in speech.words],
@@ -105,9 +111,9 @@ def make_t2m_clip(seed: int, index: int, cfg: SynthConfig) -> dict:
     rng = clip_rng(seed, "t2m", index)
     split = pick_split(rng, cfg)
     n_frames = int(rng.uniform(cfg.min_t2m_s, cfg.max_t2m_s) * FPS)
-    motion, meta = t2m_motion(n_frames, rng)
+    motion, meta = t2m_motion(n_frames, rng, cfg.gestures)
     actions, emotions = t2m_labels(meta)
-    captions = TemplateCaptioner()(motion, actions, emotions, rng)
+    captions = TemplateCaptioner(cfg.gestures != "legacy")(motion, actions, emotions, rng)
     meta.update({"subset": "t2m", "action_labels": actions, "emotion_labels": emotions, "fps": FPS,
                  "n_frames": n_frames, "speech_mask": [0] * n_frames})
     return {"id": f"SYNTH_t2m_{index:06d}", "subset": "t2m", "split": split, "audio_16k": None,
