@@ -157,17 +157,20 @@ def run(args) -> dict:
               f"worst session p95 {s.get('worst_session_a2f_p95_ms', float('nan')):7.1f} ms, {extra} -> "
               f"{'holds' if s['holds'] else 'fails (' + s['why_not'] + ')'}", flush=True)
 
-    def test(n):
-        if n not in tried:
-            t = time.perf_counter()
-            s = level(model, audio, n, args)
-            s["wall_s"] = time.perf_counter() - t
-            tried[n] = s
-            save()
-            report("in-process", n, s)
-        return tried[n]["holds"]
+    def measured(cache: dict, measure, tag: str):
+        """``n -> holds?`` for :func:`search`: each level measured once (``measure(n)``), saved and reported."""
+        def test(n):
+            if n not in cache:
+                t = time.perf_counter()
+                s = measure(n)
+                s["wall_s"] = time.perf_counter() - t
+                cache[n] = s
+                save()
+                report(tag, n, s)
+            return cache[n]["holds"]
+        return test
 
-    search(args, test)
+    search(args, measured(tried, lambda n: level(model, audio, n, args), "in-process"))
     if args.server:
         del model                                  # the server process loads its own
         import gc
@@ -180,17 +183,7 @@ def run(args) -> dict:
                                        args.chunk_ms / 1e3)
             res["server"]["warmup_s"] = time.perf_counter() - t
 
-            def test_server(n):
-                if n not in served:
-                    t = time.perf_counter()
-                    s = server_level(srv.url, audio, n, args)
-                    s["wall_s"] = time.perf_counter() - t
-                    served[n] = s
-                    save()
-                    report("server    ", n, s)
-                return served[n]["holds"]
-
-            search(args, test_server)
+            search(args, measured(served, lambda n: server_level(srv.url, audio, n, args), "server    "))
         inproc = _max_holding(tried)
         res["server"]["ratio"] = _max_holding(served) / inproc if inproc else None
         res["server"]["target_ratio"] = args.target_ratio

@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    from mm2face.engine.closure import apply_contact, standin_head
+    from mm2face.engine.closure import apply_contact
+    from mm2face.engine.flame import load_head
     from mm2face.engine.generate import generate
     from mm2face.engine.model import load_model
     from mm2face.engine.session import mouth_dims
@@ -71,9 +72,7 @@ def main(argv=None) -> int:
     if not Path(args.data).exists():
         raise SystemExit(f"corpus not found: {args.data}; make one with `mm2face-data synth --out {args.data}`")
     model = load_model(args.ckpt) if args.ckpt else load_model()
-    head = standin_head() if model.closure is not None else None
-    from mm2face.engine.flame import load_head
-    head = head or load_head(model.head_name)
+    head = load_head(model.head_name)          # a model with a contact stage is a stand-in model
     mh = M.metric_head(head)
     lips, face = M.head_mask(mh, "lips"), M.head_mask(mh, "face")
     dims = mouth_dims(model.head_name)

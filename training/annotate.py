@@ -21,6 +21,7 @@ import numpy as np
 
 from mm2face.engine.frame import FPS
 from mm2face.engine.units import USED_UNITS, unit
+from .metrics import OSCILLATION_RULES
 
 CAPTION_KINDS = ["action", "emotion", "emotion_scenario", "detail_expression", "detail_head_pose"]
 UNIT_THRESHOLD = 0.3          # a unit counts as activated above this intensity (0..1)
@@ -379,7 +380,6 @@ def detail_expression_caption(motion, rng: np.random.Generator) -> str:
 def _is_oscillation(motion, kind: str, t0: int, t1: int) -> bool:
     """Does ``motion``'s head between frames ``t0`` and ``t1`` (with a little margin) show a ``kind`` ("nod" or
     "shake") by the evaluator's own rule (:data:`mm2face.training.metrics.OSCILLATION_RULES`)?"""
-    from .metrics import OSCILLATION_RULES
     rule = next(r for r in OSCILLATION_RULES if r.name == kind)
     pad = FPS // 2
     seg = np.asarray(motion)[max(0, t0 - pad):t1 + pad]

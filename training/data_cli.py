@@ -65,6 +65,7 @@ def cmd_subset(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .synth_face import GESTURE_STYLES
     from .synth_speech import VOICE_SETS
     p = argparse.ArgumentParser(prog="mm2face-data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and piper), heldout (the held-out Scottish espeak-ng family only; every clip goes to "
                         "the test split, for a held-out-voices test set), legacy (sampling of corpora made "
                         "before the voice sets) [train]")
-    s.add_argument("--gestures", choices=("rule", "legacy"), default="rule",
+    s.add_argument("--gestures", choices=GESTURE_STYLES, default="rule",
                    help="head nods and shakes: rule (drawn briskly enough for mm2face-eval's nod and shake checks, "
                         "and captioned only where those checks see one), legacy (as corpora made before 6 Dec 2026, "
                         "session 10, e.g. data/synth5, the default checkpoint's) [rule]")

@@ -275,8 +275,9 @@ class OscillationRule:
     A nod is a swing down and one back up (rx grows, then falls; MMHead's "Head down" is rx > 0); a shake
     is three alternating yaw swings (left-right-left or right-left-right). The score is the smallest swing
     of the best such group (rad) whose swings all fit in ``max_s`` seconds (from when the first leaves its
-    start to when the last arrives: :func:`swing_time_s`), so one held turn or a slow drift scores low; it passes above ``margin_rad``. The synthetic corpus draws nods of 0.08-0.18 rad and
-    shakes of 0.12-0.28 rad (training/synth_face.py)."""
+    start to when the last arrives: :func:`swing_time_s`), so one held turn or a slow drift scores low; it
+    passes above ``margin_rad``. The synthetic corpus draws nods of 0.08-0.18 rad and shakes of
+    0.12-0.28 rad (training/synth_face.py)."""
     name: str
     pattern: str
     axis: int                             # 0 = rx (pitch), 1 = ry (yaw)
